@@ -1,0 +1,359 @@
+"""Experiment files: the pydantic schema, loading with file/field/line errors, and grid expansion.
+
+An experiment file declares a dataset, a query sample and a grid of alternatives per stage. The
+grid's cartesian product is the list of runs; stages a run does not use are dropped from its config
+(BM25 needs no embedder) so that equivalent grid points collapse into one run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, did_you_mean, unknown_name
+
+SPLITTERS = ("sentence", "token", "none")
+RETRIEVAL_METHODS = ("dense", "bm25", "hybrid")
+EMBEDDING_PROVIDERS = ("local", "openai", "openai_compatible")
+GENERATION_PROVIDERS = ("local", "openai", "openai_compatible")
+# Local models that ship inside PyPI packages; see workbench/embedding.py and workbench/llm_server.py.
+LOCAL_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "multilingual-e5-small")
+LOCAL_LLMS = ("smollm2-135m",)
+
+
+class _Spec(BaseModel):
+    """Base of every spec: unknown keys are errors (with a suggestion), specs are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        # pydantic's own extra="forbid" message has no suggestion; this one names the closest key.
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    raise ValueError(f"unknown key {key!r}{did_you_mean(key, known)}; allowed: {', '.join(sorted(known))}")
+        return data
+
+
+def _check_name(kind: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(unknown_name(kind, value, choices))
+    return value
+
+
+class ChunkingSpec(_Spec):
+    """How documents become chunks. ``splitter: none`` keeps whole documents."""
+
+    splitter: str
+    chunk_size: int | None = Field(default=None, gt=0)
+    chunk_overlap: int = Field(default=0, ge=0)
+
+    @field_validator("splitter")
+    @classmethod
+    def _splitter(cls, v: str) -> str:
+        return _check_name("splitter", v, SPLITTERS)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ChunkingSpec:
+        if self.splitter == "none":
+            if self.chunk_size is not None or self.chunk_overlap:
+                raise ValueError("splitter 'none' keeps whole documents: remove chunk_size/chunk_overlap")
+        elif self.chunk_size is None:
+            raise ValueError(f"splitter {self.splitter!r} needs chunk_size")
+        elif self.chunk_overlap >= self.chunk_size:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        return self
+
+    def label(self) -> str:
+        return "whole documents" if self.splitter == "none" else f"{self.splitter} {self.chunk_size}/{self.chunk_overlap}"
+
+
+class EmbeddingSpec(_Spec):
+    """An embedding model: a bundled local one, OpenAI, or any OpenAI-compatible endpoint."""
+
+    provider: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    batch_size: int = Field(default=32, gt=0)
+    dimensions: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, description="input limit of a hosted model")
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        return _check_name("embedding provider", v, EMBEDDING_PROVIDERS)
+
+    @model_validator(mode="after")
+    def _model(self) -> EmbeddingSpec:
+        if self.provider == "local":
+            _check_name("local embedding model", self.model, LOCAL_EMBEDDING_MODELS)
+            if self.base_url or self.api_key_env:
+                raise ValueError("a local embedding model takes no base_url/api_key_env")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise ValueError("provider 'openai_compatible' needs base_url")
+        return self
+
+    def label(self) -> str:
+        return self.model if self.provider == "local" else f"{self.provider}:{self.model}"
+
+
+class RetrievalSpec(_Spec):
+    """First-stage retrieval. Hybrid fuses dense and BM25 rankings by reciprocal rank fusion."""
+
+    method: str
+    top_k: int = Field(default=5, gt=0)
+    candidates: int | None = Field(default=None, gt=0, description="hybrid: depth taken from each retriever")
+    rrf_k: int = Field(default=60, gt=0, description="hybrid: the k in 1/(k + rank)")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return _check_name("retrieval method", v, RETRIEVAL_METHODS)
+
+    @model_validator(mode="after")
+    def _hybrid_only(self) -> RetrievalSpec:
+        if self.method != "hybrid" and (self.candidates is not None or self.rrf_k != 60):
+            raise ValueError("candidates/rrf_k apply to method 'hybrid' only")
+        if self.candidates is not None and self.candidates < self.top_k:
+            raise ValueError(f"candidates ({self.candidates}) must be at least top_k ({self.top_k})")
+        return self
+
+    @property
+    def needs_embedding(self) -> bool:
+        return self.method in ("dense", "hybrid")
+
+    def label(self) -> str:
+        return f"{self.method}@{self.top_k}"
+
+
+class GenerationSpec(_Spec):
+    """An LLM and a prompt file. Every provider is reached through the OpenAI API."""
+
+    provider: str
+    model: str
+    prompt: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    temperature: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    max_tokens: int = Field(default=128, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        return _check_name("generation provider", v, GENERATION_PROVIDERS)
+
+    @model_validator(mode="after")
+    def _model(self) -> GenerationSpec:
+        if self.provider == "local":
+            _check_name("local LLM", self.model, LOCAL_LLMS)
+            if self.base_url or self.api_key_env:
+                raise ValueError("a local LLM takes no base_url/api_key_env (the workbench starts its own server)")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise ValueError("provider 'openai_compatible' needs base_url")
+        return self
+
+    def label(self) -> str:
+        name = self.model if self.provider == "local" else f"{self.provider}:{self.model}"
+        return f"{name} / {Path(self.prompt).stem}"
+
+
+class QuerySpec(_Spec):
+    """A deterministic sample of the dataset's queries (all of them when ``limit`` is omitted)."""
+
+    limit: int | None = Field(default=None, gt=0)
+    seed: int = 0
+
+
+class GridSpec(_Spec):
+    chunking: list[ChunkingSpec] = Field(min_length=1)
+    embedding: list[EmbeddingSpec] = Field(default_factory=list)
+    retrieval: list[RetrievalSpec] = Field(min_length=1)
+    generation: list[GenerationSpec] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GridSpec:
+        if any(r.needs_embedding for r in self.retrieval) and not self.embedding:
+            raise ValueError("retrieval methods 'dense'/'hybrid' need at least one entry under 'embedding'")
+        if self.generation is not None and not self.generation:
+            raise ValueError("generation: give at least one model, or omit the axis for a retrieval-only experiment")
+        for axis in ("chunking", "embedding", "retrieval", "generation"):
+            values = getattr(self, axis) or []
+            seen = set()
+            for i, v in enumerate(values):
+                if v in seen:
+                    raise ValueError(f"{axis}[{i}] repeats an earlier entry")
+                seen.add(v)
+        return self
+
+
+class ExperimentSpec(_Spec):
+    """One bake-off: a dataset, a query sample, and the grid of alternatives to compare."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    description: str = ""
+    dataset: str
+    queries: QuerySpec = QuerySpec()
+    grid: GridSpec
+
+
+class RunConfig(_Spec):
+    """One point of the grid. ``embedding`` is None when the retriever needs none (BM25)."""
+
+    chunking: ChunkingSpec
+    embedding: EmbeddingSpec | None
+    retrieval: RetrievalSpec
+    generation: GenerationSpec | None
+
+    def axes(self) -> dict[str, str]:
+        """Human-readable axis values, used as leaderboard columns."""
+        return {
+            "chunking": self.chunking.label(),
+            "embedding": self.embedding.label() if self.embedding else "-",
+            "retrieval": self.retrieval.label(),
+            "generation": self.generation.label() if self.generation else "-",
+        }
+
+
+class Experiment(BaseModel):
+    """A validated experiment file with its paths resolved."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    spec: ExperimentSpec
+    path: Path
+    dataset_path: Path
+    prompt_paths: dict[str, Path]  # GenerationSpec.prompt as written -> resolved file
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def runs(self) -> list[RunConfig]:
+        return expand_grid(self.spec.grid)
+
+
+def expand_grid(grid: GridSpec) -> list[RunConfig]:
+    """Cartesian product of the axes, with unused stages dropped and duplicates removed, in order."""
+    runs: list[RunConfig] = []
+    seen: set[RunConfig] = set()
+    embeddings = grid.embedding or [None]
+    for chunking, embedding, retrieval, generation in itertools.product(
+        grid.chunking, embeddings, grid.retrieval, grid.generation or [None]
+    ):
+        run = RunConfig(
+            chunking=chunking,
+            embedding=embedding if retrieval.needs_embedding else None,
+            retrieval=retrieval,
+            generation=generation,
+        )
+        if run not in seen:
+            seen.add(run)
+            runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _yaml_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (the deepest one that exists)."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    line, node = key_node.start_mark.line + 1, value_node
+                    break
+            else:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _first_error(path: Path, err: ValidationError, root: yaml.Node | None) -> ConfigError:
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        msg = "required field is missing"
+    elif e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    line = _yaml_line(root, loc)
+    where = f"{path}:{line}" if line else str(path)
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return ConfigError(f"{where}: {_format_loc(loc)}: {msg}{more}")
+
+
+def resolve_path(value: str, experiment_path: Path, field: str) -> Path:
+    """Resolve a path from an experiment file: relative to the file's folder, then to the cwd."""
+    p = Path(value).expanduser()
+    candidates = [p] if p.is_absolute() else [experiment_path.parent / p, Path.cwd() / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    tried = " or ".join(str(c) for c in candidates)
+    raise ConfigError(f"{experiment_path}: {field}: {value!r} not found (looked for {tried})")
+
+
+def parse_experiment(text: str, path: Path) -> Experiment:
+    """Validate experiment YAML ``text`` (read from ``path``) and resolve the files it names."""
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of experiment fields, got {type(data).__name__}")
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(path, exc, root) from None
+    dataset_path = resolve_path(spec.dataset, path, "dataset")
+    prompt_paths: dict[str, Path] = {}
+    for i, g in enumerate(spec.grid.generation or []):
+        prompt_paths[g.prompt] = resolve_path(g.prompt, path, f"grid.generation[{i}].prompt")
+    return Experiment(spec=spec, path=path.resolve(), dataset_path=dataset_path, prompt_paths=prompt_paths)
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Read and validate an experiment file; every problem is a one-line ``ConfigError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    return parse_experiment(text, path)
+
+
+def safe_name(name: str) -> str:
+    """A name usable in file paths."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

@@ -1,0 +1,236 @@
+"""Datasets: one contract for BEIR folders and for a team's folder of documents plus questions.
+
+The contract follows BEIR: ``docs`` by ``doc_id``, ``queries`` by ``query_id`` and
+``qrels = {query_id: {doc_id: grade}}``. Every malformed line is a ``DatasetError`` naming the file
+and line, raised before anything is written anywhere.
+
+Layouts:
+
+- BEIR: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``, ``text``,
+  optional ``answers`` and ``answer_starts``), ``qrels.tsv`` (header, then query-id, corpus-id, score).
+- Documents folder: ``documents/`` with ``.md``/``.txt`` files (any depth; the doc_id is the path
+  relative to ``documents/``) and ``questions.jsonl`` (``_id``, ``text``, optional ``answers`` and
+  ``doc_ids``: the documents that answer it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DatasetError
+from .hashing import file_sha256, hash_obj, sha256_text
+
+DOCUMENT_SUFFIXES = (".md", ".markdown", ".txt")
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    doc_id: str
+    title: str
+    text: str
+
+    @property
+    def content_hash(self) -> str:
+        return sha256_text(self.title + "\x00" + self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    query_id: str
+    text: str
+    answers: tuple[str, ...] = ()
+    answer_starts: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class Dataset:
+    path: Path
+    docs: dict[str, Document]
+    queries: dict[str, Query]
+    qrels: dict[str, dict[str, int]]
+    content_hash: str
+    skipped: list[str] = field(default_factory=list)
+
+    def sample_queries(self, limit: int | None, seed: int) -> list[Query]:
+        """A deterministic sample: sorted ids shuffled by ``seed``, first ``limit``, in id order.
+
+        Only queries with at least one relevant document are eligible, since retrieval metrics
+        are undefined without one.
+        """
+        ids = sorted(q for q in self.queries if self.qrels.get(q))
+        if limit is not None and limit < len(ids):
+            rng = random.Random(seed)
+            ids = sorted(rng.sample(ids, limit))
+        return [self.queries[q] for q in ids]
+
+
+def _read_jsonl(path: Path):
+    """Yield (line number, object) for each non-blank line, with file:line errors."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    with fh:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(obj, dict):
+                    raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                yield lineno, obj
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}:{lineno + 1}: not UTF-8 text (byte {exc.start} of the line)") from None
+
+
+def _req_str(obj: dict, key: str, path: Path, lineno: int, allow_empty: bool = False) -> str:
+    if key not in obj:
+        raise DatasetError(f"{path}:{lineno}: missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        raise DatasetError(f"{path}:{lineno}: field {key!r} must be a non-empty string")
+    return value
+
+
+def _query_from(obj: dict, path: Path, lineno: int) -> Query:
+    qid = _req_str(obj, "_id", path, lineno)
+    text = _req_str(obj, "text", path, lineno)
+    answers = obj.get("answers", [])
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise DatasetError(f"{path}:{lineno}: field 'answers' must be a list of strings")
+    starts = obj.get("answer_starts", [])
+    if not isinstance(starts, list) or not all(isinstance(s, int) for s in starts):
+        raise DatasetError(f"{path}:{lineno}: field 'answer_starts' must be a list of integers")
+    if starts and len(starts) != len(answers):
+        raise DatasetError(f"{path}:{lineno}: 'answer_starts' has {len(starts)} entries for {len(answers)} answers")
+    return Query(qid, text, tuple(answers), tuple(starts))
+
+
+def _load_queries(path: Path) -> dict[str, Query]:
+    queries: dict[str, Query] = {}
+    for lineno, obj in _read_jsonl(path):
+        q = _query_from(obj, path, lineno)
+        if q.query_id in queries:
+            raise DatasetError(f"{path}:{lineno}: duplicate query id {q.query_id!r}")
+        queries[q.query_id] = q
+    if not queries:
+        raise DatasetError(f"{path}: no queries")
+    return queries
+
+
+def load_beir(folder: Path) -> Dataset:
+    corpus_path, queries_path, qrels_path = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels.tsv"
+    docs: dict[str, Document] = {}
+    for lineno, obj in _read_jsonl(corpus_path):
+        doc_id = _req_str(obj, "_id", corpus_path, lineno)
+        text = _req_str(obj, "text", corpus_path, lineno)
+        title = obj.get("title", "") or ""
+        if not isinstance(title, str):
+            raise DatasetError(f"{corpus_path}:{lineno}: field 'title' must be a string")
+        if doc_id in docs:
+            raise DatasetError(f"{corpus_path}:{lineno}: duplicate doc id {doc_id!r}")
+        docs[doc_id] = Document(doc_id, title, text)
+    if not docs:
+        raise DatasetError(f"{corpus_path}: empty corpus (no documents)")
+    queries = _load_queries(queries_path)
+    qrels = _load_qrels(qrels_path, docs, queries)
+    digest = hash_obj([file_sha256(p) for p in (corpus_path, queries_path, qrels_path)])
+    return Dataset(folder, docs, queries, qrels, digest)
+
+
+def _load_qrels(path: Path, docs: dict, queries: dict) -> dict[str, dict[str, int]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    qrels: dict[str, dict[str, int]] = {}
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            for lineno, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+                if not row or not "".join(row).strip():
+                    continue
+                if lineno == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid"):
+                    continue
+                if len(row) != 3:
+                    raise DatasetError(f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
+                qid, doc_id, grade = (c.strip() for c in row)
+                try:
+                    grade_int = int(grade)
+                except ValueError:
+                    raise DatasetError(f"{path}:{lineno}: score {grade!r} is not an integer") from None
+                if qid not in queries:
+                    raise DatasetError(f"{path}:{lineno}: unknown query id {qid!r}")
+                if doc_id not in docs:
+                    raise DatasetError(f"{path}:{lineno}: unknown doc id {doc_id!r}")
+                qrels.setdefault(qid, {})[doc_id] = grade_int
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    if not qrels:
+        raise DatasetError(f"{path}: no relevance judgements")
+    return qrels
+
+
+def load_documents_folder(folder: Path) -> Dataset:
+    doc_root, questions_path = folder / "documents", folder / "questions.jsonl"
+    docs: dict[str, Document] = {}
+    skipped: list[str] = []
+    hashes = []
+    for p in sorted(doc_root.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        rel = p.relative_to(doc_root).as_posix()
+        if p.suffix.lower() not in DOCUMENT_SUFFIXES:
+            skipped.append(f"{rel}: unsupported file type {p.suffix or '(none)'}")
+            continue
+        raw = p.read_bytes()
+        if b"\x00" in raw[:8192]:
+            raise DatasetError(f"{p}: binary file in the documents folder (remove it or rename it)")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+        if not text.strip():
+            skipped.append(f"{rel}: empty")
+            continue
+        title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), rel)
+        docs[rel] = Document(rel, title, text)
+        hashes.append((rel, sha256_text(text)))
+    if not docs:
+        raise DatasetError(f"{doc_root}: no .md/.txt documents")
+    queries: dict[str, Query] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for lineno, obj in _read_jsonl(questions_path):
+        q = _query_from(obj, questions_path, lineno)
+        if q.query_id in queries:
+            raise DatasetError(f"{questions_path}:{lineno}: duplicate query id {q.query_id!r}")
+        doc_ids = obj.get("doc_ids", [])
+        if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
+            raise DatasetError(f"{questions_path}:{lineno}: field 'doc_ids' must be a list of document paths")
+        for d in doc_ids:
+            if d not in docs:
+                raise DatasetError(f"{questions_path}:{lineno}: unknown document {d!r} in 'doc_ids'")
+        queries[q.query_id] = q
+        if doc_ids:
+            qrels[q.query_id] = {d: 1 for d in doc_ids}
+    if not queries:
+        raise DatasetError(f"{questions_path}: no questions")
+    digest = hash_obj([hashes, file_sha256(questions_path)])
+    return Dataset(folder, docs, queries, qrels, digest, skipped)
+
+
+def load_dataset(folder: str | Path) -> Dataset:
+    """Load a dataset folder in either layout (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: dataset folder not found")
+    if (folder / "corpus.jsonl").exists():
+        return load_beir(folder)
+    if (folder / "documents").is_dir():
+        return load_documents_folder(folder)
+    raise DatasetError(f"{folder}: neither a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv) nor a documents folder (documents/, questions.jsonl)")

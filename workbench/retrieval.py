@@ -1,0 +1,153 @@
+"""Retrieval: dense (Chroma through LlamaIndex), BM25 (LlamaIndex's bm25s retriever), hybrid (RRF).
+
+Results are ranked chunk hits per query, cached by (index, retriever config, query text) with the
+latency measured when they were computed, so a re-run reports the same latency it measured first.
+Chunk hits map to documents for document-level metrics (a document scores its best chunk).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import diskcache
+from llama_index.core import VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from pydantic import PrivateAttr
+from llama_index.core.schema import QueryBundle, TextNode
+from llama_index.vector_stores.chroma import ChromaVectorStore
+
+from .chunking import Chunk
+from .config import RetrievalSpec
+from .corpus import Query
+from .hashing import hash_obj, sha256_text
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    chunk_id: str
+    doc_id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalResult:
+    hits: tuple[Hit, ...]
+    latency_s: float
+
+
+def reciprocal_rank_fusion(rankings: list[tuple[Hit, ...]], k: int, top_k: int) -> tuple[Hit, ...]:
+    """Fuse rankings by RRF, score = sum 1/(k + rank) with 1-based ranks (Cormack et al., 2009).
+
+    Hand-written rather than LlamaIndex's QueryFusionRetriever: that one hard-codes k=60, uses
+    0-based ranks, resolves a default LLM at construction (fails offline without a key), and would
+    re-run both retrievers where we already hold their cached rankings.
+    """
+    scores: dict[str, float] = {}
+    docs: dict[str, str] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (k + rank)
+            docs[hit.chunk_id] = hit.doc_id
+    ordered = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+    return tuple(Hit(cid, docs[cid], score) for cid, score in ordered)
+
+
+def doc_scores(hits: tuple[Hit, ...]) -> dict[str, float]:
+    """Document-level run for one query: each document scores its best chunk."""
+    out: dict[str, float] = {}
+    for h in hits:
+        if h.doc_id not in out or h.score > out[h.doc_id]:
+            out[h.doc_id] = h.score
+    return out
+
+
+class Retriever:
+    """All retrieval methods over one chunk set (and, for dense/hybrid, one Chroma collection)."""
+
+    def __init__(self, chunks: list[Chunk], chunk_set_key: str, cache: diskcache.Cache,
+                 collection=None, collection_name: str | None = None, embedder=None):
+        self.chunks = chunks
+        self.chunk_set_key = chunk_set_key
+        self.cache = cache
+        self.collection_name = collection_name
+        self.embedder = embedder
+        self._dense_index = (
+            VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=collection), embed_model=LlamaIndexEmbedding(embedder))
+            if collection is not None else None
+        )
+        self._bm25 = None
+        self.computed = self.cached = 0
+
+    # -- the three methods, one query at a time (latency is per query) -------------------------
+    def _dense(self, query: Query, depth: int) -> RetrievalResult:
+        t0 = time.perf_counter()
+        vector = self.embedder.embed_queries([query.text])[0]
+        nodes = self._dense_index.as_retriever(similarity_top_k=depth).retrieve(
+            QueryBundle(query_str=query.text, embedding=vector.tolist()))
+        hits = tuple(Hit(n.node.node_id, n.node.metadata["doc_id"], float(n.score)) for n in nodes)
+        return RetrievalResult(hits, time.perf_counter() - t0)
+
+    def _bm25_retriever(self):
+        if self._bm25 is None:
+            from llama_index.retrievers.bm25 import BM25Retriever
+
+            nodes = [TextNode(id_=c.chunk_id, text=c.text, metadata={"doc_id": c.doc_id}) for c in self.chunks]
+            self._bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=10, language="en")
+        return self._bm25
+
+    def _bm25_query(self, query: Query, depth: int) -> RetrievalResult:
+        retriever = self._bm25_retriever()
+        t0 = time.perf_counter()
+        retriever.similarity_top_k = min(depth, len(self.chunks))
+        nodes = retriever.retrieve(query.text)
+        hits = tuple(Hit(n.node.node_id, n.node.metadata["doc_id"], float(n.score)) for n in nodes if n.score and n.score > 0)
+        return RetrievalResult(hits, time.perf_counter() - t0)
+
+    def _compute(self, spec: RetrievalSpec, query: Query) -> RetrievalResult:
+        if spec.method == "dense":
+            return self._dense(query, spec.top_k)
+        if spec.method == "bm25":
+            return self._bm25_query(query, spec.top_k)
+        depth = spec.candidates or max(4 * spec.top_k, 20)
+        dense = self.retrieve(RetrievalSpec(method="dense", top_k=depth), query)
+        sparse = self.retrieve(RetrievalSpec(method="bm25", top_k=depth), query)
+        t0 = time.perf_counter()
+        fused = reciprocal_rank_fusion([dense.hits, sparse.hits], spec.rrf_k, spec.top_k)
+        return RetrievalResult(fused, dense.latency_s + sparse.latency_s + time.perf_counter() - t0)
+
+    # -- cached entry point ----------------------------------------------------------------------
+    def cache_key(self, spec: RetrievalSpec, query: Query) -> str:
+        index = self.collection_name if spec.needs_embedding else self.chunk_set_key
+        return "ret:" + hash_obj([index, spec.model_dump(), sha256_text(query.text)])
+
+    def retrieve(self, spec: RetrievalSpec, query: Query) -> RetrievalResult:
+        key = self.cache_key(spec, query)
+        found = self.cache.get(key)
+        if found is not None:
+            self.cached += 1
+            return found
+        result = self._compute(spec, query)
+        self.cache.set(key, result)
+        self.computed += 1
+        return result
+
+
+class LlamaIndexEmbedding(BaseEmbedding):
+    """Our embedder as a LlamaIndex embed model, so VectorStoreIndex never resolves its default
+    (OpenAI) model, which fails offline. Queries normally arrive with their vector already."""
+
+    _embedder: object = PrivateAttr()
+
+    def __init__(self, embedder, **kwargs):
+        super().__init__(model_name=embedder.model_id, **kwargs)
+        self._embedder = embedder
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._embedder.embed_queries([query])[0].tolist()
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._embedder.embed_passages([text])[0].tolist()
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)

