@@ -39,11 +39,10 @@ class Tokenizer:
     max_tokens: int | None  # the model's input limit; None when unknown
 
 
-def chunk_set_key(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokenizer) -> str:
-    """Content address of a chunk set: documents' content hashes, chunker config, tokenizer."""
-    return hash_obj(
-        {"docs": sorted((d.doc_id, d.content_hash) for d in docs), "chunking": spec.model_dump(), "tokenizer": tokenizer.name}
-    )
+def chunk_set_key(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokenizer | str) -> str:
+    """Content address of a chunk set: documents' content hashes, chunker config, tokenizer (name)."""
+    name = tokenizer if isinstance(tokenizer, str) else tokenizer.name
+    return hash_obj({"docs": sorted((d.doc_id, d.content_hash) for d in docs), "chunking": spec.model_dump(), "tokenizer": name})
 
 
 def _parser(spec: ChunkingSpec, tokenizer: Tokenizer):

@@ -16,7 +16,7 @@ from .errors import WorkbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RAG bake-off workbench.")
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 240)
 
 StoreOpt = Annotated[str | None, typer.Option("--store", help="results store URL (default: $WORKBENCH_STORE or sqlite:///results/workbench.sqlite)")]
 CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="stage cache folder (default: $WORKBENCH_CACHE or results/cache)")]
@@ -140,3 +140,96 @@ def report(
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+@app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="baseline run id (a unique prefix is enough)")],
+    run_b: Annotated[str, typer.Argument(help="candidate run id")],
+    store: StoreOpt = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="metrics to compare (default: all)")] = None,
+    flips: Annotated[str | None, typer.Option(help="list the questions whose METRIC changed (default: the primary metric)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value, flipped questions."""
+    from .compare import compare_runs, flipped_questions
+    from .leaderboard import primary_metric
+    from .runner import Workspace
+    from .store import Store, to_json_records
+
+    try:
+        st = Store(Workspace.from_env(store).store_url)
+        df = compare_runs(st, run_a, run_b, metric or None)
+        qa = st.questions(st.run(run_a)["run_id"])
+        flip_metric = flips or primary_metric(qa)
+        flipped = flipped_questions(st, run_a, run_b, flip_metric)
+    except WorkbenchError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps({"metrics": to_json_records(df), "flipped_metric": flip_metric,
+                                     "flipped": to_json_records(flipped)}, indent=2) + "\n")
+        return
+    table = Table(title=f"{run_b[:10]} vs {run_a[:10]} (diff = B - A, paired over questions)")
+    for col in ("metric", "n", "A", "B", "diff", "95% CI", "p", "test"):
+        table.add_column(col)
+    for _, r in df.iterrows():
+        sig = "[bold]" if r["p_value"] < 0.05 else ""
+        table.add_row(r["metric"], str(r["n"]), f"{r['mean_a']:.4g}", f"{r['mean_b']:.4g}", f"{sig}{r['diff']:+.4g}",
+                      f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", f"{r['p_value']:.3g}", r["test"])
+    out.print(table)
+    out.print(f"{len(flipped)} questions changed {flip_metric} "
+              f"({int((flipped['change'] > 0).sum())} better, {int((flipped['change'] < 0).sum())} worse)")
+    for _, r in flipped.head(20).iterrows():
+        out.print(f"  {r['change']:+.3g}  {r['query_id']}  {r['question']}", highlight=False, markup=False)
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="run id (a unique prefix is enough)")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="trec | jsonl | csv")] = "trec",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (default: stdout)")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Export a run: TREC run file (qid Q0 docid rank score tag) or per-question rows (jsonl/csv)."""
+    from .compare import export_run
+    from .runner import Workspace
+    from .store import Store
+
+    try:
+        text = export_run(Store(Workspace.from_env(store).store_url), run_id, fmt, output)
+    except WorkbenchError as exc:
+        _fail(exc)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        out.print(f"wrote {output}")
+
+
+@app.command()
+def gate(
+    experiment: Annotated[Path, typer.Argument(help="experiments/NAME.yaml with baseline and gates")],
+    store: StoreOpt = None,
+) -> None:
+    """Check an experiment's stored runs against its gates; exit 1 if any gate fails."""
+    from .config import load_experiment
+    from .runner import Workspace
+    from .store import Store
+
+    try:
+        exp = load_experiment(experiment)
+        failed = _check_gates(Store(Workspace.from_env(store).store_url), exp.spec)
+    except WorkbenchError as exc:
+        _fail(exc)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _check_gates(st, spec) -> int:
+    from .compare import evaluate_gates
+
+    results = evaluate_gates(st, spec)
+    for r in results:
+        mark = "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]"
+        out.print(f"{mark} {r.run_id[:10]} {r.message}", highlight=False)
+    failed = sum(not r.passed for r in results)
+    out.print(f"gates: {len(results) - failed} passed, {failed} failed")
+    return failed

@@ -198,6 +198,42 @@ class GridSpec(_Spec):
         return self
 
 
+class BaselineSpec(_Spec):
+    """What a gate compares against: a stored run, or a stored experiment (its run with the same
+    axes, else its best run)."""
+
+    run_id: str | None = None
+    experiment: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> BaselineSpec:
+        if (self.run_id is None) == (self.experiment is None):
+            raise ValueError("give exactly one of run_id or experiment")
+        return self
+
+
+class GateSpec(_Spec):
+    """A regression gate on one aggregate metric.
+
+    ``min``/``max`` bound the run's value; ``max_drop`` (higher-is-better metrics) and
+    ``max_increase`` (latency, cost) bound the change from the baseline. With ``significant: true``
+    a change beyond the bound fails only if a paired test finds it significant at ``alpha``.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    max_drop: float | None = Field(default=None, ge=0)
+    max_increase: float | None = Field(default=None, ge=0)
+    significant: bool = False
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> GateSpec:
+        if all(v is None for v in (self.min, self.max, self.max_drop, self.max_increase)):
+            raise ValueError("a gate needs at least one of min, max, max_drop, max_increase")
+        return self
+
+
 class ExperimentSpec(_Spec):
     """One bake-off: a dataset, a query sample, and the grid of alternatives to compare."""
 
@@ -206,6 +242,16 @@ class ExperimentSpec(_Spec):
     dataset: str
     queries: QuerySpec = QuerySpec()
     grid: GridSpec
+    baseline: BaselineSpec | None = None
+    gates: dict[str, GateSpec] = Field(default_factory=dict)
+    limits: dict[str, float] = Field(default_factory=dict, description="the recommendation must stay within these (e.g. latency_p95 or cost)")
+
+    @model_validator(mode="after")
+    def _gates_need_baseline(self) -> ExperimentSpec:
+        for metric, gate in self.gates.items():
+            if (gate.max_drop is not None or gate.max_increase is not None) and self.baseline is None:
+                raise ValueError(f"gate {metric!r} compares with a baseline: add 'baseline'")
+        return self
 
 
 class RunConfig(_Spec):

@@ -9,7 +9,6 @@ never leaves a half-filled collection under a name that looks finished.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from pathlib import Path
 
@@ -44,10 +43,11 @@ def _existing(client: chromadb.ClientAPI, name: str, expected: int):
     return col if col.count() == expected else None
 
 
-def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk], embedder, lock_dir: Path) -> tuple[chromadb.Collection, bool]:
+def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk], embedder_factory, lock_dir: Path) -> tuple[chromadb.Collection, bool]:
     """Return the complete collection ``name``, building it from ``chunks`` if needed.
 
-    Returns (collection, built) where ``built`` says whether this call embedded and wrote it.
+    ``embedder_factory()`` is called only when the collection must be built, so reusing an index
+    loads no model. Returns (collection, built) where ``built`` says whether this call wrote it.
     """
     col = _existing(client, name, len(chunks))
     if col is not None:
@@ -65,6 +65,7 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
         tmp = client.create_collection(tmp_name, configuration={"hnsw": {"space": "cosine"}},
                                        metadata={"workbench": "index", "chunks": len(chunks)})
         store = ChromaVectorStore(chroma_collection=tmp)
+        embedder = embedder_factory()
         for start in range(0, len(chunks), ADD_BATCH):
             batch = chunks[start:start + ADD_BATCH]
             vectors = embedder.embed_passages([c.text for c in batch])
@@ -76,8 +77,3 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
         tmp.modify(name=name)
         return client.get_collection(name), True
 
-
-def timed_ensure_collection(*args, **kwargs):
-    t0 = time.perf_counter()
-    col, built = ensure_collection(*args, **kwargs)
-    return col, built, time.perf_counter() - t0

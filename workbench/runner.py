@@ -31,9 +31,7 @@ from .embedding import (CachedEmbedder, api_key_for, default_tokenizer, embedder
 from .errors import WorkbenchError
 from .evaluation.aggregate import aggregate_rows
 from .evaluation.perquestion import question_metrics
-from .generation import ContextChunk, GenerationResult, generate, load_prompt, make_client, render
 from .hashing import canonical_json, file_sha256, hash_obj, sha256_text
-from .llm_server import LocalLLMServer, local_model_path
 from .retrieval import Retriever
 from .store import Store
 
@@ -114,6 +112,9 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
         if e.provider != "local":
             api_key_for(e.provider, e.api_key_env, f"embedding {e.provider}:{e.model}")
     prompts, llm_hashes = {}, {}
+    if grid.generation:
+        from .generation import load_prompt
+        from .llm_server import local_model_path
     for g in grid.generation or []:
         prompts[g.prompt] = load_prompt(experiment.prompt_paths[g.prompt])
         if g.provider == "local":
@@ -174,36 +175,40 @@ class _Stages:
             self.timings["model_load_s"] += time.perf_counter() - t0
         return self._embedders[spec]
 
+    def _tokenizer_spec(self, run: PlannedRun) -> EmbeddingSpec | None:
+        grid = self.plan.experiment.spec.grid
+        return run.config.embedding or (grid.embedding[0] if grid.embedding else None)
+
     def tokenizer(self, run: PlannedRun) -> Tokenizer:
-        spec = run.config.embedding
-        if spec is None and self.plan.experiment.spec.grid.embedding:
-            spec = self.plan.experiment.spec.grid.embedding[0]
+        spec = self._tokenizer_spec(run)
         return self.embedder(spec).tokenizer if spec is not None else default_tokenizer()
 
-    def chunks(self, run: PlannedRun) -> tuple[str, list[Chunk]]:
-        tok = self.tokenizer(run)
-        key = chunk_set_key(self.plan.dataset.docs.values(), run.config.chunking, tok)
+    def chunks(self, run: PlannedRun) -> tuple[str, list[Chunk], int | None]:
+        """(chunk set key, chunks, the tokenizer's input limit). Loads no model on a cache hit."""
+        key = chunk_set_key(self.plan.dataset.docs.values(), run.config.chunking, run.tokenizer)
         if key not in self._chunks:
             t0 = time.perf_counter()
-            cached = self.cache.get(f"chunks:{key}")
+            cached = self.cache.get(f"chunks:v2:{key}")
             if cached is None:
-                cached = chunk_documents(self.plan.dataset.docs.values(), run.config.chunking, tok)
-                self.cache.set(f"chunks:{key}", cached)
+                tok = self.tokenizer(run)
+                assert tok.name == run.tokenizer, (tok.name, run.tokenizer)
+                cached = (chunk_documents(self.plan.dataset.docs.values(), run.config.chunking, tok), tok.max_tokens)
+                self.cache.set(f"chunks:v2:{key}", cached)
             self._chunks[key] = cached
             self.timings["chunking_s"] += time.perf_counter() - t0
-        return key, self._chunks[key]
+        return (key, *self._chunks[key])
 
     def retriever(self, run: PlannedRun) -> Retriever:
-        key, chunks = self.chunks(run)
+        key, chunks, _ = self.chunks(run)
         spec = run.config.embedding
         rkey = (key, spec)
         if rkey not in self._retrievers:
-            collection = name = embedder = None
+            collection = name = None
+            embedder = (lambda: self.embedder(spec)) if spec is not None else None
             if spec is not None:
-                embedder = self.embedder(spec)
                 if self._chroma is None:
                     self._chroma = index_mod.open_chroma(self.ws.cache_dir / "chroma")
-                name = index_mod.collection_name(key, embedder.fingerprint)
+                name = index_mod.collection_name(key, run.lineage["embedding_fingerprint"])
                 t0 = time.perf_counter()
                 collection, built = index_mod.ensure_collection(self._chroma, name, chunks, embedder, self.ws.cache_dir / "locks")
                 self.timings["embed_index_s"] += time.perf_counter() - t0
@@ -212,6 +217,9 @@ class _Stages:
         return self._retrievers[rkey]
 
     def llm_client(self, run: PlannedRun):
+        from .generation import make_client
+        from .llm_server import LocalLLMServer
+
         gen = run.config.generation
         if gen not in self._clients:
             base_url = None
@@ -240,6 +248,8 @@ def _generation_key(run: PlannedRun, rendered) -> str:
 def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rerun: str,
                  progress: Callable[[str, int, int], None]) -> dict:
     cfg = run.config
+    if cfg.generation:
+        from .generation import ContextChunk, generate, load_prompt, render
     if rerun == "all":
         store.delete_run_rows(run.run_id)
     done = store.done_query_ids(run.run_id)
@@ -247,7 +257,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     store.start_run(run.run_id, cfg.model_dump(), cfg.axes(), run.lineage, len(plan.queries))
     timings: dict[str, float] = defaultdict(float)
     retriever = stages.retriever(run)
-    chunk_key, chunks = stages.chunks(run)
+    _, chunks, max_tokens = stages.chunks(run)
     chunk_by_id = {c.chunk_id: c for c in chunks}
     prompt = load_prompt(plan.experiment.prompt_paths[cfg.generation.prompt]) if cfg.generation else None
     client = stages.llm_client(run) if cfg.generation and todo else None
@@ -258,7 +268,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
         timings["retrieval_s"] += time.perf_counter() - t0
         hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": chunk_by_id[h.chunk_id].text}
                 for r, h in enumerate(result.hits, start=1)]
-        gen_result: GenerationResult | None = None
+        gen_result = None
         if cfg.generation:
             t0 = time.perf_counter()
             context = [ContextChunk(h["rank"], h["doc_id"], plan.dataset.docs[h["doc_id"]].title, h["text"]) for h in hits]
@@ -297,13 +307,12 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     n_failed = int(rows["error"].notna().sum()) if not rows.empty else 0
     store.write_aggregates(run.run_id, aggregate_rows(rows))
     status = "complete" if n_failed == 0 else ("failed" if n_failed == len(rows) else "partial")
-    tok_max = stages.tokenizer(run).max_tokens
-    store.finish_run(run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, tok_max) if cfg.embedding else None,
+    store.finish_run(run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, max_tokens),
                      {**dict(timings), "questions_computed": len(todo)})
     return {"run_id": run.run_id, "status": status, "computed": len(todo), "n_failed": n_failed, **timings}
 
 
-def _cost(cfg: RunConfig, result: GenerationResult) -> float | None:
+def _cost(cfg: RunConfig, result) -> float | None:
     from .generation import cost_usd, load_prices
 
     if result.error is not None:
