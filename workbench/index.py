@@ -24,6 +24,10 @@ from .chunking import Chunk  # noqa: E402
 from .hashing import hash_obj  # noqa: E402
 
 ADD_BATCH = 512  # chunks embedded and sent to Chroma per round trip
+# HNSW is approximate and, built with several threads, not reproducible: two builds of the same
+# vectors returned different 9th/10th neighbours. A single-threaded build is deterministic (hnswlib's
+# level generator is seeded), and a wide search beam keeps recall near exact for top_k <= 200.
+HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 256, "max_neighbors": 32, "num_threads": 1}
 
 
 def open_chroma(path: Path) -> chromadb.ClientAPI:
@@ -32,7 +36,7 @@ def open_chroma(path: Path) -> chromadb.ClientAPI:
 
 
 def collection_name(chunk_set_key: str, embedder_fingerprint: str) -> str:
-    return "wb-" + hash_obj([chunk_set_key, embedder_fingerprint], 40)
+    return "wb-" + hash_obj([chunk_set_key, embedder_fingerprint, HNSW], 40)
 
 
 def _existing(client: chromadb.ClientAPI, name: str, expected: int):
@@ -62,7 +66,7 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
             if stale_name.startswith(f"tmp-{name}-") or stale_name == name:
                 client.delete_collection(stale_name)
         tmp_name = f"tmp-{name}-{uuid.uuid4().hex[:8]}"
-        tmp = client.create_collection(tmp_name, configuration={"hnsw": {"space": "cosine"}},
+        tmp = client.create_collection(tmp_name, configuration={"hnsw": HNSW},
                                        metadata={"workbench": "index", "chunks": len(chunks)})
         store = ChromaVectorStore(chroma_collection=tmp)
         embedder = embedder_factory()
