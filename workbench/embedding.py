@@ -113,10 +113,12 @@ class E5SmallEmbedder:
 
 
 def _tiktoken_tokenizer(name: str, max_tokens: int | None) -> Tokenizer:
-    import tiktoken
+    # LlamaIndex ships the cl100k_base file and points tiktoken at it; plain tiktoken would try to
+    # download it, which fails offline.
+    from llama_index.core.utils import get_tokenizer
 
-    enc = tiktoken.get_encoding("cl100k_base")
-    return Tokenizer(name=name, split_fn=enc.encode, count_fn=lambda t: len(enc.encode(t)), max_tokens=max_tokens)
+    encode = get_tokenizer()
+    return Tokenizer(name=name, split_fn=encode, count_fn=lambda t: len(encode(t)), max_tokens=max_tokens)
 
 
 def default_tokenizer() -> Tokenizer:

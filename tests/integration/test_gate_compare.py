@@ -1,0 +1,105 @@
+"""Regression gates, paired comparison and exports on real (BM25) runs, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_xquad_slice
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+
+
+def _write(tmp_path: Path, name: str, dataset: Path, retrieval: str, tail: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""name: {name}
+dataset: {dataset}
+grid:
+  chunking: [{{splitter: sentence, chunk_size: 96, chunk_overlap: 16}}]
+  retrieval: [{retrieval}]
+{tail}""", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("gates")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORKBENCH_STORE", f"sqlite:///{tmp_path / 'wb.sqlite'}")
+        mp.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+        mp.setenv("WORKBENCH_REPORTS", str(tmp_path / "reports"))
+        yield _make_runs(tmp_path)
+
+
+def _make_runs(tmp_path: Path) -> dict:
+    dataset = write_xquad_slice(tmp_path / "data", n_docs=60)
+    base = _write(tmp_path, "gate_base", dataset, "{method: bm25, top_k: 10}")
+    assert _cli("run", str(base), "--no-report").returncode == 0
+    gates = """baseline: {experiment: gate_base}
+gates:
+  ndcg_at_10: {max_drop: 0.02, significant: true}
+  hit_at_1: {max_drop: 0.02}
+  mrr: {min: 0.3}
+  retrieval_latency_p95_s: {max: 5}
+"""
+    equal = _write(tmp_path, "gate_equal", dataset, "{method: bm25, top_k: 10}", gates)
+    # A worse config: only the single best chunk is kept.
+    worse = _write(tmp_path, "gate_worse", dataset, "{method: bm25, top_k: 1}", gates)
+    for exp in (equal, worse):
+        result = _cli("run", str(exp), "--no-report")
+        assert result.returncode == 0, result.stderr
+    return {"base": base, "equal": equal, "worse": worse}
+
+
+def test_gate_passes_for_an_equal_config_and_fails_for_a_worse_one(runs):
+    ok = _cli("gate", str(runs["equal"]))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "4 passed, 0 failed" in ok.stdout.replace("gates: ", "")
+
+    bad = _cli("gate", str(runs["worse"]))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    fail_lines = [line for line in bad.stdout.splitlines() if line.startswith("FAIL")]
+    assert any("ndcg_at_10" in line and "drop" in line and "significant" in line for line in fail_lines), bad.stdout
+
+
+def test_compare_reports_paired_differences_and_flips(runs):
+    from workbench.store import Store
+
+    st = Store(os.environ["WORKBENCH_STORE"])
+    base_id = st.run_ids("gate_base")[0]
+    worse_id = st.run_ids("gate_worse")[0]
+    res = _cli("compare", base_id, worse_id, "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    by_metric = {m["metric"]: m for m in data["metrics"]}
+    ndcg = by_metric["ndcg_at_10"]
+    assert ndcg["diff"] < 0 and ndcg["ci_high"] < 0 and ndcg["p_value"] < 0.05
+    assert by_metric["hit_at_1"]["test"] == "mcnemar"
+    # hit@1 cannot change when only the depth changes (same first chunk): no flips for it.
+    assert by_metric["hit_at_1"]["diff"] == 0
+    assert data["flipped"], "questions whose nDCG changed are listed"
+
+
+def test_export_formats(runs, tmp_path):
+    from workbench.store import Store
+
+    st = Store(os.environ["WORKBENCH_STORE"])
+    run_id = st.run_ids("gate_base")[0]
+    trec = _cli("export", run_id[:8], "--format", "trec").stdout.splitlines()
+    first = trec[0].split()
+    assert len(first) == 6 and first[1] == "Q0" and first[3] == "1" and first[5] == run_id
+    out = tmp_path / "rows.jsonl"
+    assert _cli("export", run_id, "--format", "jsonl", "-o", str(out)).returncode == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(st.questions(run_id)) and "ndcg_at_10" in rows[0] and "retrieved_doc_ids" in rows[0]
+    bad = _cli("export", run_id, "--format", "xml")
+    assert bad.returncode == 2 and "unknown export format" in bad.stderr
