@@ -170,10 +170,15 @@ class GenerationSpec(_Spec):
 
 
 class QuerySpec(_Spec):
-    """A deterministic sample of the dataset's queries (all of them when ``limit`` is omitted)."""
+    """A deterministic sample of the dataset's queries (all of them when ``limit`` is omitted).
+
+    ``unanswerable`` adds that fraction of the sample again with its gold documents withheld from
+    retrieval, to measure refusal when the answer is not in the corpus.
+    """
 
     limit: int | None = Field(default=None, gt=0)
     seed: int = 0
+    unanswerable: float = Field(default=0.0, ge=0, le=1)
 
 
 class GridSpec(_Spec):

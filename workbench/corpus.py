@@ -44,6 +44,30 @@ class Query:
     text: str
     answers: tuple[str, ...] = ()
     answer_starts: tuple[int, ...] = ()
+    # Documents hidden from retrieval for this question: the unanswerable slice withholds the
+    # gold documents, so the right behaviour is to refuse.
+    withheld: tuple[str, ...] = ()
+
+    @property
+    def unanswerable(self) -> bool:
+        return bool(self.withheld)
+
+
+UNANSWERABLE_SUFFIX = "~unanswerable"
+
+
+def unanswerable_slice(queries: list[Query], qrels: dict[str, dict[str, int]], fraction: float, seed: int) -> list[Query]:
+    """Copies of a seeded ``fraction`` of ``queries`` with their relevant documents withheld.
+
+    The copy keeps the question text but has no gold answer and cannot retrieve any document
+    that answers it, so a grounded system should say it does not know.
+    """
+    if fraction <= 0 or not queries:
+        return []
+    n = max(1, round(fraction * len(queries)))
+    picked = sorted(random.Random(seed + 1).sample(sorted(q.query_id for q in queries), min(n, len(queries))))
+    by_id = {q.query_id: q for q in queries}
+    return [Query(qid + UNANSWERABLE_SUFFIX, by_id[qid].text, (), (), tuple(sorted(qrels[qid]))) for qid in picked]
 
 
 @dataclass(slots=True)

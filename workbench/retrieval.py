@@ -124,7 +124,18 @@ class Retriever:
     # -- cached entry point ----------------------------------------------------------------------
     def cache_key(self, spec: RetrievalSpec, query: Query) -> str:
         index = self.collection_name if spec.needs_embedding else self.chunk_set_key
-        return "ret:" + hash_obj([index, spec.model_dump(), sha256_text(query.text)])
+        return "ret:" + hash_obj([index, spec.model_dump(), sha256_text(query.text), query.withheld])
+
+    def _withholding(self, spec: RetrievalSpec, query: Query) -> RetrievalResult:
+        """Retrieve as if the withheld documents were not in the corpus: search deep enough that
+        ``top_k`` hits remain after dropping every chunk of theirs."""
+        hidden = set(query.withheld)
+        extra = sum(c.doc_id in hidden for c in self.chunks)
+        depth = spec.top_k + extra
+        deeper = spec.model_copy(update={"top_k": depth, **({"candidates": max(spec.candidates or 0, depth, 4 * spec.top_k, 20)} if spec.method == "hybrid" else {})})
+        full = self.retrieve(deeper, Query(query.query_id, query.text))
+        kept = tuple(h for h in full.hits if h.doc_id not in hidden)[:spec.top_k]
+        return RetrievalResult(kept, full.latency_s)
 
     def retrieve(self, spec: RetrievalSpec, query: Query) -> RetrievalResult:
         key = self.cache_key(spec, query)
@@ -132,7 +143,7 @@ class Retriever:
         if found is not None:
             self.cached += 1
             return found
-        result = self._compute(spec, query)
+        result = self._withholding(spec, query) if query.withheld else self._compute(spec, query)
         self.cache.set(key, result)
         self.computed += 1
         return result

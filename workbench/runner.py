@@ -25,7 +25,7 @@ import diskcache
 from . import index as index_mod
 from .chunking import Chunk, Tokenizer, chunk_documents, chunk_set_key, truncation_rate
 from .config import EmbeddingSpec, Experiment, RunConfig
-from .corpus import Dataset, Query, load_dataset
+from .corpus import Dataset, Query, load_dataset, unanswerable_slice
 from .embedding import (CachedEmbedder, api_key_for, default_tokenizer, embedder_fingerprint, make_embedder,
                         tokenizer_name)
 from .errors import WorkbenchError
@@ -105,6 +105,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
     queries = dataset.sample_queries(qspec.limit, qspec.seed)
     if not queries:
         raise WorkbenchError(f"{experiment.dataset_path}: no query has a relevant document in the qrels")
+    queries += unanswerable_slice(queries, dataset.qrels, qspec.unanswerable, qspec.seed)
     memo = diskcache.Cache(str(workspace.cache_dir / "memo"))
     grid = experiment.spec.grid
     fingerprints = {e: embedder_fingerprint(e, memo) for e in grid.embedding}
@@ -123,7 +124,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             api_key_for(g.provider, g.api_key_env, f"generation {g.provider}:{g.model}")
             llm_hashes[g] = None
     first_embedding = grid.embedding[0] if grid.embedding else None
-    query_ids_hash = hash_obj([q.query_id for q in queries])
+    query_ids_hash = hash_obj([(q.query_id, q.withheld) for q in queries])
     versions = {"packages": package_versions(), **code_version()}
     runs = []
     for cfg in experiment.runs():
@@ -281,12 +282,13 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
                     stages.cache.set(key, gen_result)
             timings["generation_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        metrics = question_metrics(query, plan.dataset.qrels.get(query.query_id, {}), result.hits, cfg.retrieval.top_k,
+        relevant = {} if query.unanswerable else plan.dataset.qrels.get(query.query_id, {})
+        metrics = question_metrics(query, relevant, result.hits, cfg.retrieval.top_k,
                                    gen_result.answer if gen_result and gen_result.error is None else None, [h["text"] for h in hits])
         timings["evaluation_s"] += time.perf_counter() - t0
         buffer.append({
             "run_id": run.run_id, "query_id": query.query_id, "position": position, "question": query.text,
-            "gold_answers": list(query.answers), "relevant": plan.dataset.qrels.get(query.query_id, {}), "hits": hits,
+            "gold_answers": list(query.answers), "relevant": relevant, "hits": hits,
             "answer": gen_result.answer if gen_result else None,
             "error": gen_result.error if gen_result else None,
             "retrieval_latency_s": result.latency_s,

@@ -31,7 +31,7 @@ def _percentile_ci(values: list[float], q: float) -> tuple[float, float, float]:
     if len(set(values)) <= 1:
         return point, point, point
     res = sps.bootstrap((np.asarray(values),), lambda x, axis: np.percentile(x, q, axis=axis), n_resamples=N_RESAMPLES,
-                        method="percentile", random_state=np.random.default_rng(SEED), vectorized=True)
+                        method="percentile", rng=np.random.default_rng(SEED), vectorized=True)
     return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

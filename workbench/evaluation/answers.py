@@ -119,7 +119,7 @@ def contains_gold(prediction: str, golds: str | Iterable[str]) -> float:
 
 
 def parse_citations(answer: str) -> list[int]:
-    """Return the source numbers cited as ``[1]``, ``[1, 3]`` or ``[1][2]``, unique, in order of first use.
+    """Return the numbers cited as ``[1]``, ``[1, 3]`` or ``[1][2]``: unique, in order of first use.
 
     Order is kept so that "the first source the answer relies on" stays recoverable; duplicates
     are dropped because citing a source twice does not make it twice as supported.
@@ -176,9 +176,8 @@ def answer_support(answer: str, contexts: Sequence[str]) -> float | None:
         A value in [0, 1], or ``None`` when the answer has no content tokens (empty, or only
         stopwords and citation markers), since there is then nothing to support.
     """
-    tokens = [
-        t for t in normalize_answer(_CITATION.sub(" ", answer)).split() if t not in SUPPORT_STOPWORDS
-    ]
+    words = normalize_answer(_CITATION.sub(" ", answer)).split()
+    tokens = [t for t in words if t not in SUPPORT_STOPWORDS]
     if not tokens:
         return None
     context_tokens = {t for context in contexts for t in normalize_answer(context).split()}

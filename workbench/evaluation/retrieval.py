@@ -98,7 +98,7 @@ def ranked_docs(run_for_query: Mapping[str, float]) -> list[str]:
 
 
 def run_from_ranked(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
-    """Turn a ranked list of ``(doc_id, score)`` into one query's run, keeping each doc's best score.
+    """Turn a ranked list of ``(doc_id, score)`` into one query's run, keeping each doc's max score.
 
     A run is a dict, so a document cannot appear twice; a retriever's list can (several chunks of
     one document, or a fused list). Keeping the maximum is the standard "MaxP" aggregation and

@@ -50,11 +50,12 @@ def bootstrap_ci(
 ) -> tuple[float, float, float]:
     """Mean of per-question values with a percentile bootstrap interval over questions.
 
-    The percentile method is used rather than scipy's default BCa: BCa needs a jackknife, warns
-    or fails on the near-constant 0/1 data that small bake-offs produce (all hits but one), and
-    its small gain in coverage does not matter at the precision reports are read at. Constant
-    data (including a single value) has no spread to resample, so it returns ``(v, v, v)``
-    directly instead of letting scipy warn about a degenerate distribution.
+    The percentile method is used rather than scipy's default BCa: it is always defined and easy
+    to explain, while BCa needs a jackknife, can be undefined (scipy warns and returns NaN) when
+    the resampled means are degenerate, and its small gain in coverage does not matter at the
+    precision reports are read at. Constant data (including a single value) has no spread to
+    resample, so it returns ``(v, v, v)`` directly instead of letting scipy warn about a
+    degenerate distribution.
 
     Args:
         values: One value per question; ``None`` must be filtered out by the caller.
