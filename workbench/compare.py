@@ -26,7 +26,7 @@ from .store import Store
 ROW_COLUMNS = {"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer", "error",
                "tokens_estimated"}
 # Per-question columns that are compared like metrics (lower is better).
-PER_QUESTION_COSTS = ["retrieval_latency_s", "generation_latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "cost_usd"]
+PER_QUESTION_COSTS = ["retrieval_latency_s", "rerank_latency_s", "generation_latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "cost_usd"]
 
 
 def metric_columns(rows: pd.DataFrame) -> list[str]:
@@ -99,6 +99,44 @@ def indistinguishable_from_best(store: Store, experiment: str, metric: str | Non
     return out
 
 
+GAIN_METRICS = ["ndcg_at_10", "mrr", "hit_at_1", "hit_at_3", "f1", "exact_match", "contains_gold"]
+
+
+def reranker_gain(store: Store, experiment: str, metrics: list[str] | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """Reranker gain: for every reranked run, the paired difference of each metric against the same
+    configuration without the reranker (same chunking, embedder, retriever, LLM), on the same
+    questions, Holm-corrected over the table, with the latency and cost the reranker adds."""
+    board = store.leaderboard(experiment)
+    keys = ["chunking", "embedding", "retrieval", "generation"]
+    plain = {tuple(r[k] for k in keys): r["run_id"] for _, r in board[board["rerank"] == "-"].iterrows()}
+    rows = []
+    for _, r in board[board["rerank"] != "-"].iterrows():
+        base_id = plain.get(tuple(r[k] for k in keys))
+        if base_id is None:
+            continue
+        qa, qb = store.questions(base_id), store.questions(r["run_id"])
+        added_latency = _paired(qa, qb, "retrieval_latency_s")
+        extra = {
+            "added_latency_mean_s": (sum(added_latency[1]) - sum(added_latency[0])) / len(added_latency[0]) if added_latency[0] else None,
+            "rerank_latency_p50_s": _value(board, r["run_id"], "rerank_latency_p50_s"),
+            "added_cost_per_question_usd": (_value(board, r["run_id"], "cost_per_question_usd") or 0.0) - (_value(board, base_id, "cost_per_question_usd") or 0.0),
+        }
+        for m in metrics or GAIN_METRICS:
+            a, b, _ = _paired(qa, qb, m)
+            if not a:
+                continue
+            res = paired_difference(a, b)
+            rows.append({"run_id": r["run_id"], "baseline_run_id": base_id, "rerank": r["rerank"], "retrieval": r["retrieval"],
+                         "chunking": r["chunking"], "embedding": r["embedding"], "metric": m, "n": res.n, "without": res.mean_a,
+                         "with": res.mean_b, "gain": res.diff, "ci_low": res.ci_low, "ci_high": res.ci_high,
+                         "p_value": res.p_value, "test": res.test, **extra})
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["p_holm"] = holm(df["p_value"].tolist())
+        df["significant"] = df["p_holm"] < alpha
+    return df
+
+
 # -- regression gates --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -125,7 +163,8 @@ def baseline_run_for(store: Store, spec: ExperimentSpec, run_id: str) -> str | N
         raise StoreError(f"baseline experiment {spec.baseline.experiment!r} has no runs")
     mine = store.runs().set_index("run_id").loc[run_id]
     same = base[(base["chunking"] == mine["chunking"]) & (base["embedding"] == mine["embedding"])
-                & (base["retrieval"] == mine["retrieval"]) & (base["generation"] == mine["generation"])]
+                & (base["retrieval"] == mine["retrieval"]) & (base["generation"] == mine["generation"])
+                & (base["rerank"] == (mine.get("rerank") if isinstance(mine.get("rerank"), str) else "-"))]
     if not same.empty:
         return same.iloc[0]["run_id"]
     m = primary_metric(base)

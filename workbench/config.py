@@ -136,6 +136,64 @@ class RetrievalSpec(_Spec):
         return f"{self.method}@{self.top_k}"
 
 
+RERANK_METHODS = ("none", "embedding", "cross_encoder", "llm", "hosted")
+
+
+class RerankSpec(_Spec):
+    """A second stage: re-score the first stage's ``candidates`` hits and keep the best ``top_n``.
+
+    - ``embedding``: a second local embedder (``model``), e.g. e5-small over MiniLM/BM25 candidates;
+    - ``cross_encoder``: a sentence-transformers cross-encoder in a local folder (``path``);
+    - ``llm``: listwise LLM reranking (``provider``/``model``, as for generation);
+    - ``hosted``: a Cohere/Jina-style ``/rerank`` API (``base_url``, ``model``, ``api_key_env``).
+    """
+
+    method: str
+    candidates: int = Field(default=20, gt=0)
+    top_n: int = Field(default=5, gt=0)
+    model: str | None = None
+    provider: str | None = None
+    path: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return _check_name("rerank method", v, RERANK_METHODS)
+
+    @model_validator(mode="after")
+    def _fields(self) -> RerankSpec:
+        allowed = {"none": set(), "embedding": {"model"}, "cross_encoder": {"path"},
+                   "llm": {"provider", "model", "base_url", "api_key_env"}, "hosted": {"model", "base_url", "api_key_env"}}[self.method]
+        for name in ("model", "provider", "path", "base_url", "api_key_env"):
+            if getattr(self, name) is not None and name not in allowed:
+                raise ValueError(f"rerank method {self.method!r} takes no {name!r}")
+        if self.method == "none":
+            return self
+        if self.top_n > self.candidates:
+            raise ValueError(f"top_n ({self.top_n}) must not exceed candidates ({self.candidates})")
+        if self.method == "embedding":
+            _check_name("local embedding model", self.model or "", LOCAL_EMBEDDING_MODELS)
+        elif self.method == "cross_encoder" and not self.path:
+            raise ValueError("rerank method 'cross_encoder' needs path (a local folder with the model)")
+        elif self.method == "llm":
+            _check_name("generation provider", self.provider or "", GENERATION_PROVIDERS)
+            if self.provider == "local":
+                _check_name("local LLM", self.model or "", LOCAL_LLMS)
+            elif not self.model or (self.provider == "openai_compatible" and not self.base_url):
+                raise ValueError("rerank method 'llm' needs model (and base_url for openai_compatible)")
+        elif self.method == "hosted" and not (self.base_url and self.model):
+            raise ValueError("rerank method 'hosted' needs base_url and model")
+        return self
+
+    def label(self) -> str:
+        if self.method == "none":
+            return "-"
+        what = {"embedding": self.model, "cross_encoder": Path(self.path or "").name, "llm": self.model, "hosted": self.model}[self.method]
+        return f"{self.method}:{what} {self.candidates}->{self.top_n}"
+
+
 class GenerationSpec(_Spec):
     """An LLM and a prompt file. Every provider is reached through the OpenAI API."""
 
@@ -185,6 +243,7 @@ class GridSpec(_Spec):
     chunking: list[ChunkingSpec] = Field(min_length=1)
     embedding: list[EmbeddingSpec] = Field(default_factory=list)
     retrieval: list[RetrievalSpec] = Field(min_length=1)
+    rerank: list[RerankSpec] | None = None
     generation: list[GenerationSpec] | None = None
 
     @model_validator(mode="after")
@@ -193,7 +252,9 @@ class GridSpec(_Spec):
             raise ValueError("retrieval methods 'dense'/'hybrid' need at least one entry under 'embedding'")
         if self.generation is not None and not self.generation:
             raise ValueError("generation: give at least one model, or omit the axis for a retrieval-only experiment")
-        for axis in ("chunking", "embedding", "retrieval", "generation"):
+        if self.rerank is not None and not self.rerank:
+            raise ValueError("rerank: give at least one entry (use {method: none} for no reranking), or omit the axis")
+        for axis in ("chunking", "embedding", "retrieval", "rerank", "generation"):
             values = getattr(self, axis) or []
             seen = set()
             for i, v in enumerate(values):
@@ -266,6 +327,21 @@ class RunConfig(_Spec):
     embedding: EmbeddingSpec | None
     retrieval: RetrievalSpec
     generation: GenerationSpec | None
+    rerank: RerankSpec | None = None
+
+    @property
+    def final_k(self) -> int:
+        """How many chunks reach the answer and the metrics."""
+        return self.rerank.top_n if self.rerank else self.retrieval.top_k
+
+    def first_stage(self) -> RetrievalSpec:
+        """The first-stage retrieval: ``candidates`` deep when a reranker follows."""
+        if self.rerank is None:
+            return self.retrieval
+        update = {"top_k": self.rerank.candidates}
+        if self.retrieval.candidates is not None and self.retrieval.candidates < self.rerank.candidates:
+            update["candidates"] = self.rerank.candidates
+        return self.retrieval.model_copy(update=update)
 
     def axes(self) -> dict[str, str]:
         """Human-readable axis values, used as leaderboard columns."""
@@ -273,6 +349,7 @@ class RunConfig(_Spec):
             "chunking": self.chunking.label(),
             "embedding": self.embedding.label() if self.embedding else "-",
             "retrieval": self.retrieval.label(),
+            "rerank": self.rerank.label() if self.rerank else "-",
             "generation": self.generation.label() if self.generation else "-",
         }
 
@@ -286,6 +363,7 @@ class Experiment(BaseModel):
     path: Path
     dataset_path: Path
     prompt_paths: dict[str, Path]  # GenerationSpec.prompt as written -> resolved file
+    model_paths: dict[str, Path] = {}  # RerankSpec.path as written -> resolved folder
 
     @property
     def name(self) -> str:
@@ -300,13 +378,14 @@ def expand_grid(grid: GridSpec) -> list[RunConfig]:
     runs: list[RunConfig] = []
     seen: set[RunConfig] = set()
     embeddings = grid.embedding or [None]
-    for chunking, embedding, retrieval, generation in itertools.product(
-        grid.chunking, embeddings, grid.retrieval, grid.generation or [None]
+    for chunking, embedding, retrieval, rerank, generation in itertools.product(
+        grid.chunking, embeddings, grid.retrieval, grid.rerank or [None], grid.generation or [None]
     ):
         run = RunConfig(
             chunking=chunking,
             embedding=embedding if retrieval.needs_embedding else None,
             retrieval=retrieval,
+            rerank=None if rerank is None or rerank.method == "none" else rerank,
             generation=generation,
         )
         if run not in seen:
@@ -390,7 +469,11 @@ def parse_experiment(text: str, path: Path) -> Experiment:
     prompt_paths: dict[str, Path] = {}
     for i, g in enumerate(spec.grid.generation or []):
         prompt_paths[g.prompt] = resolve_path(g.prompt, path, f"grid.generation[{i}].prompt")
-    return Experiment(spec=spec, path=path.resolve(), dataset_path=dataset_path, prompt_paths=prompt_paths)
+    model_paths: dict[str, Path] = {}
+    for i, r in enumerate(spec.grid.rerank or []):
+        if r.path is not None:
+            model_paths[r.path] = resolve_path(r.path, path, f"grid.rerank[{i}].path")
+    return Experiment(spec=spec, path=path.resolve(), dataset_path=dataset_path, prompt_paths=prompt_paths, model_paths=model_paths)
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:

@@ -9,10 +9,10 @@ import math
 
 import pandas as pd
 
-AXES = ["chunking", "embedding", "retrieval", "generation"]
+AXES = ["chunking", "embedding", "retrieval", "rerank", "generation"]
 # Headline metrics in reading order; those a run does not have are skipped.
 HEADLINE = ["hit_at_5", "recall_at_5", "mrr", "ndcg_at_10", "map", "exact_match", "f1", "contains_gold",
-            "citation_accuracy", "answer_support", "hallucination", "refusal_correct", "false_refusal", "retrieval_latency_p50_s", "generation_latency_p50_s",
+            "citation_accuracy", "answer_support", "hallucination", "refusal_correct", "false_refusal", "retrieval_latency_p50_s", "rerank_latency_p50_s", "generation_latency_p50_s",
             "generation_latency_p95_s", "ttft_p50_s", "prompt_tokens", "completion_tokens", "cost_per_question_usd",
             "error_rate"]
 # Metrics where lower is better (used to pick the best run and the Pareto frontier).

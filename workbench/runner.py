@@ -31,7 +31,7 @@ from .embedding import (CachedEmbedder, api_key_for, default_tokenizer, embedder
 from .errors import WorkbenchError
 from .evaluation.aggregate import aggregate_rows
 from .evaluation.perquestion import question_metrics
-from .hashing import canonical_json, file_sha256, hash_obj, sha256_text
+from .hashing import canonical_json, file_sha256, hash_obj, sha256_text, tree_sha256
 from .retrieval import Retriever
 from .store import Store
 
@@ -124,6 +124,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             api_key_for(g.provider, g.api_key_env, f"generation {g.provider}:{g.model}")
             llm_hashes[g] = None
     first_embedding = grid.embedding[0] if grid.embedding else None
+    rerank_fps = {r: _reranker_fingerprint(r, experiment, memo) for r in grid.rerank or [] if r.method != "none"}
     query_ids_hash = hash_obj([(q.query_id, q.withheld) for q in queries])
     versions = {"packages": package_versions(), **code_version()}
     runs = []
@@ -145,13 +146,33 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             "prompt_hash": prompts[gen.prompt].content_hash if gen else None,
             "llm": f"{gen.provider}:{gen.model}" if gen else None,
             "llm_file_hash": llm_hashes.get(gen) if gen else None,
+            "reranker_fingerprint": rerank_fps.get(cfg.rerank) if cfg.rerank else None,
         }
         # The run id covers what determines the results: config and content hashes, not paths.
-        identity = {"config": cfg.model_dump(exclude={"generation": {"prompt"}}),
+        identity = {"config": cfg.model_dump(exclude={"generation": {"prompt"}, "rerank": {"path"}}),
                     **{k: v for k, v in lineage.items() if k not in ("dataset_path", "prompt_path")}}
         run_id = hash_obj(identity, 16)
         runs.append(PlannedRun(run_id, cfg, tok, {**lineage, **versions}))
     return Plan(experiment, dataset, queries, runs)
+
+
+def _reranker_fingerprint(spec, experiment: Experiment, memo) -> str | None:
+    """Identity of a reranker's model: weights hash for local ones, endpoint and name otherwise."""
+    from .config import EmbeddingSpec as _E
+
+    if spec.method == "embedding":
+        return embedder_fingerprint(_E(provider="local", model=spec.model), memo)
+    if spec.method == "cross_encoder":
+        return tree_sha256(experiment.model_paths[spec.path], memo)
+    if spec.method == "llm" and spec.provider == "local":
+        from .llm_server import local_model_path
+
+        return file_sha256(local_model_path(spec.model), memo)
+    if spec.method in ("llm", "hosted"):
+        if spec.provider != "local":
+            api_key_for(spec.provider or "openai_compatible", spec.api_key_env, f"rerank {spec.method}:{spec.model}")
+        return hash_obj([spec.method, spec.provider, spec.model, spec.base_url])
+    return None
 
 
 class _Stages:
@@ -166,6 +187,7 @@ class _Stages:
         self._retrievers: dict = {}
         self._servers: dict = {}
         self._clients: dict = {}
+        self._rerankers: dict = {}
         self._chroma = None
         self.timings: dict[str, float] = defaultdict(float)
 
@@ -217,22 +239,48 @@ class _Stages:
             self._retrievers[rkey] = Retriever(chunks, key, self.cache, collection, name, embedder)
         return self._retrievers[rkey]
 
+    def reranker(self, run: PlannedRun, chunk_text):
+        from . import rerank as rr
+
+        spec = run.config.rerank
+        if spec not in self._rerankers:
+            t0 = time.perf_counter()
+            if spec.method == "embedding":
+                impl = rr.EmbeddingReranker(self.embedder(EmbeddingSpec(provider="local", model=spec.model)))
+            elif spec.method == "cross_encoder":
+                impl = rr.CrossEncoderReranker(str(self.plan.experiment.model_paths[spec.path]), threads=self.ws.threads)
+            elif spec.method == "llm":
+                base_url, key = self._openai_endpoint(spec.provider, spec.model, spec.base_url, spec.api_key_env)
+                impl = rr.LLMReranker(base_url, key, spec.model)
+            else:
+                impl = rr.HostedReranker(spec.base_url, api_key_for("openai_compatible", spec.api_key_env, f"rerank {spec.model}"), spec.model)
+            self._rerankers[spec] = impl
+            self.timings["model_load_s"] += time.perf_counter() - t0
+        return rr.CachedReranker(spec, self._rerankers[spec], self.cache, chunk_text)
+
+    def _local_server(self, model: str):
+        from .llm_server import LocalLLMServer
+
+        if model not in self._servers:
+            t0 = time.perf_counter()
+            log_dir = self.ws.cache_dir / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self._servers[model] = self.stack.enter_context(LocalLLMServer(model, n_threads=self.ws.threads, log_dir=log_dir))
+            self.timings["model_load_s"] += time.perf_counter() - t0
+        return self._servers[model]
+
+    def _openai_endpoint(self, provider: str, model: str, base_url: str | None, api_key_env: str | None) -> tuple[str, str]:
+        if provider == "local":
+            return self._local_server(model).base_url, "local"
+        key = api_key_for(provider, api_key_env, f"{provider}:{model}")
+        return base_url or "https://api.openai.com/v1", key
+
     def llm_client(self, run: PlannedRun):
         from .generation import make_client
-        from .llm_server import LocalLLMServer
 
         gen = run.config.generation
         if gen not in self._clients:
-            base_url = None
-            if gen.provider == "local":
-                if gen.model not in self._servers:
-                    t0 = time.perf_counter()
-                    log_dir = self.ws.cache_dir / "logs"
-                    log_dir.mkdir(parents=True, exist_ok=True)
-                    self._servers[gen.model] = self.stack.enter_context(
-                        LocalLLMServer(gen.model, n_threads=self.ws.threads, log_dir=log_dir))
-                    self.timings["model_load_s"] += time.perf_counter() - t0
-                base_url = self._servers[gen.model].base_url
+            base_url = self._local_server(gen.model).base_url if gen.provider == "local" else None
             self._clients[gen] = make_client(gen, base_url)
         return self._clients[gen]
 
@@ -262,11 +310,21 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     chunk_by_id = {c.chunk_id: c for c in chunks}
     prompt = load_prompt(plan.experiment.prompt_paths[cfg.generation.prompt]) if cfg.generation else None
     client = stages.llm_client(run) if cfg.generation and todo else None
+    reranker = stages.reranker(run, lambda cid: chunk_by_id[cid].text) if cfg.rerank and todo else None
+    n_fallback = 0
     buffer: list[dict] = []
     for n, (position, query) in enumerate(todo, start=1):
         t0 = time.perf_counter()
-        result = retriever.retrieve(cfg.retrieval, query)
+        result = retriever.retrieve(cfg.first_stage(), query)
         timings["retrieval_s"] += time.perf_counter() - t0
+        rerank_latency = None
+        if cfg.rerank:
+            t0 = time.perf_counter()
+            reranked = reranker.rerank(query.text, result.hits)
+            timings["rerank_s"] += time.perf_counter() - t0
+            rerank_latency = reranked.latency_s
+            n_fallback += reranked.fallback
+            result = type(result)(reranked.hits, result.latency_s + reranked.latency_s)
         hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": chunk_by_id[h.chunk_id].text}
                 for r, h in enumerate(result.hits, start=1)]
         gen_result = None
@@ -283,7 +341,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
             timings["generation_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         relevant = {} if query.unanswerable else plan.dataset.qrels.get(query.query_id, {})
-        metrics = question_metrics(query, relevant, result.hits, cfg.retrieval.top_k,
+        metrics = question_metrics(query, relevant, result.hits, cfg.final_k,
                                    gen_result.answer if gen_result and gen_result.error is None else None, [h["text"] for h in hits])
         timings["evaluation_s"] += time.perf_counter() - t0
         buffer.append({
@@ -292,6 +350,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
             "answer": gen_result.answer if gen_result else None,
             "error": gen_result.error if gen_result else None,
             "retrieval_latency_s": result.latency_s,
+            "rerank_latency_s": rerank_latency,
             "generation_latency_s": gen_result.latency_s if gen_result else None,
             "ttft_s": gen_result.ttft_s if gen_result else None,
             "prompt_tokens": gen_result.prompt_tokens if gen_result else None,
@@ -310,7 +369,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     store.write_aggregates(run.run_id, aggregate_rows(rows))
     status = "complete" if n_failed == 0 else ("failed" if n_failed == len(rows) else "partial")
     store.finish_run(run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, max_tokens),
-                     {**dict(timings), "questions_computed": len(todo)})
+                     {**dict(timings), "questions_computed": len(todo), "rerank_fallbacks": n_fallback})
     return {"run_id": run.run_id, "status": status, "computed": len(todo), "n_failed": n_failed, **timings}
 
 

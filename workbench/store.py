@@ -70,7 +70,8 @@ questions = Table(
     Column("hits", JSON, nullable=False),  # [{rank, chunk_id, doc_id, score, text}]
     Column("answer", Text),
     Column("error", Text),
-    Column("retrieval_latency_s", Float),
+    Column("retrieval_latency_s", Float),  # first stage + rerank
+    Column("rerank_latency_s", Float),
     Column("generation_latency_s", Float),
     Column("ttft_s", Float),
     Column("prompt_tokens", Integer),
@@ -247,7 +248,10 @@ class Store:
         if rdf.empty:
             return rdf
         agg = self.aggregates(rdf["run_id"].tolist())
-        cols = ["run_id", "chunking", "embedding", "retrieval", "generation", "status", "n_questions", "n_failed", "truncation_rate"]
+        if "rerank" not in rdf:
+            rdf["rerank"] = "-"
+        rdf["rerank"] = rdf["rerank"].fillna("-")
+        cols = ["run_id", "chunking", "embedding", "retrieval", "rerank", "generation", "status", "n_questions", "n_failed", "truncation_rate"]
         board = rdf[cols].copy()
         if not agg.empty:
             wide = agg.pivot(index="run_id", columns="metric", values="value")

