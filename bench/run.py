@@ -25,6 +25,7 @@ import platform
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -63,6 +64,73 @@ FAIR_TOLERANCE = 0.05  # hit@10 of the two sides at FAIR_POINT may differ by at 
 
 def log(msg: str) -> None:
     print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU accounting: on a shared 2-core machine another process's load distorts every timing (torch's
+# OpenMP threads slow down many-fold when oversubscribed), so each measurement first waits for a
+# quiet machine and then records how much CPU others used while it ran.
+
+TICK = os.sysconf("SC_CLK_TCK")
+QUIET_SHARE = 0.10  # others may use at most this share of the machine's CPU capacity
+
+
+def _machine_busy_s() -> float:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def _pid_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def _own_cpu_s(pids: tuple[int, ...] = ()) -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system + sum(_pid_cpu_s(p) for p in pids)
+
+
+class CpuMeter:
+    """Wall time, our CPU (this process, reaped children, ``pids``) and everyone else's CPU."""
+
+    def __init__(self, pids: tuple[int, ...] = ()):
+        self.pids = pids
+
+    def __enter__(self) -> CpuMeter:
+        self.t0, self.busy0, self.own0 = time.perf_counter(), _machine_busy_s(), _own_cpu_s(self.pids)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.t0
+        busy, own = _machine_busy_s() - self.busy0, _own_cpu_s(self.pids) - self.own0
+        foreign = max(0.0, busy - own)
+        capacity = wall * len(os.sched_getaffinity(0))
+        self.result = {"wall_s": round(wall, 3), "own_cpu_s": round(own, 2), "others_cpu_s": round(foreign, 2),
+                       "others_share": round(foreign / capacity, 3) if capacity else 0.0,
+                       "contended": bool(capacity and foreign / capacity > QUIET_SHARE)}
+
+
+WAIT_IDLE_S = 900.0  # set by --wait-idle
+
+
+def wait_until_quiet(what: str) -> dict:
+    """Block until others use < QUIET_SHARE of the CPU over a 5 s window (at most WAIT_IDLE_S)."""
+    t0 = time.monotonic()
+    while True:
+        with CpuMeter() as m:
+            time.sleep(5)
+        waited = time.monotonic() - t0
+        if not m.result["contended"] or waited >= WAIT_IDLE_S:
+            if m.result["contended"]:
+                log(f"  machine still busy after {waited:.0f}s (others use {m.result['others_share']:.0%}); measuring {what} anyway")
+            elif waited > 6:
+                log(f"  waited {waited:.0f}s for a quiet machine before {what}")
+            return {"waited_s": round(waited, 1), "others_share_before": m.result["others_share"],
+                    "loadavg_before": os.getloadavg()[0]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,24 +252,25 @@ def _workbench_cmd() -> list[str]:
 
 
 def _env(workspace: Path | None = None) -> dict:
-    env = {**os.environ, **ENV}
+    env = {**os.environ, **ENV, "COLUMNS": "400"}  # rich wraps the workbench's log lines at 80 otherwise
     if workspace is not None:
         env.update(WORKBENCH_STORE=f"sqlite:///{workspace / 'store.sqlite'}", WORKBENCH_CACHE=str(workspace / "cache"),
                    WORKBENCH_REPORTS=str(workspace / "reports"))
     return env
 
 
-def timed_process(cmd: list[str], env: dict, logfile: Path) -> float:
-    """Run ``cmd`` to completion, output to ``logfile``; returns its wall-clock seconds."""
+def timed_process(cmd: list[str], env: dict, logfile: Path) -> dict:
+    """Run ``cmd`` to completion (output to ``logfile``) on a quiet machine; its wall and CPU times."""
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    with open(logfile, "w", encoding="utf-8") as fh:
-        t0 = time.perf_counter()
+    quiet = wait_until_quiet(logfile.stem)
+    with open(logfile, "w", encoding="utf-8") as fh, CpuMeter() as meter:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = "".join(logfile.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}), see {logfile}:\n{tail}")
-    return elapsed
+    if meter.result["contended"]:
+        log(f"  WARNING: other processes used {meter.result['others_share']:.0%} of the CPU during {logfile.stem}")
+    return {**meter.result, **quiet}
 
 
 def workbench_run(experiment: Path, workspace: Path, label: str, fresh: bool) -> dict:
@@ -210,7 +279,8 @@ def workbench_run(experiment: Path, workspace: Path, label: str, fresh: bool) ->
     workspace.mkdir(parents=True, exist_ok=True)
     logfile = workspace.parent / "logs" / f"{label}.log"
     log(f"workbench run {experiment.name} ({label}, {'cold' if fresh else 'warm'} store+cache {workspace.relative_to(ROOT)})")
-    wall = timed_process([*_workbench_cmd(), "run", str(experiment), "--no-report"], _env(workspace), logfile)
+    timing = timed_process([*_workbench_cmd(), "run", str(experiment), "--no-report"], _env(workspace), logfile)
+    wall = timing["wall_s"]
     text = logfile.read_text(encoding="utf-8", errors="replace")
     stages = {}
     m = re.search(r"done in ([\d.]+)s \(([^)]*)\)", text)
@@ -221,7 +291,7 @@ def workbench_run(experiment: Path, workspace: Path, label: str, fresh: bool) ->
             stages[f"{key}_s"] = float(value.rstrip("s"))
     builds = len(re.findall(r": built$", text, re.M))
     log(f"  {wall:.1f}s wall ({stages}); {builds} Chroma collections built")
-    return {"wall_s": round(wall, 3), "stages_s": stages, "collections_built": builds, "log": str(logfile.relative_to(ROOT))}
+    return {**timing, "stages_s": stages, "collections_built": builds, "log": str(logfile.relative_to(ROOT))}
 
 
 def workbench_results(name: str, workspace: Path) -> list[dict]:
@@ -244,10 +314,10 @@ def naive_run(dataset: Path, work: Path, chunkings: list[tuple[int, int]]) -> di
            "--chunkings", ",".join(f"{s}:{o}" for s, o in chunkings), "--embedders", ",".join(EMBEDDERS),
            "--methods", ",".join(METHODS), "--top-k", str(TOP_K), "--out", str(out)]
     log(f"naive loop: {len(chunkings) * len(EMBEDDERS) * len(METHODS)} grid points, each rebuilt from scratch")
-    wall = timed_process(cmd, _env(), work / "logs" / "naive.log")
+    timing = timed_process(cmd, _env(), work / "logs" / "naive.log")
     result = json.loads(out.read_text())
-    log(f"  {wall:.1f}s wall")
-    return {"wall_s": round(wall, 3), **result, "log": str((work / "logs" / "naive.log").relative_to(ROOT))}
+    log(f"  {timing['wall_s']:.1f}s wall")
+    return {**timing, **result, "log": str((work / "logs" / "naive.log").relative_to(ROOT))}
 
 
 def hit_table(board: list[dict], naive: dict) -> list[dict]:
@@ -293,40 +363,101 @@ def measure_embedding(dataset: Path, work: Path, chunking: tuple[int, int], repe
     log(f"embedding overhead: {len(texts)} chunks ({spec.label()}, MiniLM tokens), batch {batch}, {threads} threads")
     bare.encode(texts[:64], batch_size=batch, normalize_embeddings=True, show_progress_bar=False)  # warm-up, both
     inner.embed_passages(texts[:64])
-    times: dict[str, list[float]] = {"workbench": [], "bare": []}
+    times: dict[str, list[dict]] = {"workbench": [], "bare": []}
     vecs = {}
     for i in range(repeats):
         cache_dir = work / "embed-cache" / f"rep{i}"
         shutil.rmtree(cache_dir, ignore_errors=True)
-        with diskcache.Cache(str(cache_dir), size_limit=2**34) as cache:  # as the runner opens it
-            t0 = time.perf_counter()
+        quiet = wait_until_quiet("the embedding measurement")
+        with diskcache.Cache(str(cache_dir), size_limit=2**34) as cache, CpuMeter() as m:  # as the runner opens it
             vecs["workbench"] = CachedEmbedder(inner, cache).embed_passages(texts)
-            times["workbench"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        vecs["bare"] = bare.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        times["bare"].append(time.perf_counter() - t0)
-        log(f"  rep {i + 1}: workbench {times['workbench'][-1]:.1f}s, bare encode {times['bare'][-1]:.1f}s")
+        times["workbench"].append({**m.result, **quiet})
+        with CpuMeter() as m:
+            vecs["bare"] = bare.encode(texts, batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        times["bare"].append(m.result)
+        log(f"  rep {i + 1}: workbench {times['workbench'][-1]['wall_s']:.1f}s, bare encode {times['bare'][-1]['wall_s']:.1f}s")
     # For context, not a target: the index build as the runner does it (embed in slices of
     # ADD_BATCH chunks + Chroma add), cold cache and fresh Chroma.
     cache_dir, chroma_dir = work / "embed-cache" / "index", work / "embed-cache" / "chroma"
     for d in (cache_dir, chroma_dir):
         shutil.rmtree(d, ignore_errors=True)
+    quiet = wait_until_quiet("the index build")
     with diskcache.Cache(str(cache_dir), size_limit=2**34) as cache:
         client = index_mod.open_chroma(chroma_dir)
-        t0 = time.perf_counter()
-        index_mod.ensure_collection(client, "bench-embed", chunks, lambda: CachedEmbedder(inner, cache), work / "embed-cache" / "locks")
-        index_s = time.perf_counter() - t0
-    log(f"  index build (embed + Chroma, as the runner does it): {index_s:.1f}s")
-    wb, bare_s = min(times["workbench"]), min(times["bare"])
+        with CpuMeter() as m:
+            index_mod.ensure_collection(client, "bench-embed", chunks, lambda: CachedEmbedder(inner, cache), work / "embed-cache" / "locks")
+    index_build = {**m.result, **quiet}
+    log(f"  index build (embed + Chroma, as the runner does it): {index_build['wall_s']:.1f}s")
+    wb = min(t["wall_s"] for t in times["workbench"])
+    bare_s = min(t["wall_s"] for t in times["bare"])
     return {"n_texts": len(texts), "chunking": spec.label(), "batch_size": batch, "threads": threads,
-            "workbench_s": [round(t, 3) for t in times["workbench"]], "bare_encode_s": [round(t, 3) for t in times["bare"]],
+            "workbench_s": [t["wall_s"] for t in times["workbench"]], "bare_encode_s": [t["wall_s"] for t in times["bare"]],
             "ratio": wb / bare_s, "max_abs_diff": float(np.abs(vecs["workbench"] - vecs["bare"]).max()),
-            "index_build_s": round(index_s, 3), "index_build_ratio": index_s / bare_s}
+            "index_build_s": index_build["wall_s"], "index_build_ratio": index_build["wall_s"] / bare_s,
+            "cpu": {"workbench": times["workbench"], "bare": times["bare"], "index_build": index_build},
+            "contended": any(t["contended"] for side in times.values() for t in side)}
 
 
-def measure_generation(dataset: Path, n_questions: int) -> dict:
-    """Local LLM through the workbench's server + ``generate`` vs in-process ``llama_cpp``."""
-    raise NotImplementedError  # filled in below once workbench.generation exists
+def measure_generation(dataset: Path, work: Path, n_questions: int, repeats: int = 2) -> dict:
+    """The local LLM through the workbench (``LocalLLMServer`` + ``generate``, the OpenAI code path)
+    vs in-process ``llama_cpp.Llama.create_chat_completion``: same rendered chat messages (an XQuAD
+    question with its gold paragraph as the only context), same max_tokens, stop, temperature and
+    seed. Model load and server start are excluded on both sides; one warm-up question each."""
+    from llama_cpp import Llama
+
+    from workbench.config import GenerationSpec
+    from workbench.corpus import load_dataset
+    from workbench.generation import ContextChunk, generate, load_prompt, make_client, render
+    from workbench.llm_server import LocalLLMServer, local_model_path
+
+    threads = len(os.sched_getaffinity(0))
+    prompt_path = ROOT / "experiments" / "prompts" / "grounded_qa.yaml"
+    prompt = load_prompt(prompt_path)
+    spec = GenerationSpec(provider="local", model="smollm2-135m", prompt=str(prompt_path))  # defaults: temperature 0, seed 0, max_tokens 128
+    ds = load_dataset(dataset)
+    items = []
+    for q in sorted(ds.queries.values(), key=lambda q: q.query_id)[: n_questions + 1]:
+        doc = ds.docs[next(iter(ds.qrels[q.query_id]))]
+        items.append((q.text, [ContextChunk(1, doc.doc_id, doc.title, doc.text)]))
+    warm, items = items[0], items[1:]
+    log(f"generation: {len(items)} questions, smollm2-135m, max_tokens {spec.max_tokens}, {threads} threads, {repeats} alternating passes")
+    log_dir = work / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with LocalLLMServer(spec.model, n_threads=threads, log_dir=log_dir) as server:
+        client = make_client(spec, server.base_url)
+        llm = Llama(model_path=str(local_model_path(spec.model)), n_threads=threads, n_threads_batch=threads,
+                    n_ctx=2048, seed=0, verbose=False)
+
+        def via_server(question, context):
+            r = generate(client, spec, prompt, question, context)
+            if r.error:
+                raise SystemExit(f"generation through the server failed: {r.error}")
+            return r.answer, r.completion_tokens
+
+        def in_process(question, context):
+            out = llm.create_chat_completion(messages=render(prompt, question, context), temperature=spec.temperature,
+                                             max_tokens=spec.max_tokens, seed=spec.seed, stop=list(prompt.stop) or None)
+            return out["choices"][0]["message"]["content"].strip(), out["usage"]["completion_tokens"]
+
+        via_server(*warm), in_process(*warm)
+        passes: dict[str, list[dict]] = {"server": [], "inprocess": []}
+        answers: dict[str, list] = {}
+        for _ in range(repeats):
+            for side, fn, pids in (("server", via_server, (server._proc.pid,)), ("inprocess", in_process, ())):
+                quiet = wait_until_quiet(f"generation ({side})")
+                with CpuMeter(pids) as m:
+                    answers[side] = [fn(question, context) for question, context in items]
+                passes[side].append({**m.result, **quiet, "completion_tokens": sum(t for _, t in answers[side])})
+                log(f"  {side}: {m.result['wall_s']:.1f}s ({len(items) / m.result['wall_s']:.2f} q/s)")
+    server_s = min(p["wall_s"] for p in passes["server"])
+    inproc_s = min(p["wall_s"] for p in passes["inprocess"])
+    same = sum(a[0] == b[0] for a, b in zip(answers["server"], answers["inprocess"]))
+    return {"model": spec.model, "n_questions": len(items), "max_tokens": spec.max_tokens, "stop": list(prompt.stop),
+            "prompt": str(prompt_path.relative_to(ROOT)), "threads": threads, "load_time_excluded": True,
+            "server_s": [p["wall_s"] for p in passes["server"]], "inprocess_s": [p["wall_s"] for p in passes["inprocess"]],
+            "server_qps": len(items) / server_s, "inprocess_qps": len(items) / inproc_s, "ratio": server_s / inproc_s,
+            "identical_answers": same, "cpu": passes,
+            "contended": any(p["contended"] for side in passes.values() for p in side)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,10 +495,11 @@ def versions() -> dict:
     return out
 
 
-def verdict(name: str, value: float | None) -> dict:
+def verdict(name: str, value: float | None, *measurements: dict) -> dict:
     op, bound, what = TARGETS[name]
     met = None if value is None else (value >= bound if op == ">=" else value <= bound)
-    return {"value": value, "target": f"{op} {bound}", "met": met, "what": what}
+    return {"value": value, "target": f"{op} {bound}", "met": met, "what": what,
+            "contended": any(m.get("contended") for m in measurements)}
 
 
 def print_table(results: dict) -> None:
@@ -377,7 +509,7 @@ def print_table(results: dict) -> None:
           f"{results['machine']['memory_gib']} GiB; corpus {results['corpus']['n_passages']} passages, "
           f"{results['corpus']['n_queries']} queries")
     print("-" * 100)
-    print(f"{'measurement':<24}{'measured':>34}{'ratio':>12}{'target':>10}{'met':>8}")
+    print(f"{'measurement':<24}{'measured':>40}{'ratio':>10}{'target':>10}{'met':>6}  note")
     rows = []
     g = results.get("grid")
     if g:
@@ -396,7 +528,8 @@ def print_table(results: dict) -> None:
     for label, measured, key in rows:
         v = t[key]
         met = {True: "yes", False: "NO", None: "-"}[v["met"]]
-        print(f"{label:<24}{measured:>34}{v['value']:>12.3f}{v['target']:>10}{met:>8}")
+        note = "machine busy (others > 10% CPU) during the measurement" if v["contended"] else ""
+        print(f"{label:<24}{measured:>40}{v['value']:>10.3f}{v['target']:>10}{met:>6}  {note}")
     if g:
         f = g["fairness"]
         print("-" * 100)
@@ -414,10 +547,15 @@ def print_table(results: dict) -> None:
 
 
 def main() -> int:
+    global WAIT_IDLE_S
     ap = argparse.ArgumentParser(description="workbench benchmark (see bench/README.md)")
     ap.add_argument("--quick", action="store_true", help="smaller smoke test (600 passages, 60 queries, 2 chunkings)")
     ap.add_argument("--steps", default="1,2,3,4,5", help="comma-separated subset of 1-5 (2 and 3 need 1's store)")
+    ap.add_argument("--wait-idle", type=float, default=WAIT_IDLE_S,
+                    help="before each measurement, wait up to this many seconds for other processes to go quiet")
     args = ap.parse_args()
+    WAIT_IDLE_S = args.wait_idle
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so subprocess.run kills its child on the way out
     mode = "quick" if args.quick else "full"
     cfg = MODES[mode]
     steps = {int(s) for s in args.steps.split(",")}
@@ -449,26 +587,27 @@ def main() -> int:
                            "workbench_runs": [{k: r.get(k) for k in ("run_id", "chunking", "embedding", "retrieval", "n_chunks",
                                                                      "truncation_rate", f"hit_at_{TOP_K}", "mrr", "timings")} for r in board],
                            "hit_at_10": rows, "fairness": fairness}
-        results["targets"]["grid_speedup"] = verdict("grid_speedup", naive["wall_s"] / cold["wall_s"])
+        results["targets"]["grid_speedup"] = verdict("grid_speedup", naive["wall_s"] / cold["wall_s"], naive, cold)
         log(f"  speed-up {naive['wall_s'] / cold['wall_s']:.2f}x; hit@10 at {FAIR_POINT}: wb {fairness['workbench']:.3f} naive {fairness['naive']:.3f}")
     if 2 in steps:
         rerun = workbench_run(grid_exp, main_ws, "2-workbench-rerun", fresh=False)
         results["rerun"] = rerun
         if "grid" in results:
-            results["targets"]["rerun_fraction"] = verdict("rerun_fraction", rerun["wall_s"] / results["grid"]["workbench_cold"]["wall_s"])
+            results["targets"]["rerun_fraction"] = verdict(
+                "rerun_fraction", rerun["wall_s"] / results["grid"]["workbench_cold"]["wall_s"], rerun, results["grid"]["workbench_cold"])
     if 3 in steps:
         added = write_experiment(work / "experiments" / f"{name}-added.yaml", name, dataset, [*cfg["chunkings"], cfg["added"]])
         alone = write_experiment(work / "experiments" / "bench-added-alone.yaml", "bench-added-alone", dataset, [cfg["added"]])
         add = workbench_run(added, main_ws, "3-workbench-add-axis", fresh=False)
         solo = workbench_run(alone, work / "wb-alone", "3-workbench-alone-cold", fresh=True)
         results["added_axis"] = {"added_chunking": f"sentence {cfg['added'][0]}/{cfg['added'][1]}", "add": add, "alone": solo}
-        results["targets"]["added_axis_ratio"] = verdict("added_axis_ratio", add["wall_s"] / solo["wall_s"])
+        results["targets"]["added_axis_ratio"] = verdict("added_axis_ratio", add["wall_s"] / solo["wall_s"], add, solo)
     if 4 in steps:
         results["embedding"] = measure_embedding(dataset, work, (128, 16))
-        results["targets"]["embedding_overhead"] = verdict("embedding_overhead", results["embedding"]["ratio"])
+        results["targets"]["embedding_overhead"] = verdict("embedding_overhead", results["embedding"]["ratio"], results["embedding"])
     if 5 in steps:
-        results["generation"] = measure_generation(dataset, cfg["gen_questions"])
-        results["targets"]["generation_overhead"] = verdict("generation_overhead", results["generation"]["ratio"])
+        results["generation"] = measure_generation(dataset, work, cfg["gen_questions"])
+        results["targets"]["generation_overhead"] = verdict("generation_overhead", results["generation"]["ratio"], results["generation"])
     results["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     out_dir = BENCH / "results"
     out_dir.mkdir(exist_ok=True)

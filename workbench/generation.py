@@ -1,0 +1,241 @@
+"""Answer generation through the OpenAI API: prompts as versioned files, streamed answers with time
+to first token, token counts and cost.
+
+Every provider (OpenAI, any OpenAI-compatible server, the local llama.cpp server) is reached with
+the official ``openai`` client, so only ``base_url`` and the API key differ between them. Errors
+never raise out of ``generate``: a failed question is returned with its error for the store to
+count, never silently turned into an empty or NaN answer.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import yaml
+
+from .config import GenerationSpec
+from .errors import ConfigError, ProviderError, did_you_mean
+from .hashing import canonical_json, file_sha256, sha256_text
+
+PROMPT_KEYS = {"mode", "description", "system", "user", "template", "stop"}
+PLACEHOLDERS = {"context", "question"}
+PRICES_PATH = Path(__file__).with_name("prices.yaml")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    path: Path
+    mode: str  # "chat" | "completion"
+    content_hash: str
+    system: str | None = None
+    user: str | None = None
+    template: str | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ContextChunk:
+    number: int  # the [n] the model cites
+    doc_id: str
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    answer: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_estimated: bool = False
+    ttft_s: float | None = None
+    latency_s: float | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _placeholders(template: str, path: Path, key: str) -> set[str]:
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {key}: malformed template ({exc}); write literal braces as {{{{ and }}}}") from None
+    unknown = names - PLACEHOLDERS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(f"{path}: {key}: unknown placeholder {{{name}}}{did_you_mean(name, PLACEHOLDERS)}; allowed: {{context}}, {{question}}")
+    return names
+
+
+def load_prompt(path: str | os.PathLike) -> Prompt:
+    """Read and validate a prompt file (see the README); every problem is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: prompt file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: prompt file is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}{':' + str(mark.line + 1) if mark else ''}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with mode and templates")
+    for key in data:
+        if key not in PROMPT_KEYS:
+            raise ConfigError(f"{path}: unknown key {key!r}{did_you_mean(key, PROMPT_KEYS)}; allowed: {', '.join(sorted(PROMPT_KEYS))}")
+    mode = data.get("mode")
+    if mode not in ("chat", "completion"):
+        raise ConfigError(f"{path}: mode: expected 'chat' or 'completion', got {mode!r}")
+    stop = data.get("stop") or []
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise ConfigError(f"{path}: stop: expected a list of strings")
+    needed = ("user",) if mode == "chat" else ("template",)
+    for key in needed:
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise ConfigError(f"{path}: {key}: required for mode {mode!r}")
+    wrong = "template" if mode == "chat" else "user"
+    if data.get(wrong) is not None or (mode == "completion" and data.get("system") is not None):
+        raise ConfigError(f"{path}: {wrong if data.get(wrong) is not None else 'system'}: not used in mode {mode!r}")
+    found: set[str] = set()
+    for key in ("system", "user", "template"):
+        if isinstance(data.get(key), str):
+            found |= _placeholders(data[key], path, key)
+    missing = PLACEHOLDERS - found
+    if missing:
+        raise ConfigError(f"{path}: the prompt never uses {', '.join('{' + m + '}' for m in sorted(missing))}")
+    return Prompt(path=path, mode=mode, content_hash=file_sha256(path), system=data.get("system"), user=data.get("user"),
+                  template=data.get("template"), stop=tuple(stop))
+
+
+def format_context(chunks: list[ContextChunk]) -> str:
+    """Numbered passages the model can cite: ``[1] (Title) text``."""
+    return "\n\n".join(f"[{c.number}] ({c.title}) {c.text}" if c.title else f"[{c.number}] {c.text}" for c in chunks)
+
+
+def render(prompt: Prompt, question: str, chunks: list[ContextChunk]):
+    """Chat messages (chat mode) or the prompt string (completion mode)."""
+    values = {"context": format_context(chunks), "question": question}
+    if prompt.mode == "completion":
+        return prompt.template.format(**values)
+    messages = []
+    if prompt.system:
+        messages.append({"role": "system", "content": prompt.system.format(**values)})
+    messages.append({"role": "user", "content": prompt.user.format(**values)})
+    return messages
+
+
+def rendered_hash(rendered) -> str:
+    return sha256_text(canonical_json(rendered))
+
+
+def api_key(provider: str, api_key_env: str | None, what: str) -> str:
+    """The key from the environment variable named in the config; errors name the variable only."""
+    env = api_key_env or ("OPENAI_API_KEY" if provider == "openai" else None)
+    if env is None:
+        return "none"
+    value = os.environ.get(env)
+    if not value:
+        raise ProviderError(f"{what}: environment variable {env} is not set (it must hold the API key)")
+    return value
+
+
+def make_client(spec: GenerationSpec, base_url: str | None) -> openai.OpenAI:
+    """An OpenAI client for the spec; ``base_url`` is the running local server for provider local."""
+    if spec.provider == "local":
+        return openai.OpenAI(base_url=base_url, api_key="local", max_retries=2, timeout=spec.timeout_s)
+    key = api_key(spec.provider, spec.api_key_env, f"generation {spec.provider}:{spec.model}")
+    url = spec.base_url if spec.provider == "openai_compatible" else (spec.base_url or None)
+    return openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=spec.timeout_s)
+
+
+def _chatml(messages: list[dict]) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+
+
+def _count_prompt_tokens(client: openai.OpenAI, rendered) -> int | None:
+    """Prompt tokens from the llama.cpp server's tokenizer when the stream carries no usage."""
+    text = rendered if isinstance(rendered, str) else _chatml(rendered)
+    root = str(client.base_url).rstrip("/").removesuffix("/v1")
+    try:
+        resp = httpx.post(f"{root}/extras/tokenize", json={"input": text}, timeout=10.0)
+        resp.raise_for_status()
+        return len(resp.json()["tokens"])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+
+
+def _error_text(exc: Exception) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    for env in ("OPENAI_API_KEY",):  # never echo a key back
+        key = os.environ.get(env)
+        if key:
+            msg = msg.replace(key, "***")
+    return f"{type(exc).__name__}: {msg}"[:500]
+
+
+def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, question: str, chunks: list[ContextChunk]) -> GenerationResult:
+    """Stream one answer; measure time to first token and total latency; count tokens."""
+    rendered = render(prompt, question, chunks)
+    common = {"model": spec.model, "temperature": spec.temperature, "seed": spec.seed, "max_tokens": spec.max_tokens,
+              "stream": True, "stream_options": {"include_usage": True}}
+    if prompt.stop:
+        common["stop"] = list(prompt.stop)
+    parts: list[str] = []
+    usage = None
+    ttft = None
+    n_deltas = 0
+    t0 = time.perf_counter()
+    try:
+        if prompt.mode == "chat":
+            stream = client.chat.completions.create(messages=rendered, **common)
+        else:
+            stream = client.completions.create(prompt=rendered, **common)
+        for chunk in stream:
+            if getattr(chunk, "usage", None):
+                usage = chunk.usage
+            for choice in chunk.choices or []:
+                piece = choice.delta.content if prompt.mode == "chat" else choice.text
+                if piece:
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                    n_deltas += 1
+                    parts.append(piece)
+        latency = time.perf_counter() - t0
+    except (openai.OpenAIError, httpx.HTTPError) as exc:
+        return GenerationResult(answer="", latency_s=time.perf_counter() - t0, error=_error_text(exc))
+    answer = "".join(parts).strip()
+    if usage is not None:
+        return GenerationResult(answer, usage.prompt_tokens, usage.completion_tokens, False, ttft, latency)
+    # llama.cpp's server sends no usage while streaming: it streams one token per delta, and its
+    # tokenizer endpoint counts the prompt (rendered with the ChatML template SmolLM2 uses).
+    return GenerationResult(answer, _count_prompt_tokens(client, rendered), n_deltas, True, ttft, latency)
+
+
+def load_prices(path: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
+    """The price table: model -> {input_per_1m_usd, output_per_1m_usd}. Edit workbench/prices.yaml
+    or point $WORKBENCH_PRICES at your own file."""
+    path = Path(path or os.environ.get("WORKBENCH_PRICES") or PRICES_PATH)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the price table: {exc}") from None
+    models = data.get("models", {})
+    for name, entry in models.items():
+        if not isinstance(entry, dict) or not {"input_per_1m_usd", "output_per_1m_usd"} <= set(entry):
+            raise ConfigError(f"{path}: models.{name}: needs input_per_1m_usd and output_per_1m_usd")
+    return models
+
+
+def cost_usd(model: str, prompt_tokens: int | None, completion_tokens: int | None, prices: dict) -> float | None:
+    """Cost of one call; None when the model has no price (shown as unknown, never as free)."""
+    if model.startswith("local:"):
+        return 0.0
+    entry = prices.get(model)
+    if entry is None or prompt_tokens is None or completion_tokens is None:
+        return None
+    return (prompt_tokens * entry["input_per_1m_usd"] + completion_tokens * entry["output_per_1m_usd"]) / 1e6
