@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError, did_you_mean, unknown_name
 
@@ -25,6 +26,12 @@ GENERATION_PROVIDERS = ("local", "openai", "openai_compatible")
 # Local models that ship inside PyPI packages; see workbench/embedding.py and workbench/llm_server.py.
 LOCAL_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "multilingual-e5-small")
 LOCAL_LLMS = ("smollm2-135m",)
+
+
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """An error from a model validator that belongs to one of its fields (or an unknown key):
+    ``_first_error`` appends ``field`` to the location so the message names its path and line."""
+    return PydanticCustomError("field_error", message, {"field": field})
 
 
 class _Spec(BaseModel):
@@ -40,13 +47,14 @@ class _Spec(BaseModel):
             known = set(cls.model_fields)
             for key in data:
                 if key not in known:
-                    raise ValueError(f"unknown key {key!r}{did_you_mean(key, known)}; allowed: {', '.join(sorted(known))}")
+                    raise _field_error(str(key), f"unknown key {key!r}{did_you_mean(key, known)}; allowed: {', '.join(sorted(known))}")
         return data
 
 
-def _check_name(kind: str, value: str, choices: tuple[str, ...]) -> str:
+def _check_name(kind: str, value: str, choices: tuple[str, ...], field: str | None = None) -> str:
     if value not in choices:
-        raise ValueError(unknown_name(kind, value, choices))
+        message = unknown_name(kind, value, choices)
+        raise _field_error(field, message) if field else ValueError(message)
     return value
 
 
@@ -70,7 +78,7 @@ class ChunkingSpec(_Spec):
         elif self.chunk_size is None:
             raise ValueError(f"splitter {self.splitter!r} needs chunk_size")
         elif self.chunk_overlap >= self.chunk_size:
-            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+            raise _field_error("chunk_overlap", f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
         return self
 
     def label(self) -> str:
@@ -96,11 +104,11 @@ class EmbeddingSpec(_Spec):
     @model_validator(mode="after")
     def _model(self) -> EmbeddingSpec:
         if self.provider == "local":
-            _check_name("local embedding model", self.model, LOCAL_EMBEDDING_MODELS)
+            _check_name("local embedding model", self.model, LOCAL_EMBEDDING_MODELS, "model")
             if self.base_url or self.api_key_env:
                 raise ValueError("a local embedding model takes no base_url/api_key_env")
         if self.provider == "openai_compatible" and not self.base_url:
-            raise ValueError("provider 'openai_compatible' needs base_url")
+            raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
         return self
 
     def label(self) -> str:
@@ -215,11 +223,11 @@ class GenerationSpec(_Spec):
     @model_validator(mode="after")
     def _model(self) -> GenerationSpec:
         if self.provider == "local":
-            _check_name("local LLM", self.model, LOCAL_LLMS)
+            _check_name("local LLM", self.model, LOCAL_LLMS, "model")
             if self.base_url or self.api_key_env:
                 raise ValueError("a local LLM takes no base_url/api_key_env (the workbench starts its own server)")
         if self.provider == "openai_compatible" and not self.base_url:
-            raise ValueError("provider 'openai_compatible' needs base_url")
+            raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
         return self
 
     def label(self) -> str:
@@ -427,6 +435,8 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
 def _first_error(path: Path, err: ValidationError, root: yaml.Node | None) -> ConfigError:
     e = err.errors()[0]
     loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    if e["type"] == "field_error":
+        loc += (e["ctx"]["field"],)
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "missing":
         msg = "required field is missing"
@@ -481,10 +491,12 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: experiment file not found")
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
     return parse_experiment(text, path)
 
 

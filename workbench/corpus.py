@@ -82,10 +82,10 @@ class Dataset:
     def sample_queries(self, limit: int | None, seed: int) -> list[Query]:
         """A deterministic sample: sorted ids shuffled by ``seed``, first ``limit``, in id order.
 
-        Only queries with at least one relevant document are eligible, since retrieval metrics
-        are undefined without one.
+        Only queries with at least one relevant document (grade >= 1; 0 is judged non-relevant)
+        are eligible, since retrieval metrics are undefined without one.
         """
-        ids = sorted(q for q in self.queries if self.qrels.get(q))
+        ids = sorted(q for q in self.queries if any(g > 0 for g in self.qrels.get(q, {}).values()))
         if limit is not None and limit < len(ids):
             rng = random.Random(seed)
             ids = sorted(rng.sample(ids, limit))
@@ -95,24 +95,24 @@ class Dataset:
 def _read_jsonl(path: Path):
     """Yield (line number, object) for each non-blank line, with file:line errors."""
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")  # decoded line by line: a text-mode file decodes ahead and loses the line number
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
     with fh:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                yield lineno, obj
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"{path}:{lineno + 1}: not UTF-8 text (byte {exc.start} of the line)") from None
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line)") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
 
 
 def _req_str(obj: dict, key: str, path: Path, lineno: int, allow_empty: bool = False) -> str:
@@ -206,9 +206,9 @@ def load_documents_folder(folder: Path) -> Dataset:
     skipped: list[str] = []
     hashes = []
     for p in sorted(doc_root.rglob("*")):
-        if not p.is_file() or p.name.startswith("."):
-            continue
         rel = p.relative_to(doc_root).as_posix()
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(doc_root).parts):
+            continue  # hidden files and folders (.git/, .obsidian/) are not documents
         if p.suffix.lower() not in DOCUMENT_SUFFIXES:
             skipped.append(f"{rel}: unsupported file type {p.suffix or '(none)'}")
             continue

@@ -9,7 +9,11 @@ count, never silently turned into an empty or NaN answer.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import re
 import string
 import time
 from dataclasses import dataclass, field
@@ -19,13 +23,15 @@ import httpx
 import openai
 import yaml
 
-from .config import GenerationSpec
+from .config import LOCAL_LLMS, GenerationSpec
 from .errors import ConfigError, ProviderError, did_you_mean
-from .hashing import canonical_json, file_sha256, sha256_text
+from .hashing import canonical_json, sha256_text
 
 PROMPT_KEYS = {"mode", "description", "system", "user", "template", "stop"}
 PLACEHOLDERS = {"context", "question"}
+PRICE_KEYS = {"input_per_1m_usd", "output_per_1m_usd"}
 PRICES_PATH = Path(__file__).with_name("prices.yaml")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,9 @@ def load_prompt(path: str | os.PathLike) -> Prompt:
     """Read and validate a prompt file (see the README); every problem is a one-line ConfigError."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{path}: prompt file not found") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: prompt file is not UTF-8 text") from None
@@ -88,6 +95,9 @@ def load_prompt(path: str | os.PathLike) -> Prompt:
     for key in data:
         if key not in PROMPT_KEYS:
             raise ConfigError(f"{path}: unknown key {key!r}{did_you_mean(key, PROMPT_KEYS)}; allowed: {', '.join(sorted(PROMPT_KEYS))}")
+    for key in ("description", "system", "user", "template"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ConfigError(f"{path}: {key}: expected text, got {type(data[key]).__name__}")
     mode = data.get("mode")
     if mode not in ("chat", "completion"):
         raise ConfigError(f"{path}: mode: expected 'chat' or 'completion', got {mode!r}")
@@ -108,7 +118,7 @@ def load_prompt(path: str | os.PathLike) -> Prompt:
     missing = PLACEHOLDERS - found
     if missing:
         raise ConfigError(f"{path}: the prompt never uses {', '.join('{' + m + '}' for m in sorted(missing))}")
-    return Prompt(path=path, mode=mode, content_hash=file_sha256(path), system=data.get("system"), user=data.get("user"),
+    return Prompt(path=path, mode=mode, content_hash=hashlib.sha256(raw).hexdigest(), system=data.get("system"), user=data.get("user"),
                   template=data.get("template"), stop=tuple(stop))
 
 
@@ -147,6 +157,9 @@ def api_key(provider: str, api_key_env: str | None, what: str) -> str:
 def make_client(spec: GenerationSpec, base_url: str | None) -> openai.OpenAI:
     """An OpenAI client for the spec; ``base_url`` is the running local server for provider local."""
     if spec.provider == "local":
+        if not base_url:
+            # Without it the client would fall back to api.openai.com.
+            raise ProviderError(f"generation local:{spec.model}: needs the base_url of a running LocalLLMServer")
         return openai.OpenAI(base_url=base_url, api_key="local", max_retries=2, timeout=spec.timeout_s)
     key = api_key(spec.provider, spec.api_key_env, f"generation {spec.provider}:{spec.model}")
     url = spec.base_url if spec.provider == "openai_compatible" else (spec.base_url or None)
@@ -162,20 +175,34 @@ def _count_prompt_tokens(client: openai.OpenAI, rendered) -> int | None:
     text = rendered if isinstance(rendered, str) else _chatml(rendered)
     root = str(client.base_url).rstrip("/").removesuffix("/v1")
     try:
-        resp = httpx.post(f"{root}/extras/tokenize", json={"input": text}, timeout=10.0)
+        resp = httpx.post(f"{root}/extras/tokenize", json={"input": text}, timeout=10.0,
+                          headers={"Authorization": f"Bearer {client.api_key}"})
         resp.raise_for_status()
         return len(resp.json()["tokens"])
     except (httpx.HTTPError, KeyError, ValueError):
         return None
 
 
-def _error_text(exc: Exception) -> str:
+def _error_text(exc: Exception, api_key: str | None = None) -> str:
+    """``"<ExceptionClass>: <first line>"`` with any API key masked (servers may echo a bad key back)."""
     msg = str(exc).splitlines()[0] if str(exc) else ""
-    for env in ("OPENAI_API_KEY",):  # never echo a key back
-        key = os.environ.get(env)
-        if key:
+    for key in (api_key, os.environ.get("OPENAI_API_KEY")):
+        if key and len(key) >= 4 and key not in ("local", "none"):
             msg = msg.replace(key, "***")
+    msg = re.sub(r"\bsk-[A-Za-z0-9_*-]{6,}", "sk-***", msg)
     return f"{type(exc).__name__}: {msg}"[:500]
+
+
+def _stream(client: openai.OpenAI, mode: str, rendered, kwargs: dict):
+    create = client.chat.completions.create if mode == "chat" else client.completions.create
+    payload = {"messages": rendered} if mode == "chat" else {"prompt": rendered}
+    try:
+        return create(**payload, **kwargs)
+    except openai.BadRequestError as exc:
+        # Some OpenAI-compatible servers reject stream_options; ask again without it.
+        if "stream_options" not in str(exc):
+            raise
+        return create(**payload, **{k: v for k, v in kwargs.items() if k != "stream_options"})
 
 
 def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, question: str, chunks: list[ContextChunk]) -> GenerationResult:
@@ -191,10 +218,7 @@ def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, questi
     n_deltas = 0
     t0 = time.perf_counter()
     try:
-        if prompt.mode == "chat":
-            stream = client.chat.completions.create(messages=rendered, **common)
-        else:
-            stream = client.completions.create(prompt=rendered, **common)
+        stream = _stream(client, prompt.mode, rendered, common)
         for chunk in stream:
             if getattr(chunk, "usage", None):
                 usage = chunk.usage
@@ -206,8 +230,10 @@ def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, questi
                     n_deltas += 1
                     parts.append(piece)
         latency = time.perf_counter() - t0
-    except (openai.OpenAIError, httpx.HTTPError) as exc:
-        return GenerationResult(answer="", latency_s=time.perf_counter() - t0, error=_error_text(exc))
+    except (openai.OpenAIError, httpx.HTTPError, json.JSONDecodeError) as exc:
+        # A failed call has no latency or token counts: None keeps it out of the P50/P95 and means,
+        # and the error column counts it.
+        return GenerationResult(answer="", error=_error_text(exc, client.api_key))
     answer = "".join(parts).strip()
     if usage is not None:
         return GenerationResult(answer, usage.prompt_tokens, usage.completion_tokens, False, ttft, latency)
@@ -217,25 +243,53 @@ def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, questi
 
 
 def load_prices(path: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:
-    """The price table: model -> {input_per_1m_usd, output_per_1m_usd}. Edit workbench/prices.yaml
-    or point $WORKBENCH_PRICES at your own file."""
+    """The price table: model -> {input_per_1m_usd, output_per_1m_usd}.
+
+    Prices change more often than code, so they live in ``workbench/prices.yaml``; edit it, or point
+    ``$WORKBENCH_PRICES`` at your own file.
+    """
     path = Path(path or os.environ.get("WORKBENCH_PRICES") or PRICES_PATH)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the price table: {exc}") from None
-    models = data.get("models", {})
-    for name, entry in models.items():
-        if not isinstance(entry, dict) or not {"input_per_1m_usd", "output_per_1m_usd"} <= set(entry):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the price table: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise ConfigError(f"{path}: expected a mapping 'models: {{name: {{input_per_1m_usd, output_per_1m_usd}}}}'")
+    for name, entry in data["models"].items():
+        if not isinstance(entry, dict) or not PRICE_KEYS <= set(entry):
             raise ConfigError(f"{path}: models.{name}: needs input_per_1m_usd and output_per_1m_usd")
-    return models
+        for key, value in entry.items():
+            if key not in PRICE_KEYS:
+                raise ConfigError(f"{path}: models.{name}: unknown key {key!r}{did_you_mean(key, PRICE_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{path}: models.{name}.{key}: expected a non-negative number, got {value!r}")
+    return data["models"]
+
+
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # gpt-4o-mini-2024-07-18 is priced as gpt-4o-mini
+_UNPRICED_WARNED: set[str] = set()
+
+
+def price_for(model: str, prices: dict) -> dict[str, float] | None:
+    """The table's entry for ``model`` (or for its undated name); None when it has none."""
+    return prices.get(model) or prices.get(_SNAPSHOT.sub("", model))
 
 
 def cost_usd(model: str, prompt_tokens: int | None, completion_tokens: int | None, prices: dict) -> float | None:
-    """Cost of one call; None when the model has no price (shown as unknown, never as free)."""
-    if model.startswith("local:"):
+    """Cost of one call in USD: 0 for a local model, None when unknown (never shown as free).
+
+    ``model`` is the hosted model name, or ``local:<name>`` (a bare local name also counts) for the
+    bundled models. An unpriced hosted model gives None and one logged warning naming the price file.
+    """
+    if model.startswith("local:") or model in LOCAL_LLMS:
         return 0.0
-    entry = prices.get(model)
-    if entry is None or prompt_tokens is None or completion_tokens is None:
+    entry = price_for(model, prices)
+    if entry is None:
+        if model not in _UNPRICED_WARNED:
+            _UNPRICED_WARNED.add(model)
+            _log.warning("no price for model %r in the price table (workbench/prices.yaml or $WORKBENCH_PRICES): "
+                         "its cost is reported as unknown", model)
+        return None
+    if prompt_tokens is None or completion_tokens is None:
         return None
     return (prompt_tokens * entry["input_per_1m_usd"] + completion_tokens * entry["output_per_1m_usd"]) / 1e6

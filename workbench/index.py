@@ -57,7 +57,9 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
     if col is not None:
         return col, False
     lock_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_dir / f"{name}.lock")):
+    # One lock for every build in this Chroma folder: Chroma's persistent client is not safe for
+    # concurrent writers across processes. Readers do not lock; finished collections never change.
+    with FileLock(str(lock_dir / "chroma-build.lock")):
         col = _existing(client, name, len(chunks))  # another process may have built it meanwhile
         if col is not None:
             return col, False

@@ -72,7 +72,14 @@ class LocalLLMServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> LocalLLMServer:
+        """Spawn the server and block until ``GET /v1/models`` answers 200 (a no-op while it runs)."""
+        if self.running:
+            return self
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path), "--host", "127.0.0.1",
                "--port", str(self.port), "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
                "--n_ctx", str(self.n_ctx), "--seed", "0", "--logits_all", "False", "--verbose", "False",
@@ -87,7 +94,8 @@ class LocalLLMServer:
             if self._proc.poll() is not None:
                 raise ProviderError(f"local LLM server for {self.model} exited with code {self._proc.returncode}: {self._log_tail()}")
             try:
-                if httpx.get(f"{self.base_url}/models", timeout=1.0).status_code == 200:
+                # trust_env=False: a proxy from the environment must never see loopback traffic.
+                if httpx.get(f"{self.base_url}/models", timeout=1.0, trust_env=False).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -97,7 +105,7 @@ class LocalLLMServer:
 
     def _log_tail(self) -> str:
         try:
-            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-3:])
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-5:]) or "(empty log)"
         except OSError:
             return "(no log)"
 
@@ -113,9 +121,16 @@ class LocalLLMServer:
                 self._proc.wait()
         self._proc = None
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (fault tests); ``start`` or ``restart`` brings it back."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
     def restart(self) -> None:
-        """Kill and start again on the same port (for fault tests)."""
-        self.stop()
+        """Kill the server and start it again on the same port, so clients keep their ``base_url``."""
+        self.kill()
+        self._proc = None
         self.start()
 
     @property

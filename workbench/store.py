@@ -123,23 +123,46 @@ class Store:
     # -- writers ---------------------------------------------------------------------------------
     def save_experiment(self, name: str, spec: dict, spec_hash: str, path: str, run_ids: Sequence[str]) -> None:
         with self.engine.begin() as conn:
-            conn.execute(delete(experiments).where(experiments.c.name == name))
-            conn.execute(experiments.insert().values(name=name, spec=spec, spec_hash=spec_hash, path=path, updated_at=now()))
+            row = {"name": name, "spec": spec, "spec_hash": spec_hash, "path": path, "updated_at": now()}
+            stmt = self._upsert(experiments, [row], ["name"])
+            if stmt is not None:
+                conn.execute(stmt)
+            else:
+                conn.execute(delete(experiments).where(experiments.c.name == name))
+                conn.execute(experiments.insert().values(**row))
             conn.execute(delete(experiment_runs).where(experiment_runs.c.experiment == name))
             if run_ids:
-                conn.execute(experiment_runs.insert(), [{"experiment": name, "run_id": r, "position": i} for i, r in enumerate(run_ids)])
+                links = [{"experiment": name, "run_id": r, "position": i} for i, r in enumerate(run_ids)]
+                stmt = self._upsert(experiment_runs, links, ["experiment", "run_id"])
+                if stmt is not None:
+                    conn.execute(stmt)
+                else:
+                    conn.execute(experiment_runs.insert(), links)
+
+    def _upsert(self, table: Table, rows: list[dict], keys: list[str]):
+        """INSERT ... ON CONFLICT (keys) DO UPDATE: one statement, safe against concurrent writers."""
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # pragma: no cover - other databases: delete then insert in one transaction
+            return None
+        stmt = insert(table).values(rows)
+        updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=updates)
 
     def start_run(self, run_id: str, config: dict, axes: dict, lineage: dict, n_questions: int) -> None:
         """Create the run row, or mark an existing one running again (resume)."""
+        row = {"run_id": run_id, "config": config, "axes": axes, "lineage": lineage, "status": "running",
+               "n_questions": n_questions, "n_failed": 0, "started_at": now(), "finished_at": None}
         with self.engine.begin() as conn:
-            exists = conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id)).first()
-            if exists:
-                conn.execute(update(runs).where(runs.c.run_id == run_id).values(
-                    status="running", lineage=lineage, n_questions=n_questions, started_at=now(), finished_at=None))
+            stmt = self._upsert(runs, [row], ["run_id"])
+            if stmt is not None:
+                conn.execute(stmt)
             else:
-                conn.execute(runs.insert().values(
-                    run_id=run_id, config=config, axes=axes, lineage=lineage, status="running",
-                    n_questions=n_questions, n_failed=0, started_at=now()))
+                conn.execute(delete(runs).where(runs.c.run_id == run_id))
+                conn.execute(runs.insert().values(**row))
 
     def finish_run(self, run_id: str, status: str, n_failed: int, n_chunks: int | None, truncation_rate: float | None, timings: dict) -> None:
         with self.engine.begin() as conn:
@@ -151,7 +174,14 @@ class Store:
         """Upsert per-question rows in one short transaction."""
         if not rows:
             return
+        # One multi-row statement needs every row to carry every column (missing keys would be
+        # silently dropped by the driver).
+        rows = [{c.name: r.get(c.name) for c in questions.columns} for r in rows]
         with self.engine.begin() as conn:
+            stmt = self._upsert(questions, rows, ["run_id", "query_id"])
+            if stmt is not None:
+                conn.execute(stmt)
+                return
             for row in rows:
                 conn.execute(delete(questions).where(
                     (questions.c.run_id == row["run_id"]) & (questions.c.query_id == row["query_id"])))
@@ -218,7 +248,7 @@ class Store:
 
     def run(self, run_id: str) -> dict:
         with self.engine.connect() as conn:
-            row = conn.execute(select(runs).where(runs.c.run_id.like(f"{run_id}%"))).mappings().all()
+            row = conn.execute(select(runs).where(runs.c.run_id.startswith(run_id, autoescape=True))).mappings().all() if run_id else []
         if len(row) != 1:
             raise StoreError(f"run {run_id!r}: {'not found' if not row else 'ambiguous prefix'} in {redact_url(self.url)}")
         return dict(row[0])
