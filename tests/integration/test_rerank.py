@@ -117,3 +117,31 @@ grid:
     calls = _RerankAPI.calls
     run_experiment(plan, workspace_env, log=lambda m: None, rerun="all")
     assert _RerankAPI.calls == calls
+
+
+def test_llm_rerank_through_the_local_server(tmp_path, workspace_env):
+    """LlamaIndex LLMRerank over the OpenAI-compatible path with SmolLM2: either a real reordering
+    or, when the tiny model answers off-format, a counted fallback to the first-stage order."""
+    from workbench.config import load_experiment
+    from workbench.runner import plan_experiment, run_experiment
+    from workbench.store import Store
+
+    dataset = write_xquad_slice(tmp_path / "data", n_docs=10, n_queries=3)
+    exp_path = tmp_path / "llmrr.yaml"
+    exp_path.write_text(f"""name: llmrr
+dataset: {dataset}
+grid:
+  chunking: [{{splitter: none}}]
+  retrieval: [{{method: bm25, top_k: 2}}]
+  rerank: [{{method: llm, provider: local, model: smollm2-135m, candidates: 4, top_n: 2}}]
+""", encoding="utf-8")
+    plan = plan_experiment(load_experiment(exp_path), workspace_env)
+    assert plan.runs[0].lineage["reranker_fingerprint"]  # the GGUF's hash is part of the run's identity
+    run_experiment(plan, workspace_env, log=lambda m: None)
+    store = Store(workspace_env.store_url)
+    run = store.runs("llmrr").iloc[0]
+    rows = store.questions(run["run_id"])
+    assert run["status"] == "complete" and len(rows) == 3
+    assert rows["hits"].map(len).between(1, 2).all()
+    assert (rows["rerank_latency_s"] > 0).all()
+    assert 0 <= run["timings"]["rerank_fallbacks"] <= 3
