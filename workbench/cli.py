@@ -41,6 +41,21 @@ def _print_board(board, title: str) -> None:
     out.print(table)
 
 
+def _parse_axes(values: list[str] | None) -> dict[str, list[str | int]]:
+    """``--axis retrieval=bm25,dense@5 --axis chunking=0`` -> {"retrieval": ["bm25", "dense@5"], "chunking": [0]}."""
+    from .errors import ConfigError
+
+    axes: dict[str, list[str | int]] = {}
+    for item in values or []:
+        axis, sep, selectors = item.partition("=")
+        if not sep or not axis.strip() or not selectors.strip():
+            raise ConfigError(f"--axis {item!r}: expected AXIS=VALUE[,VALUE...], e.g. retrieval=bm25")
+        for sel in selectors.split(","):
+            sel = sel.strip()
+            axes.setdefault(axis.strip(), []).append(int(sel) if sel.isdigit() else sel)
+    return axes
+
+
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="experiments/NAME.yaml")],
@@ -48,29 +63,39 @@ def run(
     cache_dir: CacheOpt = None,
     rerun: Annotated[str, typer.Option(help="missing: keep stored questions (resume); all: recompute every row")] = "missing",
     report: Annotated[bool, typer.Option(help="render the HTML report at the end")] = True,
+    limit: Annotated[int, typer.Option("--limit", help="run at most this many questions (0: as in the experiment file)")] = 0,
+    axis: Annotated[list[str] | None, typer.Option("--axis", help="run part of the grid: AXIS=VALUE[,VALUE] (index, label or name; repeatable)")] = None,
 ) -> None:
-    """Run an experiment's grid, store every result, print the leaderboard and render the report."""
-    from .config import load_experiment
-    from .runner import Workspace, plan_experiment, run_experiment
+    """Run an experiment's grid (by executing notebooks/bakeoff.ipynb), print the leaderboard, render the report.
+
+    The executed notebook and the report land in reports/<experiment>/<timestamp>/.
+    """
+    from .bakeoff import plan as plan_bakeoff
+    from .report import new_report_dir, render_report, run_bakeoff, write_index
+    from .runner import Workspace
     from .store import Store
 
     try:
         ws = Workspace.from_env(store, cache_dir)
-        exp = load_experiment(experiment)
-        plan = plan_experiment(exp, ws)
+        axes = _parse_axes(axis)
+        plan = plan_bakeoff(experiment, ws, query_limit=limit, axes=axes)  # validate everything before any work
+        name = plan.experiment.name
         Store(ws.store_url)  # fail on an unreachable store before any work
-        console.print(f"{exp.name}: {len(plan.runs)} runs x {len(plan.queries)} questions", highlight=False)
+        console.print(f"{name}: {len(plan.runs)} runs x {len(plan.queries)} questions", highlight=False)
+        out_dir = new_report_dir(name)
         t0 = time.perf_counter()
-        summaries = run_experiment(plan, ws, rerun=rerun, log=lambda m: console.print(m, highlight=False))
+        summary = run_bakeoff(experiment, ws.store_url, ws.cache_dir, out_dir, query_limit=limit, axes=axes, rerun=rerun,
+                              stream=sys.stderr)
         elapsed = time.perf_counter() - t0
-        _print_timings(summaries, elapsed)
-        board = Store(ws.store_url).leaderboard(exp.name)
-        _print_board(board, f"{exp.name} leaderboard")
+        _print_timings(summary.get("runs", []), elapsed)
+        board = Store(ws.store_url).leaderboard(name)
+        _print_board(board, f"{name} leaderboard")
         if report:
-            from .report import render_report
-
-            path = render_report(exp.name, ws.store_url)
-            out.print(f"report: {path}")
+            path = render_report(name, ws.store_url, out_dir=out_dir)
+            out.print(f"report: {path}", highlight=False, soft_wrap=True)
+        else:
+            write_index()
+            out.print(f"notebook: {out_dir / 'bakeoff.ipynb'}", highlight=False, soft_wrap=True)
     except WorkbenchError as exc:
         _fail(exc)
 
@@ -126,16 +151,18 @@ def list_(store: StoreOpt = None) -> None:
 def report(
     experiment: Annotated[str, typer.Argument(help="experiment name")],
     store: StoreOpt = None,
+    baseline: Annotated[str, typer.Option("--baseline", help="run id (or prefix) to compare the recommended run with")] = "",
+    baseline_experiment: Annotated[str, typer.Option("--baseline-experiment", help="compare with this experiment's matching run")] = "",
 ) -> None:
-    """(Re)render an experiment's HTML report from the store (no recomputation)."""
+    """(Re)render an experiment's HTML report from the store (no recomputation) into reports/<experiment>/<timestamp>/."""
     from .report import render_report
     from .runner import Workspace
 
     try:
-        path = render_report(experiment, Workspace.from_env(store).store_url)
+        path = render_report(experiment, Workspace.from_env(store).store_url, baseline_run=baseline, baseline_experiment=baseline_experiment)
     except WorkbenchError as exc:
         _fail(exc)
-    out.print(f"report: {path}")
+    out.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover
