@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,21 @@ class Store:
             self.engine: Engine = create_engine(url, **kwargs)
             if url.startswith("sqlite"):
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            metadata.create_all(self.engine)
+            self._create_tables()
         except (SQLAlchemyError, OSError, ModuleNotFoundError) as exc:
             raise StoreError(f"results store {redact_url(url)!r} cannot be opened: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+    def _create_tables(self) -> None:
+        # Two processes opening a new store at once both see no tables and both CREATE: the loser
+        # gets "already exists". Checking again then finds the winner's tables.
+        for attempt in range(5):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except OperationalError as exc:
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     # -- writers ---------------------------------------------------------------------------------
     def save_experiment(self, name: str, spec: dict, spec_hash: str, path: str, run_ids: Sequence[str]) -> None:

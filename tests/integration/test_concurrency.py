@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_four_concurrent_runs_share_one_store(tmp_path):
-    dataset = write_xquad_slice(tmp_path / "data", n_docs=40)
+    dataset = write_xquad_slice(tmp_path / "data", n_docs=25)
     experiments = []
     for name, size in (("conc_a", 64), ("conc_b", 96), ("conc_c", 128)):
         path = tmp_path / f"{name}.yaml"
