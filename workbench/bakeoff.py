@@ -9,6 +9,7 @@ questions, so widening the grid again recomputes nothing.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -91,7 +92,7 @@ def run(p: Plan, workspace: Workspace, *, rerun: str = "missing", out: Callable[
     out = out or (lambda message: print(message, flush=True))
 
     def progress(run_id: str, n: int, total: int) -> None:
-        if n == total or n % max(1, total // 4) == 0:
+        if n == total or n % max(1, math.ceil(total / 4)) == 0:
             out(f"    {run_id[:10]}: {n}/{total} questions computed")
 
     t0 = time.perf_counter()

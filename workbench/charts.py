@@ -14,6 +14,7 @@ import warnings
 
 import matplotlib
 import numpy as np
+from matplotlib.ticker import FuncFormatter, NullFormatter
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -33,6 +34,16 @@ def figure_html(fig: Figure, caption: str, alt: str) -> str:
         fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def _plain_log(axis) -> None:
+    """Log scale with plain tick labels (math text is off, so the default 10^x labels would show raw)."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _value_name(value) -> str:
+    return "(none)" if str(value) == "-" else str(value)
 
 
 def _note(text: str) -> str:
@@ -61,7 +72,7 @@ def quality_by_axis_html(data: ReportData) -> str:
             ax.bar(xs, [g.mean() if len(g) else 0 for _, g in groups], color=BLUE, alpha=0.35, width=0.6)
             for x, (_, g) in zip(xs, groups):
                 ax.scatter(np.full(len(g), x) + np.linspace(-0.12, 0.12, len(g)) if len(g) > 1 else [x] * len(g), g, color=BLUE, s=16, zorder=3)
-            ax.set_xticks(xs, [_short(v) for v, _ in groups], rotation=20 if len(groups) > 2 else 0, ha="right" if len(groups) > 2 else "center")
+            ax.set_xticks(xs, [_short(_value_name(v)) for v, _ in groups], rotation=20 if len(groups) > 2 else 0, ha="right" if len(groups) > 2 else "center")
             ax.set_title(axis)
             ax.set_ylabel(label(m) if i == 0 else "")
         html = figure_html(fig, f"Mean {label(m)} over the runs with each value (bars); each dot is one run.", f"{label(m)} per axis value")
@@ -106,6 +117,7 @@ def tradeoffs_html(data: ReportData) -> str:
             pos = x[ok & (x > 0)]
             if len(pos) > 1 and pos.max() / pos.min() > 20:
                 ax.set_xscale("log")
+                _plain_log(ax.xaxis)
             ax.set_xlabel(title + (" (log scale)" if ax.get_xscale() == "log" else ""))
             ax.set_ylabel(label(m) + (" (lower is better)" if lower_is_better(m) else ""))
             ax.legend(loc="best", fontsize=8, frameon=False)
@@ -115,8 +127,13 @@ def tradeoffs_html(data: ReportData) -> str:
     return "<h2>Quality vs latency and cost</h2>" + html + "".join(_note(n) for n in notes)
 
 
+BUCKETS = [("0", lambda v: v <= 0), ("(0, 0.25)", lambda v: (v > 0) & (v < 0.25)), ("[0.25, 0.5)", lambda v: (v >= 0.25) & (v < 0.5)),
+           ("[0.5, 0.75)", lambda v: (v >= 0.5) & (v < 0.75)), ("[0.75, 1)", lambda v: (v >= 0.75) & (v < 1)), ("1", lambda v: v >= 1)]
+BUCKET_COLORS = ["#b3261e", "#e07b39", "#e8c04a", "#a6c96a", "#5fa860", "#127a3a"]
+
+
 def distributions_html(data: ReportData) -> str:
-    """Per-question distributions for the top runs: the primary metric and end-to-end latency."""
+    """Per-question distributions for the top runs: share of questions per score band, and latency."""
     b, m = data.board.head(MAX_RUNS), data.metric
     series = [(f"#{r['rank']}", pd.to_numeric(data.values[r["run_id"]].get(m, pd.Series(dtype=float)), errors="coerce").dropna(),
                pd.to_numeric(data.values[r["run_id"]].get("latency_s", pd.Series(dtype=float)), errors="coerce").dropna())
@@ -124,14 +141,30 @@ def distributions_html(data: ReportData) -> str:
     series = [s for s in series if len(s[1]) or len(s[2])]
     if not series:
         return "<h2>Distributions</h2>" + _note("No per-question values stored.")
+    unit = pd.concat([s[1] for s in series]) if any(len(s[1]) for s in series) else pd.Series(dtype=float)
+    banded = len(unit) and unit.min() >= 0 and unit.max() <= 1
     with matplotlib.rc_context(RC):
         has_lat = any(len(s[2]) for s in series)
-        fig = Figure(figsize=(11 if has_lat else 6, 0.45 * len(series) + 1.6), layout="constrained")
+        fig = Figure(figsize=(11 if has_lat else 6, 0.45 * len(series) + 1.9), layout="constrained")
         ax = fig.add_subplot(1, 2 if has_lat else 1, 1)
         names = [s[0] for s in series][::-1]
-        ax.boxplot([s[1].to_numpy() if len(s[1]) else np.array([np.nan]) for s in series][::-1], orientation="horizontal",
-                   tick_labels=names, showmeans=True, meanprops={"marker": "D", "markerfacecolor": BLUE, "markeredgecolor": BLUE, "markersize": 4})
-        ax.set_xlabel(f"{label(m)} per question")
+        ys = np.arange(len(names))
+        if banded:
+            left = np.zeros(len(series))
+            for (name, test), color in zip(BUCKETS, BUCKET_COLORS):
+                share = np.array([100 * float(test(s[1].to_numpy()).mean()) if len(s[1]) else 0.0 for s in series][::-1])
+                ax.barh(ys, share, left=left, color=color, label=name, height=0.6)
+                left += share
+            ax.set_yticks(ys, names)
+            ax.set_xlim(0, 100)
+            ax.set_xlabel(f"% of questions by {label(m)}")
+            ax.legend(ncols=len(BUCKETS), loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=7, frameon=False)
+            what = f"share of questions per {label(m)} band (red: 0, dark green: 1)"
+        else:
+            ax.boxplot([s[1].to_numpy() if len(s[1]) else np.array([np.nan]) for s in series][::-1], orientation="horizontal",
+                       tick_labels=names, showmeans=True)
+            ax.set_xlabel(f"{label(m)} per question")
+            what = f"per-question {label(m)} (box: quartiles, marker: mean)"
         if has_lat:
             ax2 = fig.add_subplot(1, 2, 2)
             lat = [s[2].to_numpy() if len(s[2]) else np.array([np.nan]) for s in series][::-1]
@@ -139,7 +172,8 @@ def distributions_html(data: ReportData) -> str:
             flat = np.concatenate([v[~np.isnan(v)] for v in lat]) if lat else np.array([])
             if len(flat) and flat.min() > 0 and flat.max() / flat.min() > 20:
                 ax2.set_xscale("log")
+                _plain_log(ax2.xaxis)
             ax2.set_xlabel("end-to-end latency per question (s)")
-        html = figure_html(fig, f"Per-question {label(m)} (box: quartiles, diamond: mean) and latency for the top {len(series)} runs, by leaderboard rank.",
-                           "metric and latency distributions")
+            what += "; end-to-end latency per question (box: quartiles)"
+        html = figure_html(fig, f"For the top {len(series)} runs by leaderboard rank: {what}.", "metric and latency distributions")
     return "<h2>Distributions</h2>" + html

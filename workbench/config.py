@@ -235,6 +235,29 @@ class GenerationSpec(_Spec):
         return f"{name} / {Path(self.prompt).stem}"
 
 
+class JudgeSpec(_Spec):
+    """An optional LLM-as-judge of faithfulness, reached like any generation model."""
+
+    provider: str
+    model: str
+    prompt: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    seed: int = 0
+    max_tokens: int = Field(default=8, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> JudgeSpec:
+        self.as_generation()  # same rules as a generation model
+        return self
+
+    def as_generation(self) -> GenerationSpec:
+        return GenerationSpec(provider=self.provider, model=self.model, prompt=self.prompt, base_url=self.base_url,
+                              api_key_env=self.api_key_env, temperature=0.0, seed=self.seed, max_tokens=self.max_tokens,
+                              timeout_s=self.timeout_s)
+
+
 class QuerySpec(_Spec):
     """A deterministic sample of the dataset's queries (all of them when ``limit`` is omitted).
 
@@ -319,6 +342,7 @@ class ExperimentSpec(_Spec):
     baseline: BaselineSpec | None = None
     gates: dict[str, GateSpec] = Field(default_factory=dict)
     limits: dict[str, float] = Field(default_factory=dict, description="the recommendation must stay within these (e.g. latency_p95 or cost)")
+    judge: JudgeSpec | None = None
 
     @model_validator(mode="after")
     def _gates_need_baseline(self) -> ExperimentSpec:
@@ -479,6 +503,8 @@ def parse_experiment(text: str, path: Path) -> Experiment:
     prompt_paths: dict[str, Path] = {}
     for i, g in enumerate(spec.grid.generation or []):
         prompt_paths[g.prompt] = resolve_path(g.prompt, path, f"grid.generation[{i}].prompt")
+    if spec.judge is not None:
+        prompt_paths[spec.judge.prompt] = resolve_path(spec.judge.prompt, path, "judge.prompt")
     model_paths: dict[str, Path] = {}
     for i, r in enumerate(spec.grid.rerank or []):
         if r.path is not None:

@@ -28,7 +28,8 @@ from .errors import ConfigError, ProviderError, did_you_mean
 from .hashing import canonical_json, sha256_text
 
 PROMPT_KEYS = {"mode", "description", "system", "user", "template", "stop"}
-PLACEHOLDERS = {"context", "question"}
+PLACEHOLDERS = frozenset({"context", "question"})
+JUDGE_PLACEHOLDERS = frozenset({"context", "question", "answer"})  # judge prompts also see the answer
 PRICE_KEYS = {"input_per_1m_usd", "output_per_1m_usd"}
 PRICES_PATH = Path(__file__).with_name("prices.yaml")
 _log = logging.getLogger(__name__)
@@ -65,20 +66,24 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)
 
 
-def _placeholders(template: str, path: Path, key: str) -> set[str]:
+def _placeholders(template: str, path: Path, key: str, allowed: frozenset[str] = PLACEHOLDERS) -> set[str]:
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as exc:
         raise ConfigError(f"{path}: {key}: malformed template ({exc}); write literal braces as {{{{ and }}}}") from None
-    unknown = names - PLACEHOLDERS
+    unknown = names - allowed
     if unknown:
         name = sorted(unknown)[0]
-        raise ConfigError(f"{path}: {key}: unknown placeholder {{{name}}}{did_you_mean(name, PLACEHOLDERS)}; allowed: {{context}}, {{question}}")
+        listed = ", ".join("{" + a + "}" for a in sorted(allowed))
+        raise ConfigError(f"{path}: {key}: unknown placeholder {{{name}}}{did_you_mean(name, allowed)}; allowed: {listed}")
     return names
 
 
-def load_prompt(path: str | os.PathLike) -> Prompt:
-    """Read and validate a prompt file (see the README); every problem is a one-line ConfigError."""
+def load_prompt(path: str | os.PathLike, placeholders: frozenset[str] = PLACEHOLDERS) -> Prompt:
+    """Read and validate a prompt file (see the README); every problem is a one-line ConfigError.
+
+    ``placeholders`` are the names the prompt must use (``JUDGE_PLACEHOLDERS`` for judge prompts).
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -114,8 +119,8 @@ def load_prompt(path: str | os.PathLike) -> Prompt:
     found: set[str] = set()
     for key in ("system", "user", "template"):
         if isinstance(data.get(key), str):
-            found |= _placeholders(data[key], path, key)
-    missing = PLACEHOLDERS - found
+            found |= _placeholders(data[key], path, key, placeholders)
+    missing = placeholders - found
     if missing:
         raise ConfigError(f"{path}: the prompt never uses {', '.join('{' + m + '}' for m in sorted(missing))}")
     return Prompt(path=path, mode=mode, content_hash=hashlib.sha256(raw).hexdigest(), system=data.get("system"), user=data.get("user"),
@@ -127,9 +132,11 @@ def format_context(chunks: list[ContextChunk]) -> str:
     return "\n\n".join(f"[{c.number}] ({c.title}) {c.text}" if c.title else f"[{c.number}] {c.text}" for c in chunks)
 
 
-def render(prompt: Prompt, question: str, chunks: list[ContextChunk]):
+def render(prompt: Prompt, question: str, chunks: list[ContextChunk], answer: str | None = None):
     """Chat messages (chat mode) or the prompt string (completion mode)."""
     values = {"context": format_context(chunks), "question": question}
+    if answer is not None:
+        values["answer"] = answer
     if prompt.mode == "completion":
         return prompt.template.format(**values)
     messages = []
@@ -205,9 +212,11 @@ def _stream(client: openai.OpenAI, mode: str, rendered, kwargs: dict):
         return create(**payload, **{k: v for k, v in kwargs.items() if k != "stream_options"})
 
 
-def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, question: str, chunks: list[ContextChunk]) -> GenerationResult:
-    """Stream one answer; measure time to first token and total latency; count tokens."""
-    rendered = render(prompt, question, chunks)
+def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, question: str, chunks: list[ContextChunk],
+             answer: str | None = None) -> GenerationResult:
+    """Stream one answer (or, with ``answer``, one judge verdict); measure time to first token and
+    total latency; count tokens."""
+    rendered = render(prompt, question, chunks, answer)
     common = {"model": spec.model, "temperature": spec.temperature, "seed": spec.seed, "max_tokens": spec.max_tokens,
               "stream": True, "stream_options": {"include_usage": True}}
     if prompt.stop:
@@ -293,3 +302,13 @@ def cost_usd(model: str, prompt_tokens: int | None, completion_tokens: int | Non
     if prompt_tokens is None or completion_tokens is None:
         return None
     return (prompt_tokens * entry["input_per_1m_usd"] + completion_tokens * entry["output_per_1m_usd"]) / 1e6
+
+
+def parse_verdict(text: str) -> float | None:
+    """A judge's yes/no as 1.0/0.0 (the first yes or no word); None when it gave neither."""
+    for word in text.lower().replace(".", " ").replace(",", " ").split():
+        if word in ("yes", "supported", "faithful"):
+            return 1.0
+        if word in ("no", "unsupported", "unfaithful"):
+            return 0.0
+    return None

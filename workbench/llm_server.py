@@ -55,7 +55,7 @@ class LocalLLMServer:
 
     Threads are set explicitly (llama.cpp otherwise takes every core while torch holds them too).
     Keep the threads of all servers running at once within the cores: llama.cpp's threads spin at
-    each step, so two servers of 2 threads on 2 cores answered ~13x slower than two of 1 thread.
+    each step, so two servers of 2 threads on 2 cores answered 10-15x slower than two of 1 thread.
     """
 
     def __init__(self, model: str, *, n_threads: int | None = None, n_ctx: int = 2048, port: int | None = None,
@@ -66,8 +66,8 @@ class LocalLLMServer:
         self.n_ctx = n_ctx
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s
-        self._log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="wb-llm-"))
-        self.log_path = self._log_dir / f"llama-server-{model}-{self.port}.log"
+        self._log_dir = Path(log_dir) if log_dir else None  # a temp folder, made by start()
+        self.log_path: Path | None = self._log_dir / f"llama-server-{model}-{self.port}.log" if self._log_dir else None
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -87,6 +87,9 @@ class LocalLLMServer:
                "--n_ctx", str(self.n_ctx), "--seed", "0", "--logits_all", "False", "--verbose", "False",
                "--model_alias", self.model]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(self.n_threads)}
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="wb-llm-"))
+            self.log_path = self._log_dir / f"llama-server-{self.model}-{self.port}.log"
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -28,9 +28,10 @@ TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
 # A custom MIME type for machine-readable results a notebook records (read back by the CLI).
 SUMMARY_MIME = "application/vnd.workbench.summary+json"
 KERNEL_NAME = "python3"
-# The kernel's own log (e.g. ipykernel's "running over TCP without encryption" notice on loopback)
-# would land on the caller's stderr between progress lines; errors still get through.
-KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+# The kernel's own log (ipykernel's "running over TCP without encryption" notice on loopback, the
+# "KeyboardInterrupt caught" that jupyter_client's interrupt-before-shutdown can cause) would land on
+# the caller's stderr between progress lines. Cell errors still arrive as notebook errors.
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 # Sorts a <table class="sortable"> by the clicked column, numerically when cells carry data-sort.
 SORT_SCRIPT = """document.querySelectorAll('table.sortable').forEach(function (table) {
   table.querySelectorAll('thead th').forEach(function (th, col) {
@@ -239,11 +240,13 @@ def render_html(notebook_file: str | os.PathLike, html_file: str | os.PathLike, 
     Security Policy blocks every network load and every script but the table sorter.
     """
     import nbformat
-    from nbconvert import HTMLExporter
+    from nbconvert.exporters import TemplateExporter
 
     nb = nbformat.read(str(notebook_file), as_version=4)
-    exporter = HTMLExporter(template_file=str(TEMPLATE), exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True, exclude_markdown=True, exclude_raw=True)
+    # The plain TemplateExporter, not HTMLExporter: the latter re-serialises the page through
+    # BeautifulSoup and adds its lab/classic resources; this page is exactly what the template writes.
+    exporter = TemplateExporter(template_file=str(TEMPLATE), file_extension=".html", exclude_input=True, exclude_input_prompt=True,
+                                exclude_output_prompt=True, exclude_markdown=True, exclude_raw=True, exclude_unknown=True)
     body, _ = exporter.from_notebook_node(nb, resources={"workbench": {"title": title, "script": SORT_SCRIPT, "csp": content_security_policy(SORT_SCRIPT)}})
     path = Path(html_file)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,13 +39,14 @@ def _cell(metric: str, value, low=None, high=None) -> str:
 
 def _table(header: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "", row_classes: Sequence[str] | None = None) -> str:
     """A table; a cell is either a ready ``<td ...>`` string or plain text, escaped here."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    header = list(header)
+    head = f"<thead><tr>{''.join(f'<th>{esc(h)}</th>' for h in header)}</tr></thead>" if any(header) else ""
     body = []
     for i, row in enumerate(rows):
         rc = row_classes[i] if row_classes and row_classes[i] else ""
         cells = "".join(c if c.startswith("<td") else f"<td>{esc(c)}</td>" for c in row)
         body.append(f'<tr class="{rc}">{cells}</tr>' if rc else f"<tr>{cells}</tr>")
-    return f'<div style="overflow-x:auto"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return f'<div style="overflow-x:auto"><table class="{cls}">{head}<tbody>{"".join(body)}</tbody></table></div>'
 
 
 def title_html(data: ReportData) -> str:
@@ -157,8 +158,10 @@ def highlight(text: str, needles: Iterable[str]) -> str:
     """Escape ``text`` and wrap case-insensitive occurrences of the needles in ``<mark>``."""
     text = "" if text is None else str(text)
     spans = []
-    for n in {n.strip() for n in needles if n and n.strip()}:
-        spans += [(m.start(), m.end()) for m in re.finditer(re.escape(n), text, flags=re.IGNORECASE)]
+    for n in {str(n).strip() for n in needles if n and str(n).strip()}:
+        # whole words where the needle starts/ends with a word character ("four" not in "fourteen")
+        pattern = (r"\b" if re.match(r"\w", n) else "") + re.escape(n) + (r"\b" if re.search(r"\w$", n) else "")
+        spans += [(m.start(), m.end()) for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
     merged: list[list[int]] = []
     for s, e in sorted(spans):
         if merged and s <= merged[-1][1]:
@@ -292,6 +295,12 @@ def _short(value, n: int = 12) -> str:
     return "-" if value in (None, "") else str(value)[:n]
 
 
+def _code(lineage: Mapping) -> str:
+    commit = str(lineage.get("git_commit") or "")
+    short = (commit[:12] + (" (uncommitted changes)" if commit.endswith("-dirty") else "")) if commit else "no git commit"
+    return f"{short}; code hash {_short(lineage.get('code_hash'))}"
+
+
 def lineage_html(data: ReportData) -> str:
     exp = data.experiment_row
     facts = [["experiment", str(data.experiment)], ["experiment file", str(exp.get("path") or "-")],
@@ -310,7 +319,7 @@ def lineage_html(data: ReportData) -> str:
         prompt = f"{lin.get('prompt_path')} ({_short(lin.get('prompt_hash'))})" if lin.get("prompt_path") else "-"
         rows.append([str(r["rank"]), str(r["run_id"]), f"{lin.get('dataset_path', '-')} ({_short(lin.get('dataset_hash'))})",
                      f"{lin.get('n_queries', '-')} ({_short(lin.get('query_ids_hash'))})", prompt, "; ".join(x for x in models if x) or "-",
-                     hash_obj(run["config"], 12), f"{_short(lin.get('git_commit'), 18)} / {_short(lin.get('code_hash'))}",
+                     hash_obj(run["config"], 12), _code(lin),
                      str(run.get("started_at") or "-"), str(run.get("finished_at") or "-"), str(run.get("status"))])
         for pkg, version in (lin.get("packages") or {}).items():
             packages.setdefault(pkg, set()).add(str(version))
@@ -321,7 +330,7 @@ def lineage_html(data: ReportData) -> str:
         timing_rows.append([str(r["rank"]), str(r["run_id"])[:10]] + [f"{t.get(k, 0):.1f}s" if isinstance(t.get(k), (int, float)) else "-"
                                                                      for k in ("retrieval_s", "rerank_s", "generation_s", "evaluation_s")]
                            + [str(t.get("questions_computed", "-"))])
-    return ("<h2>Lineage</h2>" + _table(["", ""], facts) + "<h3>Runs</h3>" + _table(header, rows, "sortable")
+    return ("<h2>Lineage</h2>" + _table([], facts) + "<h3>Runs</h3>" + _table(header, rows, "sortable")
             + "<h3>Compute time in the session that stored each run</h3>"
             + _table(["#", "run", "retrieval", "rerank", "generation", "evaluation", "questions computed"], timing_rows, "sortable")
             + "<h3>Package versions</h3>" + _table(["package", "version(s)"], pkg_rows))

@@ -123,6 +123,19 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
         else:
             api_key_for(g.provider, g.api_key_env, f"generation {g.provider}:{g.model}")
             llm_hashes[g] = None
+    judge = experiment.spec.judge
+    judge_lineage = None
+    if judge is not None and grid.generation:
+        from .generation import JUDGE_PLACEHOLDERS, load_prompt as _load
+
+        judge_prompt = _load(experiment.prompt_paths[judge.prompt], JUDGE_PLACEHOLDERS)
+        if judge.provider == "local":
+            judge_file = file_sha256(local_model_path(judge.model), memo)
+        else:
+            api_key_for(judge.provider, judge.api_key_env, f"judge {judge.provider}:{judge.model}")
+            judge_file = None
+        judge_lineage = {"judge": f"{judge.provider}:{judge.model}", "judge_file_hash": judge_file,
+                         "judge_prompt_hash": judge_prompt.content_hash, "judge_config": judge.model_dump(exclude={"prompt"})}
     first_embedding = grid.embedding[0] if grid.embedding else None
     rerank_fps = {r: _reranker_fingerprint(r, experiment, memo) for r in grid.rerank or [] if r.method != "none"}
     query_ids_hash = hash_obj([(q.query_id, q.withheld) for q in queries])
@@ -147,6 +160,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             "llm": f"{gen.provider}:{gen.model}" if gen else None,
             "llm_file_hash": llm_hashes.get(gen) if gen else None,
             "reranker_fingerprint": rerank_fps.get(cfg.rerank) if cfg.rerank else None,
+            **({"judge": judge_lineage} if gen and judge_lineage else {}),
         }
         # The run id covers what determines the results: config and content hashes, not paths.
         identity = {"config": cfg.model_dump(exclude={"generation": {"prompt"}, "rerank": {"path"}}),
@@ -310,6 +324,11 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     chunk_by_id = {c.chunk_id: c for c in chunks}
     prompt = load_prompt(plan.experiment.prompt_paths[cfg.generation.prompt]) if cfg.generation else None
     client = stages.llm_client(run) if cfg.generation and todo else None
+    judge = plan.experiment.spec.judge if cfg.generation else None
+    if judge:
+        from .generation import JUDGE_PLACEHOLDERS
+
+        judge_prompt = load_prompt(plan.experiment.prompt_paths[judge.prompt], JUDGE_PLACEHOLDERS)
     reranker = stages.reranker(run, lambda cid: chunk_by_id[cid].text) if cfg.rerank and todo else None
     n_fallback = 0
     buffer: list[dict] = []
@@ -344,6 +363,10 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
         metrics = question_metrics(query, relevant, result.hits, cfg.final_k,
                                    gen_result.answer if gen_result and gen_result.error is None else None, [h["text"] for h in hits])
         timings["evaluation_s"] += time.perf_counter() - t0
+        if judge and gen_result is not None and gen_result.error is None:
+            t0 = time.perf_counter()
+            metrics.update(_judge(stages, run, judge, judge_prompt, query.text, context, gen_result.answer, metrics))
+            timings["judge_s"] += time.perf_counter() - t0
         buffer.append({
             "run_id": run.run_id, "query_id": query.query_id, "position": position, "question": query.text,
             "gold_answers": list(query.answers), "relevant": relevant, "hits": hits,
@@ -371,6 +394,37 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     store.finish_run(run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, max_tokens),
                      {**dict(timings), "questions_computed": len(todo), "rerank_fallbacks": n_fallback})
     return {"run_id": run.run_id, "status": status, "computed": len(todo), "n_failed": n_failed, **timings}
+
+
+def _judge(stages: _Stages, run: PlannedRun, judge, prompt, question: str, context, answer: str, metrics: dict) -> dict:
+    """Ask the judge whether the answer is supported by the context; cached like a generation.
+
+    Returns ``judge_faithful`` (1/0, None when the verdict is unparseable), the judge's cost and
+    latency, and ``judge_agrees``: whether the verdict matches the judge-free hallucination flag.
+    """
+    from .generation import cost_usd, generate, load_prices, make_client, parse_verdict, render
+
+    spec = judge.as_generation()
+    key = "judge:" + hash_obj([run.lineage["judge"], sha256_text(canonical_json(render(prompt, question, context, answer)))])
+    result = stages.cache.get(key)
+    if result is None:
+        if spec not in stages._clients:
+            base_url = stages._local_server(spec.model).base_url if spec.provider == "local" else None
+            stages._clients[spec] = make_client(spec, base_url)
+        result = generate(stages._clients[spec], spec, prompt, question, context, answer=answer)
+        if result.error is None:
+            stages.cache.set(key, result)
+    if result.error is not None:
+        return {"judge_faithful": None, "judge_error": 1.0}
+    verdict = parse_verdict(result.answer)
+    model = f"local:{spec.model}" if spec.provider == "local" else spec.model
+    hallucination = metrics.get("hallucination")
+    return {
+        "judge_faithful": verdict,
+        "judge_cost_usd": cost_usd(model, result.prompt_tokens, result.completion_tokens, load_prices()),
+        "judge_latency_s": result.latency_s,
+        "judge_agrees": None if verdict is None or hallucination is None else float(verdict == 1.0 - hallucination),
+    }
 
 
 def _cost(cfg: RunConfig, result) -> float | None:

@@ -25,6 +25,7 @@ grid:
   embedding: [{{provider: local, model: all-MiniLM-L6-v2}}]
   retrieval: [{{method: dense, top_k: 3}}, {{method: bm25, top_k: 3}}]
   generation: [{{provider: local, model: smollm2-135m, prompt: {_prompt()}, max_tokens: 32}}]
+judge: {{provider: local, model: smollm2-135m, prompt: {_prompt("judge_faithfulness.yaml")}}}
 """, encoding="utf-8")
     plan = plan_experiment(load_experiment(exp), workspace_env)
     assert len(plan.runs) == 2 and len(plan.queries) == 6  # 4 answerable + 2 with gold withheld
@@ -48,6 +49,10 @@ grid:
         for _, r in withheld.iterrows():
             gold = set(plan.dataset.qrels[r["query_id"].removesuffix("~unanswerable")])
             assert not gold & {h["doc_id"] for h in r["hits"]}
+        # The optional judge ran on every answer (verdict 1/0, or None when unparseable), at no cost
+        assert rows["judge_faithful"].dropna().isin([0.0, 1.0]).all() and (rows["judge_cost_usd"] == 0).all()
+        assert rows["judge_latency_s"].notna().all()
+    assert plan.runs[0].lineage["judge"]["judge_prompt_hash"]
     metrics = set(store.aggregates(board["run_id"].tolist())["metric"])
     assert {"f1", "exact_match", "citation_valid", "answer_support", "hallucination", "refusal_correct",
             "generation_latency_p95_s", "ttft_p50_s", "cost_per_question_usd"} <= metrics
@@ -72,7 +77,7 @@ def test_generation_is_deterministic_at_temperature_zero():
     assert proc.poll() is not None, "the server is stopped when the context exits"
 
 
-def _prompt() -> str:
+def _prompt(name: str = "grounded_qa.yaml") -> str:
     from pathlib import Path
 
-    return str(Path(__file__).resolve().parents[2] / "experiments" / "prompts" / "grounded_qa.yaml")
+    return str(Path(__file__).resolve().parents[2] / "experiments" / "prompts" / name)

@@ -8,6 +8,7 @@ deltas and prompt tokens with ``POST /extras/tokenize``; for SmolLM2 in chat mod
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -43,7 +44,10 @@ def _refuses_connections(port: int) -> bool:
 
 def test_rag_answers_timings_tokens_and_determinism(tmp_path):
     prompt = load_prompt(PROMPT)
-    with LocalLLMServer("smollm2-135m", log_dir=tmp_path) as server:
+    assert LocalLLMServer("smollm2-135m").n_threads == len(os.sched_getaffinity(0))  # the default; starts nothing
+    # One thread: on a shared 2-core machine, llama.cpp's spinning threads slow down 10x or more
+    # whenever anything else is busy, and this test must stay short.
+    with LocalLLMServer("smollm2-135m", n_threads=1, log_dir=tmp_path) as server:
         assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
         assert server.model_path == local_model_path("smollm2-135m") and server.model_path.suffix == ".gguf"
         models = httpx.get(f"{server.base_url}/models", trust_env=False).json()

@@ -30,8 +30,10 @@ class FixtureStore:
     def env(self, **extra: str) -> dict[str, str]:
         import os
 
-        return dict(os.environ, WORKBENCH_STORE=self.store_url, WORKBENCH_CACHE=str(self.cache_dir),
-                    WORKBENCH_EXPERIMENT=self.experiment, WORKBENCH_EXPERIMENT_PATH=str(self.experiment_path), **extra)
+        env = dict(os.environ, WORKBENCH_STORE=self.store_url, WORKBENCH_CACHE=str(self.cache_dir),
+                   WORKBENCH_EXPERIMENT=self.experiment, WORKBENCH_EXPERIMENT_PATH=str(self.experiment_path))
+        env.update(extra)
+        return env
 
 
 def _plant_markup(dataset: Path) -> None:
