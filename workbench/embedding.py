@@ -20,6 +20,7 @@ from .chunking import Tokenizer
 from .config import EmbeddingSpec
 from .errors import ProviderError, unknown_name
 from .hashing import file_sha256, hash_obj, sha256_text, tree_sha256
+from .secrets import api_key_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -187,17 +188,6 @@ LOCAL_EMBEDDERS: dict[str, Callable[..., Embedder]] = {
     "all-MiniLM-L6-v2": MiniLMEmbedder,
     "multilingual-e5-small": E5SmallEmbedder,
 }
-
-
-def api_key_for(provider: str, api_key_env: str | None, what: str) -> str:
-    """Read an API key from the environment; the error names the variable, never a value."""
-    env = api_key_env or ("OPENAI_API_KEY" if provider == "openai" else None)
-    if env is None:
-        return "none"
-    key = os.environ.get(env)
-    if not key:
-        raise ProviderError(f"{what}: environment variable {env} is not set (it must hold the API key)")
-    return key
 
 
 def make_embedder(spec: EmbeddingSpec, threads: int | None = None, memo: diskcache.Cache | None = None) -> Embedder:

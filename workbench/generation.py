@@ -26,6 +26,7 @@ import yaml
 from .config import LOCAL_LLMS, GenerationSpec
 from .errors import ConfigError, ProviderError, did_you_mean
 from .hashing import canonical_json, sha256_text
+from .secrets import api_key_for
 
 PROMPT_KEYS = {"mode", "description", "system", "user", "template", "stop"}
 PLACEHOLDERS = frozenset({"context", "question"})
@@ -150,17 +151,6 @@ def rendered_hash(rendered) -> str:
     return sha256_text(canonical_json(rendered))
 
 
-def api_key(provider: str, api_key_env: str | None, what: str) -> str:
-    """The key from the environment variable named in the config; errors name the variable only."""
-    env = api_key_env or ("OPENAI_API_KEY" if provider == "openai" else None)
-    if env is None:
-        return "none"
-    value = os.environ.get(env)
-    if not value:
-        raise ProviderError(f"{what}: environment variable {env} is not set (it must hold the API key)")
-    return value
-
-
 def make_client(spec: GenerationSpec, base_url: str | None) -> openai.OpenAI:
     """An OpenAI client for the spec; ``base_url`` is the running local server for provider local."""
     if spec.provider == "local":
@@ -168,7 +158,7 @@ def make_client(spec: GenerationSpec, base_url: str | None) -> openai.OpenAI:
             # Without it the client would fall back to api.openai.com.
             raise ProviderError(f"generation local:{spec.model}: needs the base_url of a running LocalLLMServer")
         return openai.OpenAI(base_url=base_url, api_key="local", max_retries=2, timeout=spec.timeout_s)
-    key = api_key(spec.provider, spec.api_key_env, f"generation {spec.provider}:{spec.model}")
+    key = api_key_for(spec.provider, spec.api_key_env, f"generation {spec.provider}:{spec.model}")
     url = spec.base_url if spec.provider == "openai_compatible" else (spec.base_url or None)
     return openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=spec.timeout_s)
 

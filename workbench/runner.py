@@ -26,13 +26,13 @@ from . import index as index_mod
 from .chunking import Chunk, Tokenizer, chunk_documents, chunk_set_key, truncation_rate
 from .config import EmbeddingSpec, Experiment, RunConfig
 from .corpus import Dataset, Query, load_dataset, unanswerable_slice
-from .embedding import (CachedEmbedder, api_key_for, default_tokenizer, embedder_fingerprint, make_embedder,
-                        tokenizer_name)
+from .embedding import CachedEmbedder, default_tokenizer, embedder_fingerprint, make_embedder, tokenizer_name
 from .errors import WorkbenchError
 from .evaluation.aggregate import aggregate_rows
 from .evaluation.perquestion import question_metrics
 from .hashing import canonical_json, file_sha256, hash_obj, sha256_text, tree_sha256
 from .retrieval import Retriever
+from .secrets import api_key_for
 from .store import Store
 
 PACKAGES = ("workbench", "llama-index-core", "llama-index-vector-stores-chroma", "llama-index-retrievers-bm25",
