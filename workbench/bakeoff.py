@@ -83,16 +83,20 @@ def plan(experiment_path: str | Path, workspace: Workspace, *, query_limit: int 
 
 
 def describe(p: Plan) -> pd.DataFrame:
-    """The planned runs: one row per grid point with its axes."""
-    return pd.DataFrame([{"run_id": r.run_id, **r.config.axes()} for r in p.runs])
+    """The planned runs: one row per grid point with its axes and question count."""
+    return pd.DataFrame([{"run_id": r.run_id, **r.config.axes(), "questions": len(p.queries)} for r in p.runs])
 
 
 def run(p: Plan, workspace: Workspace, *, rerun: str = "missing", out: Callable[[str], None] | None = None) -> dict:
     """Run a plan, printing progress; returns a compact, JSON-ready summary."""
     out = out or (lambda message: print(message, flush=True))
 
+    shown: dict[str, int] = {}
+
     def progress(run_id: str, n: int, total: int) -> None:
-        if n == total or n % max(1, math.ceil(total / 4)) == 0:
+        # about every quarter of a run (the runner reports per question or per stored batch)
+        if n == total or n >= shown.get(run_id, 0) + max(1, math.ceil(total / 4)):
+            shown[run_id] = n
             out(f"    {run_id[:10]}: {n}/{total} questions computed")
 
     t0 = time.perf_counter()

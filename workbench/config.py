@@ -214,6 +214,8 @@ class GenerationSpec(_Spec):
     seed: int = 0
     max_tokens: int = Field(default=128, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
+    concurrency: int = Field(default=1, ge=1, le=64, description="parallel requests to a remote endpoint")
+    requests_per_minute: float | None = Field(default=None, gt=0, description="rate limit for a remote endpoint")
 
     @field_validator("provider")
     @classmethod
@@ -226,6 +228,9 @@ class GenerationSpec(_Spec):
             _check_name("local LLM", self.model, LOCAL_LLMS, "model")
             if self.base_url or self.api_key_env:
                 raise ValueError("a local LLM takes no base_url/api_key_env (the workbench starts its own server)")
+            if self.concurrency > 1:
+                # llama.cpp answers one request at a time with every core; parallel requests only queue
+                raise _field_error("concurrency", "the local LLM serves one request at a time: concurrency must be 1")
         if self.provider == "openai_compatible" and not self.base_url:
             raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
         return self

@@ -207,7 +207,11 @@ class Explorer:
                            f"{' (lower is better)' if lower_is_better(self.metric) else ''}</span>"
 
         def on_experiment(change):
-            self.load(change["new"])
+            try:
+                self.load(change["new"])
+            except WorkbenchError as exc:
+                status.value = f'<span class="error">{esc(exc)}</span>'
+                return
             fill_runs()
             fill_questions()
 

@@ -302,3 +302,24 @@ def parse_verdict(text: str) -> float | None:
         if word in ("no", "unsupported", "unfaithful"):
             return 0.0
     return None
+
+
+class RateLimiter:
+    """Space request starts at least ``60 / requests_per_minute`` seconds apart, across threads."""
+
+    def __init__(self, requests_per_minute: float | None):
+        import threading
+
+        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)

@@ -85,6 +85,9 @@ class LocalLLMServer:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path), "--host", "127.0.0.1",
                "--port", str(self.port), "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
                "--n_ctx", str(self.n_ctx), "--seed", "0", "--logits_all", "False", "--verbose", "False",
+               # by default a new request interrupts the one being streamed (its answer comes back
+               # empty); queue them instead so concurrent clients all get answers
+               "--interrupt_requests", "False",
                "--model_alias", self.model]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(self.n_threads)}
         if self._log_dir is None:

@@ -56,6 +56,18 @@ def lower_is_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER or metric in QUALITY_LOWER_IS_BETTER or metric.endswith(("_s", "_usd", "tokens", "tokens_per_question"))
 
 
+def fmt(metric: str, value) -> str:
+    """``leaderboard.fmt_value``, but latencies in ms below a second (retrieval is often sub-ms)."""
+    v = _num(value)
+    if v is not None and metric.endswith("_s") and not metric.endswith("tokens_s"):
+        if abs(v) < 1:
+            return f"{v * 1000:.1f} ms" if abs(v) < 0.01 else f"{v * 1000:.0f} ms"
+        return f"{v:.2f} s"
+    if v is not None and metric == "tokens_per_question":
+        return f"{v:.0f}"
+    return fmt_value(metric, v)
+
+
 def _num(value) -> float | None:
     if value is None:
         return None
@@ -212,9 +224,9 @@ def limit_violations(board: pd.DataFrame, limits: Mapping[str, Any] | None) -> t
             if v is None:
                 continue
             if hi is not None and v > hi:
-                violations[r["run_id"]].append(f"{label(metric)} {fmt_value(metric, v)} > {fmt_value(metric, hi)}")
+                violations[r["run_id"]].append(f"{label(metric)} {fmt(metric, v)} > {fmt(metric, hi)}")
             if lo is not None and v < lo:
-                violations[r["run_id"]].append(f"{label(metric)} {fmt_value(metric, v)} < {fmt_value(metric, lo)}")
+                violations[r["run_id"]].append(f"{label(metric)} {fmt(metric, v)} < {fmt(metric, lo)}")
     return {k: v for k, v in violations.items() if v}, notes
 
 
@@ -394,7 +406,9 @@ def load_report(store_url: str, experiment: str, *, baseline_run: str = "", base
     board = enrich_board(board, values)
     spec = exp_row.get("spec") or {}
     rec = recommend(board, metric, spec.get("limits") if isinstance(spec, dict) else None)
-    ties = ties_with_best(values, rec.run_id, metric) if rec.run_id else pd.DataFrame(columns=["run_id", "tie"])
+    # ties among the runs that could have been recommended (those over a limit are reported apart)
+    eligible = {r: values[r] for r in rec.eligible}
+    ties = ties_with_best(eligible, rec.run_id, metric) if rec.run_id else pd.DataFrame(columns=["run_id", "tie"])
     tie_ids = set(ties.loc[ties["tie"].astype(bool), "run_id"]) if not ties.empty else set()
     board["recommended"] = board["run_id"] == rec.run_id
     board["ties_best"] = board["run_id"].isin(tie_ids)

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from .evaluation.stats import paired_difference
 from .hashing import hash_obj
-from .leaderboard import AXES, fmt_value
-from .reportdata import (ALPHA, MEANINGS, ReportData, _metric_values, _num, axis_tables, esc, label, lower_is_better,
+from .leaderboard import AXES
+from .reportdata import (ALPHA, MEANINGS, ReportData, _metric_values, _num, axis_tables, esc, fmt, label, lower_is_better,
                          quality_columns, question_rows, wins_losses)
 from .store import Store, redact_url
 
@@ -29,11 +29,11 @@ def show(fragment: str) -> None:
 
 def _cell(metric: str, value, low=None, high=None) -> str:
     v = _num(value)
-    text = esc(fmt_value(metric, v))
+    text = esc(fmt(metric, v))
     ci = ""
     lo, hi = _num(low), _num(high)
     if v is not None and lo is not None and hi is not None and lo != hi:
-        ci = f'<span class="ci">[{esc(fmt_value(metric, lo))}, {esc(fmt_value(metric, hi))}]</span>'
+        ci = f'<span class="ci">[{esc(fmt(metric, lo))}, {esc(fmt(metric, hi))}]</span>'
     return f'<td class="num" data-sort="{"" if v is None else repr(v)}">{text}{ci}</td>'
 
 
@@ -51,11 +51,17 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "", 
 
 def title_html(data: ReportData) -> str:
     desc = data.spec.get("description") if isinstance(data.spec, dict) else None
-    lineage = data.runs.iloc[0]["lineage"] if not data.runs.empty else {}
+    lineage = (data.runs.iloc[0]["lineage"] if not data.runs.empty else None) or {}
     facts = [f"{len(data.board)} runs", f"{int(data.board['n_questions'].max())} questions",
              f"dataset {lineage.get('dataset_path', data.spec.get('dataset', '?'))}", f"generated {data.generated_at}"]
     return (f"<h1>Bake-off report: {esc(data.experiment)}</h1>" + (f"<p>{esc(' '.join(str(desc).split()))}</p>" if desc else "")
             + f'<p class="muted">{" · ".join(esc(f) for f in facts)}</p>')
+
+
+def _limit_text(metric: str, bound) -> str:
+    if isinstance(bound, Mapping):
+        return ", ".join(f"{label(metric)} {op} {fmt(metric, bound[k])}" for k, op in (("min", "≥"), ("max", "≤")) if k in bound)
+    return f"{label(metric)} {'≤' if lower_is_better(metric) else '≥'} {fmt(metric, bound)}"
 
 
 def why(data: ReportData) -> list[str]:
@@ -64,12 +70,12 @@ def why(data: ReportData) -> list[str]:
     if rec.run_id is None:
         best = data.board.iloc[0]
         return [f"No run meets the experiment's limits; the best {label(m)} overall is #{best['rank']} {best['label']} "
-                f"({fmt_value(m, best[m])})."] + rec.notes
+                f"({fmt(m, best[m])})."] + rec.notes
     r = data.row(rec.run_id)
     limits = data.spec.get("limits") if isinstance(data.spec, dict) else None
-    within = f" within the experiment's limits ({', '.join(f'{label(k)} {v}' for k, v in limits.items())})" if limits else ""
-    out = [f"It has the highest {label(m)}{within} among {len(data.board)} runs: {fmt_value(m, r[m])}"
-           + (f" (95% CI {fmt_value(m, r.get(m + '_ci_low'))} to {fmt_value(m, r.get(m + '_ci_high'))})." if _num(r.get(m + "_ci_low")) is not None else ".")]
+    within = f" within the experiment's limits ({', '.join(_limit_text(k, v) for k, v in limits.items())})" if limits else ""
+    out = [f"It has the highest {label(m)}{within} among {len(data.board)} runs: {fmt(m, r[m])}"
+           + (f" (95% CI {fmt(m, r.get(m + '_ci_low'))} to {fmt(m, r.get(m + '_ci_high'))})." if _num(r.get(m + "_ci_low")) is not None else ".")]
     if m in MEANINGS:
         out[-1] += f" {label(m)} measures {MEANINGS[m]}."
     ties = data.ties[data.ties["tie"].astype(bool)] if not data.ties.empty else data.ties
@@ -83,7 +89,7 @@ def why(data: ReportData) -> list[str]:
                 fast = cands.sort_values(["latency_p95_s", "run_id"]).iloc[0]
                 if fast["run_id"] != rec.run_id:
                     out.append(f"If speed matters more, #{fast['rank']} {fast['label']} is the fastest of these "
-                               f"(latency P95 {fmt_value('latency_p95_s', fast['latency_p95_s'])} vs {fmt_value('latency_p95_s', r['latency_p95_s'])}).")
+                               f"(latency P95 {fmt('latency_p95_s', fast['latency_p95_s'])} vs {fmt('latency_p95_s', r['latency_p95_s'])}).")
     elif len(data.board) > 1:
         out.append(f"It is significantly better than every other run on {label(m)} (paired tests, Holm-corrected p < {ALPHA}).")
     for run_id, reasons in rec.violations.items():
@@ -217,7 +223,7 @@ def question_detail_html(columns: Sequence[tuple[str, Mapping | None]], metric: 
             parts.append(f'<p class="error"><b>Error:</b> {esc(row["error"])}</p>')
         if row.get("answer") is not None:
             parts.append(f'<p><b>Answer</b></p><div class="answer">{highlight(row["answer"], golds)}</div>')
-        vals = [f"{label(m)} {fmt_value(m, row.get(m))}" for m in shown if m in row and _num(row.get(m)) is not None]
+        vals = [f"{label(m)} {fmt(m, row.get(m))}" for m in shown if m in row and _num(row.get(m)) is not None]
         if vals:
             parts.append(f'<p class="muted">{esc(" · ".join(vals))}</p>')
         parts.append(passages_html(row.get("hits") or [], row.get("relevant"), golds, max_passages=max_passages))
@@ -229,10 +235,10 @@ def question_detail_html(columns: Sequence[tuple[str, Mapping | None]], metric: 
 def _delta(metric: str, a, b) -> str:
     va, vb = _num(a), _num(b)
     if va is None or vb is None:
-        return esc(f"{fmt_value(metric, va)} → {fmt_value(metric, vb)}")
+        return esc(f"{fmt(metric, va)} → {fmt(metric, vb)}")
     better = (vb < va) if lower_is_better(metric) else (vb > va)
     cls = "delta-pos" if better else "delta-neg" if va != vb else "muted"
-    return f'{esc(fmt_value(metric, va))} → {esc(fmt_value(metric, vb))} <span class="{cls}">({vb - va:+.3f})</span>'
+    return f'{esc(fmt(metric, va))} → {esc(fmt(metric, vb))} <span class="{cls}">({vb - va:+.3f})</span>'
 
 
 def drilldown_html(data: ReportData, limit: int = 15) -> str:
@@ -248,7 +254,7 @@ def drilldown_html(data: ReportData, limit: int = 15) -> str:
         rows = question_rows(store, best, worst["query_id"].tolist())
         parts.append(f'<p>{esc(data.name(best))} — {esc(data.baseline_reason)}. Its {limit} weakest questions:</p>')
         parts += [question_detail_html([(data.name(best), rows.get(q))], m, metrics=extra,
-                                       summary=f"{esc(rows[q]['question'])} — {esc(label(m))} {esc(fmt_value(m, rows[q].get(m)))}")
+                                       summary=f"{esc(rows[q]['question'])} — {esc(label(m))} {esc(fmt(m, rows[q].get(m)))}")
                   for q in worst["query_id"] if q in rows]
         return "".join(parts)
     base = data.baseline_id
@@ -260,7 +266,7 @@ def drilldown_html(data: ReportData, limit: int = 15) -> str:
     stat = ""
     if common:
         res = paired_difference([float(a[q]) for q in common], [float(b[q]) for q in common])
-        stat = (f"Mean {label(m)} {fmt_value(m, res.mean_a)} → {fmt_value(m, res.mean_b)}, difference {res.diff:+.3f} "
+        stat = (f"Mean {label(m)} {fmt(m, res.mean_a)} → {fmt(m, res.mean_b)}, difference {res.diff:+.3f} "
                 f"(95% CI {res.ci_low:+.3f} to {res.ci_high:+.3f}, p = {res.p_value:.3g}, {res.test}) over {res.n} paired questions.")
     parts.append(f"<p>Recommended <b>{esc(data.name(best))}</b> vs baseline <b>{esc(data.name(base))}</b> — the baseline is "
                  f"{esc(data.baseline_reason)}.</p>")

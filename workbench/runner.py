@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -312,7 +313,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
                  progress: Callable[[str, int, int], None]) -> dict:
     cfg = run.config
     if cfg.generation:
-        from .generation import ContextChunk, generate, load_prompt, render
+        from .generation import ContextChunk, RateLimiter, generate, load_prompt, render
     if rerun == "all":
         store.delete_run_rows(run.run_id)
     done = store.done_query_ids(run.run_id)
@@ -331,62 +332,81 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
         judge_prompt = load_prompt(plan.experiment.prompt_paths[judge.prompt], JUDGE_PLACEHOLDERS)
     reranker = stages.reranker(run, lambda cid: chunk_by_id[cid].text) if cfg.rerank and todo else None
     n_fallback = 0
-    buffer: list[dict] = []
-    for n, (position, query) in enumerate(todo, start=1):
-        t0 = time.perf_counter()
-        result = retriever.retrieve(cfg.first_stage(), query)
-        timings["retrieval_s"] += time.perf_counter() - t0
-        rerank_latency = None
-        if cfg.rerank:
+    limiter = RateLimiter(cfg.generation.requests_per_minute) if cfg.generation else None
+
+    def answer(item: dict):
+        """Cached generation for one question (runs in worker threads for remote endpoints)."""
+        key = _generation_key(run, item["rendered"])
+        found = stages.cache.get(key)
+        if found is not None:
+            return found
+        limiter.wait()
+        out = generate(client, cfg.generation, prompt, item["query"].text, item["context"])
+        if out.error is None:
+            stages.cache.set(key, out)
+        return out
+
+    workers = ThreadPoolExecutor(cfg.generation.concurrency) if cfg.generation and cfg.generation.concurrency > 1 else None
+    done_n = 0
+    for start in range(0, len(todo), FLUSH_EVERY):
+        batch = []
+        for position, query in todo[start:start + FLUSH_EVERY]:
             t0 = time.perf_counter()
-            reranked = reranker.rerank(query.text, result.hits)
-            timings["rerank_s"] += time.perf_counter() - t0
-            rerank_latency = reranked.latency_s
-            n_fallback += reranked.fallback
-            result = type(result)(reranked.hits, result.latency_s + reranked.latency_s)
-        hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": chunk_by_id[h.chunk_id].text}
-                for r, h in enumerate(result.hits, start=1)]
-        gen_result = None
+            result = retriever.retrieve(cfg.first_stage(), query)
+            timings["retrieval_s"] += time.perf_counter() - t0
+            rerank_latency = None
+            if cfg.rerank:
+                t0 = time.perf_counter()
+                reranked = reranker.rerank(query.text, result.hits)
+                timings["rerank_s"] += time.perf_counter() - t0
+                rerank_latency = reranked.latency_s
+                n_fallback += reranked.fallback
+                result = type(result)(reranked.hits, result.latency_s + reranked.latency_s)
+            hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": chunk_by_id[h.chunk_id].text}
+                    for r, h in enumerate(result.hits, start=1)]
+            item = {"position": position, "query": query, "result": result, "rerank_latency": rerank_latency, "hits": hits}
+            if cfg.generation:
+                item["context"] = [ContextChunk(h["rank"], h["doc_id"], plan.dataset.docs[h["doc_id"]].title, h["text"]) for h in hits]
+                item["rendered"] = render(prompt, query.text, item["context"])
+            batch.append(item)
         if cfg.generation:
             t0 = time.perf_counter()
-            context = [ContextChunk(h["rank"], h["doc_id"], plan.dataset.docs[h["doc_id"]].title, h["text"]) for h in hits]
-            rendered = render(prompt, query.text, context)
-            key = _generation_key(run, rendered)
-            gen_result = stages.cache.get(key)
-            if gen_result is None:
-                gen_result = generate(client, cfg.generation, prompt, query.text, context)
-                if gen_result.error is None:
-                    stages.cache.set(key, gen_result)
+            answers = list(workers.map(answer, batch) if workers else map(answer, batch))
             timings["generation_s"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        relevant = {} if query.unanswerable else plan.dataset.qrels.get(query.query_id, {})
-        metrics = question_metrics(query, relevant, result.hits, cfg.final_k,
-                                   gen_result.answer if gen_result and gen_result.error is None else None, [h["text"] for h in hits])
-        timings["evaluation_s"] += time.perf_counter() - t0
-        if judge and gen_result is not None and gen_result.error is None:
+        else:
+            answers = [None] * len(batch)
+        rows = []
+        for item, gen_result in zip(batch, answers):
+            query, result, hits = item["query"], item["result"], item["hits"]
             t0 = time.perf_counter()
-            metrics.update(_judge(stages, run, judge, judge_prompt, query.text, context, gen_result.answer, metrics))
-            timings["judge_s"] += time.perf_counter() - t0
-        buffer.append({
-            "run_id": run.run_id, "query_id": query.query_id, "position": position, "question": query.text,
-            "gold_answers": list(query.answers), "relevant": relevant, "hits": hits,
-            "answer": gen_result.answer if gen_result else None,
-            "error": gen_result.error if gen_result else None,
-            "retrieval_latency_s": result.latency_s,
-            "rerank_latency_s": rerank_latency,
-            "generation_latency_s": gen_result.latency_s if gen_result else None,
-            "ttft_s": gen_result.ttft_s if gen_result else None,
-            "prompt_tokens": gen_result.prompt_tokens if gen_result else None,
-            "completion_tokens": gen_result.completion_tokens if gen_result else None,
-            "tokens_estimated": gen_result.tokens_estimated if gen_result else None,
-            "cost_usd": _cost(cfg, gen_result) if gen_result else None,
-            "metrics": metrics,
-        })
-        if len(buffer) >= FLUSH_EVERY:
-            store.write_questions(buffer)
-            buffer = []
-        progress(run.run_id, n, len(todo))
-    store.write_questions(buffer)
+            relevant = {} if query.unanswerable else plan.dataset.qrels.get(query.query_id, {})
+            metrics = question_metrics(query, relevant, result.hits, cfg.final_k,
+                                       gen_result.answer if gen_result and gen_result.error is None else None, [h["text"] for h in hits])
+            timings["evaluation_s"] += time.perf_counter() - t0
+            if judge and gen_result is not None and gen_result.error is None:
+                t0 = time.perf_counter()
+                metrics.update(_judge(stages, run, judge, judge_prompt, query.text, item["context"], gen_result.answer, metrics))
+                timings["judge_s"] += time.perf_counter() - t0
+            rows.append({
+                "run_id": run.run_id, "query_id": query.query_id, "position": item["position"], "question": query.text,
+                "gold_answers": list(query.answers), "relevant": relevant, "hits": hits,
+                "answer": gen_result.answer if gen_result else None,
+                "error": gen_result.error if gen_result else None,
+                "retrieval_latency_s": result.latency_s,
+                "rerank_latency_s": item["rerank_latency"],
+                "generation_latency_s": gen_result.latency_s if gen_result else None,
+                "ttft_s": gen_result.ttft_s if gen_result else None,
+                "prompt_tokens": gen_result.prompt_tokens if gen_result else None,
+                "completion_tokens": gen_result.completion_tokens if gen_result else None,
+                "tokens_estimated": gen_result.tokens_estimated if gen_result else None,
+                "cost_usd": _cost(cfg, gen_result) if gen_result else None,
+                "metrics": metrics,
+            })
+        store.write_questions(rows)  # one short transaction per batch: the resume granularity
+        done_n += len(rows)
+        progress(run.run_id, done_n, len(todo))
+    if workers:
+        workers.shutdown()
     rows = store.questions(run.run_id)
     n_failed = int(rows["error"].notna().sum()) if not rows.empty else 0
     store.write_aggregates(run.run_id, aggregate_rows(rows))

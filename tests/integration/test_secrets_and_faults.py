@@ -28,7 +28,7 @@ grid:
   retrieval: [{{method: bm25, top_k: 2}}]
   generation:
     - {{provider: openai_compatible, model: smollm2-135m, base_url: "{base_url}", api_key_env: WB_TEST_KEY,
-        prompt: {prompt}, max_tokens: 16, timeout_s: 20}}
+        prompt: {prompt}, max_tokens: 16, timeout_s: 20, concurrency: 2, requests_per_minute: 600}}
 """, encoding="utf-8")
     return path
 

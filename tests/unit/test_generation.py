@@ -272,3 +272,31 @@ def test_generate_returns_errors_without_the_key(tmp_path):
     dead = _spec("http://127.0.0.1:9/v1")  # nothing listens on port 9
     result = generate(_client(dead), dead, prompt, "Q?", CHUNKS)
     assert result.error == "APIConnectionError: Connection error." and result.answer == ""
+
+
+def test_rate_limiter_spaces_request_starts_across_threads():
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workbench.generation import RateLimiter
+
+    limiter = RateLimiter(requests_per_minute=600)  # one start every 0.1 s
+    starts = []
+
+    def call(_):
+        limiter.wait()
+        starts.append(time.monotonic())
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(call, range(5)))
+    starts.sort()
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.09
+    RateLimiter(None).wait()  # no limit: returns at once
+
+
+def test_local_llm_rejects_concurrency():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="one request at a time"):
+        GenerationSpec(provider="local", model="smollm2-135m", prompt="p.yaml", concurrency=2)

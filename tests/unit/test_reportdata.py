@@ -46,7 +46,7 @@ def test_recommend_honours_limits_from_the_spec():
     # r1 is too slow, r2 too expensive: the best run within the limits is r0
     assert rec.run_id == "r0"
     assert set(rec.violations) == {"r1", "r2"}
-    assert "Latency P95 9.000s > 5.000s" in rec.violations["r1"][0]
+    assert "Latency P95 9.00 s > 5.00 s" in rec.violations["r1"][0]
     assert "Cost / question" in rec.violations["r2"][0]
 
 
@@ -225,6 +225,11 @@ def test_leaderboard_and_headline_escape_labels_and_reasons():
     assert "within the experiment" in rh.headline_html(data)
 
 
+def test_latency_format():
+    assert [rd.fmt("latency_p95_s", v) for v in (0.0004, 0.025, 1.5, None)] == ["0.4 ms", "25 ms", "1.50 s", "-"]
+    assert rd.fmt("tokens_per_question", 519.6) == "520" and rd.fmt("ndcg_at_10", 0.5) == "0.500" and rd.fmt("cost_per_question_usd", 0.001) == "$0.00100"
+
+
 def test_esc_quotes_attributes():
     assert rd.esc('"><b>') == "&quot;&gt;&lt;b&gt;" and rd.esc(None) == ""
 
@@ -272,6 +277,7 @@ def test_generation_report_sections(tmp_path):
     # g_slow has the best F1 but breaks the latency limit: g_best is recommended
     assert data.recommendation.run_id == "g_best" and list(data.recommendation.violations) == ["g_slow"]
     assert data.baseline_id == "g_fast"  # the first run of the grid
+    assert list(data.ties["run_id"]) == ["g_fast"]  # runs over a limit are not candidates for a tie
     b = data.board.set_index("run_id")
     assert b.loc["g_best", "latency_p95_s"] == pytest.approx(0.02 + 1.5)  # retrieval + generation
     assert b.loc["g_best", "tokens_per_question"] == pytest.approx(520)
