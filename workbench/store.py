@@ -127,11 +127,27 @@ class Store:
         for attempt in range(5):
             try:
                 metadata.create_all(self.engine)
+                self._add_missing_columns()
                 return
             except OperationalError as exc:
                 if "already exists" not in str(exc) or attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+
+    def _add_missing_columns(self) -> None:
+        """Additive schema upgrade: columns added since a store was created are added to it
+        (nullable, so old rows read as "not measured"). Anything beyond adding columns would need
+        a real migration tool (Alembic); so far the schema has only grown."""
+        from sqlalchemy import inspect
+
+        insp = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in metadata.sorted_tables:
+                have = {c["name"] for c in insp.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name not in have:
+                        kind = col.type.compile(dialect=self.engine.dialect)
+                        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}')
 
     # -- writers ---------------------------------------------------------------------------------
     def save_experiment(self, name: str, spec: dict, spec_hash: str, path: str, run_ids: Sequence[str]) -> None:
