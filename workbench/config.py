@@ -95,6 +95,7 @@ class EmbeddingSpec(_Spec):
     batch_size: int = Field(default=32, gt=0)
     dimensions: int | None = Field(default=None, gt=0)
     max_tokens: int | None = Field(default=None, gt=0, description="input limit of a hosted model")
+    send_input_type: bool = Field(default=False, description="send input_type query/passage (e5-style endpoints)")
 
     @field_validator("provider")
     @classmethod

@@ -143,19 +143,24 @@ class OpenAIEmbedder:
         self.tokenizer = _tiktoken_tokenizer(f"tiktoken:cl100k_base/{self.model_id}", spec.max_tokens or 8191)
         self.dim = 0  # known after the first call
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: list[str], input_type: str) -> np.ndarray:
         out = []
         for start in range(0, len(texts), self.spec.batch_size):
             batch = texts[start:start + self.spec.batch_size]
             kwargs = {"dimensions": self.spec.dimensions} if self.spec.dimensions else {}
+            if self.spec.send_input_type:  # e5-style models embed queries and passages differently
+                kwargs["extra_body"] = {"input_type": input_type}
             resp = self._client.embeddings.create(model=self.spec.model, input=batch, **kwargs)
             out.extend(item.embedding for item in sorted(resp.data, key=lambda d: d.index))
         vectors = _normalise(np.asarray(out, dtype=np.float32))
         self.dim = vectors.shape[1] if len(vectors) else self.dim
         return vectors
 
-    embed_passages = _embed
-    embed_queries = _embed
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._embed(texts, "passage")
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self._embed(texts, "query")
 
 
 def _minilm_fingerprint(memo: diskcache.Cache | None) -> str:
@@ -171,7 +176,7 @@ def _e5_fingerprint(memo: diskcache.Cache | None) -> str:
 
 
 def _remote_fingerprint(spec: EmbeddingSpec) -> str:
-    return hash_obj([f"{spec.provider}:{spec.model}", spec.base_url, spec.dimensions])
+    return hash_obj([f"{spec.provider}:{spec.model}", spec.base_url, spec.dimensions, spec.send_input_type])
 
 
 def embedder_fingerprint(spec: EmbeddingSpec, memo: diskcache.Cache | None = None) -> str:
@@ -224,10 +229,11 @@ class CachedEmbedder:
         self.hits += len(texts) - len(missing)
         self.misses += len(missing)
         if missing:
-            vectors = fn([texts[i] for i in missing])
+            unique = list(dict.fromkeys(texts[i] for i in missing))  # a repeated text is embedded once
+            vectors = dict(zip(unique, fn(unique)))
             with self.cache.transact():
-                for i, vec in zip(missing, vectors):
-                    found[i] = vec.astype(np.float32).tobytes()
+                for i in missing:
+                    found[i] = vectors[texts[i]].astype(np.float32).tobytes()
                     self.cache.set(keys[i], found[i])
         return np.stack([np.frombuffer(v, dtype=np.float32) for v in found]) if found else np.zeros((0, self.dim), np.float32)
 

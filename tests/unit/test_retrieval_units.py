@@ -1,0 +1,55 @@
+"""Reciprocal rank fusion, document scores and the embedding cache (no models)."""
+
+from __future__ import annotations
+
+import diskcache
+import numpy as np
+import pytest
+
+from workbench.chunking import Tokenizer
+from workbench.embedding import CachedEmbedder
+from workbench.retrieval import Hit, doc_scores, reciprocal_rank_fusion
+
+
+def test_rrf_scores_are_sums_of_reciprocal_ranks():
+    dense = (Hit("a#0", "a", 0.9), Hit("b#0", "b", 0.8), Hit("c#0", "c", 0.7))
+    sparse = (Hit("c#0", "c", 12.0), Hit("a#0", "a", 3.0))
+    fused = reciprocal_rank_fusion([dense, sparse], k=60, top_k=3)
+    # a: 1/61 + 1/62; c: 1/63 + 1/61; b: 1/62
+    assert [h.chunk_id for h in fused] == ["a#0", "c#0", "b#0"]
+    assert fused[0].score == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[1].score == pytest.approx(1 / 63 + 1 / 61)
+    assert fused[2].score == pytest.approx(1 / 62)
+    assert len(reciprocal_rank_fusion([dense, sparse], k=60, top_k=1)) == 1
+
+
+def test_document_scores_take_the_best_chunk():
+    hits = (Hit("a#0", "a", 0.4), Hit("a#1", "a", 0.9), Hit("b#0", "b", 0.5))
+    assert doc_scores(hits) == {"a": 0.9, "b": 0.5}
+
+
+class _Counting:
+    model_id, fingerprint, dim = "fake", "fp1", 3
+    tokenizer = Tokenizer("fake", str.split, lambda t: len(t.split()), None)
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def embed_passages(self, texts):
+        self.seen += texts
+        return np.array([[len(t), 1.0, 0.0] for t in texts], dtype=np.float32)
+
+    embed_queries = embed_passages
+
+
+def test_cached_embedder_embeds_each_text_once(tmp_path):
+    inner = _Counting()
+    with diskcache.Cache(str(tmp_path)) as cache:
+        emb = CachedEmbedder(inner, cache)
+        first = emb.embed_passages(["aa", "b", "aa"])
+        again = emb.embed_passages(["b", "ccc"])
+        assert inner.seen == ["aa", "b", "ccc"]  # every distinct text once, within and across calls
+        assert first.shape == (3, 3) and np.array_equal(first[1], again[0])
+        assert emb.hits == 1 and emb.misses == 4
+        emb.embed_queries(["b"])  # queries are cached apart from passages (e5 embeds them differently)
+        assert inner.seen[-1] == "b"
