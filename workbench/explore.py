@@ -10,6 +10,7 @@ from the stage cache. Everything shown is HTML from :mod:`workbench.reporthtml` 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import weakref
 from pathlib import Path
@@ -42,32 +43,31 @@ class LiveQuery:
         self._prepared.clear()
 
     def _prepare(self, run_id: str, experiment: str):
-        from .config import parse_experiment
+        """Re-plan the stored experiment (dataset, chunking tokenizer, prompts as they were) and pick
+        the run: same chunks and index as when it was stored, reused from the stage cache."""
+        from .config import RunConfig, parse_experiment
         from .runner import Workspace, _Stages, plan_experiment
 
         if run_id in self._prepared:
             return self._prepared[run_id]
         run = self.store.run(run_id)
         exp_row = self.store.experiment(experiment)
-        cfg, lin = run["config"], run["lineage"] or {}
         exp_path = Path(exp_row.get("path") or ".")
-        grid = {"chunking": [cfg["chunking"]], "retrieval": [cfg["retrieval"]]}
-        if cfg.get("embedding"):
-            grid["embedding"] = [cfg["embedding"]]
-        if cfg.get("rerank"):
-            rerank = dict(cfg["rerank"])
-            if rerank.get("path") and not Path(rerank["path"]).is_absolute():
-                rerank["path"] = str((exp_path.parent / rerank["path"]).resolve())
-            grid["rerank"] = [rerank]
-        if cfg.get("generation"):
-            grid["generation"] = [{**cfg["generation"], "prompt": lin.get("prompt_path") or cfg["generation"]["prompt"]}]
-        spec = {"name": exp_row["name"], "dataset": lin.get("dataset_path") or exp_row["spec"]["dataset"], "grid": grid}
+        spec = json.loads(json.dumps(exp_row["spec"]))
+        spec["dataset"] = (run["lineage"] or {}).get("dataset_path") or spec["dataset"]
+        for entry in (spec["grid"].get("generation") or []) + (spec["grid"].get("rerank") or []):
+            for key in ("prompt", "path"):  # relative to the experiment file, wherever the kernel runs
+                if entry.get(key) and not Path(entry[key]).is_absolute():
+                    entry[key] = str(exp_path.parent / entry[key])
         exp = parse_experiment(yaml.safe_dump(spec), exp_path)
         workspace = Workspace(store_url=self.store.url, cache_dir=self.cache_dir)
         plan = plan_experiment(exp, workspace)
+        config = RunConfig.model_validate(run["config"])
+        planned = next((r for r in plan.runs if r.run_id == run_id), None) or next((r for r in plan.runs if r.config == config), None)
+        if planned is None:
+            raise StoreError(f"run {run_id} is no longer part of experiment {experiment!r} as its file now reads")
         stages = _Stages(plan, workspace, self._stack, log=lambda message: None)
         self._stack.callback(stages.memo.close)
-        planned = plan.runs[0]
         self._prepared[run_id] = (plan, stages, planned)
         return self._prepared[run_id]
 

@@ -73,7 +73,7 @@ def notebook_path(name: str) -> Path:
 def project_root() -> Path:
     """The checkout the notebooks belong to: defaults (store, cache, experiments) are relative to
     it, not to the kernel's working directory (JupyterLab starts kernels in ``notebooks/``)."""
-    return notebooks_dir().resolve().parent
+    return Path(__file__).resolve().parents[1]
 
 
 def resolve_store_url(store_url: str = "") -> str:

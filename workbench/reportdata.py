@@ -1,12 +1,10 @@
 """What a bake-off report says, computed from the store only (nothing is re-run or re-scored).
 
-The report notebook calls these functions cell by cell; each returns data (DataFrames, small
-dataclasses) or an HTML fragment. The logic is pure where it can be (recommendation, limits,
-ties, Pareto frontier, wins/losses), so it is unit-tested on hand-made frames.
-
-Every string that comes from a dataset, a model or an experiment file (questions, passages,
-answers, names, labels) is untrusted: it goes through :func:`esc` (``html.escape``) before it
-reaches HTML, and gold-answer highlighting escapes each piece it wraps.
+:func:`load_report` reads an experiment's leaderboard and per-question values once; the logic
+on top is pure (recommendation within the experiment's limits, ties with the best run by paired
+tests with Holm correction, the Pareto frontier, per-axis tables, wins/losses against a
+baseline), so it is unit-tested on hand-made frames. :mod:`workbench.reporthtml` and
+:mod:`workbench.charts` turn the result into the page's sections.
 """
 
 from __future__ import annotations
@@ -58,7 +56,7 @@ def lower_is_better(metric: str) -> bool:
 
 def fmt(metric: str, value) -> str:
     """``leaderboard.fmt_value``, but latencies in ms below a second (retrieval is often sub-ms)."""
-    v = _num(value)
+    v = as_float(value)
     if v is not None and metric.endswith("_s") and not metric.endswith("tokens_s"):
         if abs(v) < 1:
             return f"{v * 1000:.1f} ms" if abs(v) < 0.01 else f"{v * 1000:.0f} ms"
@@ -68,7 +66,7 @@ def fmt(metric: str, value) -> str:
     return fmt_value(metric, v)
 
 
-def _num(value) -> float | None:
+def as_float(value) -> float | None:
     if value is None:
         return None
     try:
@@ -210,9 +208,9 @@ def limit_violations(board: pd.DataFrame, limits: Mapping[str, Any] | None) -> t
     notes: list[str] = []
     for metric, bound in (limits or {}).items():
         if isinstance(bound, Mapping):
-            lo, hi = _num(bound.get("min")), _num(bound.get("max"))
-        elif _num(bound) is not None:
-            lo, hi = (None, _num(bound)) if lower_is_better(metric) else (_num(bound), None)
+            lo, hi = as_float(bound.get("min")), as_float(bound.get("max"))
+        elif as_float(bound) is not None:
+            lo, hi = (None, as_float(bound)) if lower_is_better(metric) else (as_float(bound), None)
         else:
             notes.append(f"limit {metric!r} ignored: {bound!r} is not a number")
             continue
@@ -220,7 +218,7 @@ def limit_violations(board: pd.DataFrame, limits: Mapping[str, Any] | None) -> t
             notes.append(f"limit {metric!r} ignored: no run reports it")
             continue
         for _, r in board.iterrows():
-            v = _num(r[metric])
+            v = as_float(r[metric])
             if v is None:
                 continue
             if hi is not None and v > hi:
@@ -244,7 +242,7 @@ def recommend(board: pd.DataFrame, metric: str, limits: Mapping[str, Any] | None
     return Recommendation(best, metric, eligible["run_id"].tolist(), violations, notes)
 
 
-def _metric_values(values: pd.DataFrame, metric: str) -> pd.Series:
+def metric_values(values: pd.DataFrame, metric: str) -> pd.Series:
     if values.empty or metric not in values:
         return pd.Series(dtype=float)
     s = pd.to_numeric(values.set_index("query_id")[metric], errors="coerce")
@@ -259,12 +257,12 @@ def ties_with_best(values: Mapping[str, pd.DataFrame], best: str, metric: str, a
     cannot tell that run from the best. ``diff`` is other minus best.
     """
     columns = ["run_id", "n", "diff", "ci_low", "ci_high", "p_value", "p_holm", "tie"]
-    ref = _metric_values(values[best], metric)
+    ref = metric_values(values[best], metric)
     rows = []
     for run_id, v in values.items():
         if run_id == best:
             continue
-        other = _metric_values(v, metric)
+        other = metric_values(v, metric)
         common = [q for q in ref.index if q in other.index]
         if not common:
             rows.append({"run_id": run_id, "n": 0, "diff": None, "ci_low": None, "ci_high": None, "p_value": None})
@@ -320,8 +318,8 @@ def wins_losses(baseline: pd.DataFrame, candidate: pd.DataFrame, metric: str) ->
     rows = []
     sign = -1 if lower_is_better(metric) else 1
     for qid in [q for q in b.index if q in a.index]:
-        va = _num(a.at[qid, metric]) if metric in a else None
-        vb = _num(b.at[qid, metric]) if metric in b else None
+        va = as_float(a.at[qid, metric]) if metric in a else None
+        vb = as_float(b.at[qid, metric]) if metric in b else None
         err = any(isinstance(x.at[qid, "error"], str) for x in (a, b) if "error" in x)
         if err:
             outcome = "failed"
@@ -425,5 +423,5 @@ def summary(data: ReportData) -> dict:
     r = data.row(rec) if rec else None
     return {"experiment": data.experiment, "generated_at": data.generated_at, "metric": data.metric,
             "metric_label": label(data.metric), "recommended_run": rec, "recommended": r["label"] if r is not None else None,
-            "value": _num(r[data.metric]) if r is not None else None, "n_runs": len(data.board),
+            "value": as_float(r[data.metric]) if r is not None else None, "n_runs": len(data.board),
             "n_questions": int(data.board["n_questions"].max())}

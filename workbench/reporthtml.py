@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from .evaluation.stats import paired_difference
 from .hashing import hash_obj
 from .leaderboard import AXES
-from .reportdata import (ALPHA, MEANINGS, ReportData, _metric_values, _num, axis_tables, esc, fmt, label, lower_is_better,
+from .reportdata import (ALPHA, MEANINGS, ReportData, as_float, axis_tables, esc, fmt, label, lower_is_better, metric_values,
                          quality_columns, question_rows, wins_losses)
 from .store import Store, redact_url
 
@@ -28,10 +28,10 @@ def show(fragment: str) -> None:
 
 
 def _cell(metric: str, value, low=None, high=None) -> str:
-    v = _num(value)
+    v = as_float(value)
     text = esc(fmt(metric, v))
     ci = ""
-    lo, hi = _num(low), _num(high)
+    lo, hi = as_float(low), as_float(high)
     if v is not None and lo is not None and hi is not None and lo != hi:
         ci = f'<span class="ci">[{esc(fmt(metric, lo))}, {esc(fmt(metric, hi))}]</span>'
     return f'<td class="num" data-sort="{"" if v is None else repr(v)}">{text}{ci}</td>'
@@ -75,7 +75,7 @@ def why(data: ReportData) -> list[str]:
     limits = data.spec.get("limits") if isinstance(data.spec, dict) else None
     within = f" within the experiment's limits ({', '.join(_limit_text(k, v) for k, v in limits.items())})" if limits else ""
     out = [f"It has the highest {label(m)}{within} among {len(data.board)} runs: {fmt(m, r[m])}"
-           + (f" (95% CI {fmt(m, r.get(m + '_ci_low'))} to {fmt(m, r.get(m + '_ci_high'))})." if _num(r.get(m + "_ci_low")) is not None else ".")]
+           + (f" (95% CI {fmt(m, r.get(m + '_ci_low'))} to {fmt(m, r.get(m + '_ci_high'))})." if as_float(r.get(m + "_ci_low")) is not None else ".")]
     if m in MEANINGS:
         out[-1] += f" {label(m)} measures {MEANINGS[m]}."
     ties = data.ties[data.ties["tie"].astype(bool)] if not data.ties.empty else data.ties
@@ -94,7 +94,7 @@ def why(data: ReportData) -> list[str]:
         out.append(f"It is significantly better than every other run on {label(m)} (paired tests, Holm-corrected p < {ALPHA}).")
     for run_id, reasons in rec.violations.items():
         out.append(f"Excluded by the limits: #{data.row(run_id)['rank']} {data.row(run_id)['label']} ({'; '.join(reasons)}).")
-    n_failed = int(_num(r.get("n_failed")) or 0)
+    n_failed = int(as_float(r.get("n_failed")) or 0)
     if n_failed:
         out.append(f"Warning: {n_failed} of {int(r['n_questions'])} questions failed in this run (errors are stored; see the drill-down).")
     if r.get("status") != "complete":
@@ -134,7 +134,7 @@ def leaderboard_html(data: ReportData) -> str:
         cells += [f"<td>{esc(r[a])}</td>" for a in axes]
         cells += [_cell(m, r.get(m), r.get(m + "_ci_low"), r.get(m + "_ci_high")) for m in quality]
         cells += [_cell(c, r.get(c)) for c in costs]
-        n_failed = int(_num(r.get("n_failed")) or 0)
+        n_failed = int(as_float(r.get("n_failed")) or 0)
         cells.append(f'<td class="num{" error" if n_failed else ""}" data-sort="{n_failed}">{n_failed} / {int(r["n_questions"])}</td>')
         cells.append(f"<td>{esc(r['status'])}</td>")
         rows.append(cells)
@@ -191,7 +191,7 @@ def passages_html(hits: Sequence[Mapping], relevant: Mapping[str, int] | None, g
             text = text[:max_chars] + " …"
         rel = relevant.get(h.get("doc_id"), 0) > 0
         meta = (f"#{esc(h.get('rank'))} · document <code>{esc(h.get('doc_id'))}</code> · chunk <code>{esc(h.get('chunk_id'))}</code>"
-                f" · score {_num(h.get('score')) or 0.0:.4f}" + (" · <b>relevant</b>" if rel else ""))
+                f" · score {as_float(h.get('score')) or 0.0:.4f}" + (" · <b>relevant</b>" if rel else ""))
         parts.append(f'<div class="passage{" relevant" if rel else ""}"><span class="meta">{meta}</span>{highlight(text, golds)}</div>')
     more = len(hits or []) - max_passages
     if more > 0:
@@ -223,7 +223,7 @@ def question_detail_html(columns: Sequence[tuple[str, Mapping | None]], metric: 
             parts.append(f'<p class="error"><b>Error:</b> {esc(row["error"])}</p>')
         if row.get("answer") is not None:
             parts.append(f'<p><b>Answer</b></p><div class="answer">{highlight(row["answer"], golds)}</div>')
-        vals = [f"{label(m)} {fmt(m, row.get(m))}" for m in shown if m in row and _num(row.get(m)) is not None]
+        vals = [f"{label(m)} {fmt(m, row.get(m))}" for m in shown if m in row and as_float(row.get(m)) is not None]
         if vals:
             parts.append(f'<p class="muted">{esc(" · ".join(vals))}</p>')
         parts.append(passages_html(row.get("hits") or [], row.get("relevant"), golds, max_passages=max_passages))
@@ -233,7 +233,7 @@ def question_detail_html(columns: Sequence[tuple[str, Mapping | None]], metric: 
 
 
 def _delta(metric: str, a, b) -> str:
-    va, vb = _num(a), _num(b)
+    va, vb = as_float(a), as_float(b)
     if va is None or vb is None:
         return esc(f"{fmt(metric, va)} → {fmt(metric, vb)}")
     better = (vb < va) if lower_is_better(metric) else (vb > va)
@@ -260,8 +260,8 @@ def drilldown_html(data: ReportData, limit: int = 15) -> str:
     base = data.baseline_id
     wl = wins_losses(data.values[base], data.values[best], m)
     counts = wl["outcome"].value_counts().to_dict()
-    a = _metric_values(data.values[base], m)
-    b = _metric_values(data.values[best], m)
+    a = metric_values(data.values[base], m)
+    b = metric_values(data.values[best], m)
     common = [q for q in b.index if q in a.index]
     stat = ""
     if common:

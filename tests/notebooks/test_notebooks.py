@@ -239,6 +239,30 @@ def test_unknown_axis_value_fails_the_command_in_one_line(fixture_store, tmp_pat
 
 
 @pytest.mark.integration
+def test_a_failing_bakeoff_cell_fails_workbench_run_with_the_partial_notebook(fixture_store, tmp_path):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    nb = nbformat.read(NOTEBOOK_DIR / "bakeoff.ipynb", as_version=4)
+    run_cell = next(c for c in nb.cells if c.cell_type == "code" and "bakeoff.run(" in c.source)
+    run_cell.source = 'raise RuntimeError("disk full while storing <rows>")'
+    nbformat.write(nb, notebooks / "bakeoff.ipynb")
+    env = fixture_store.env(WORKBENCH_STORE=f"sqlite:///{tmp_path / 'x.sqlite'}", WORKBENCH_REPORTS=str(tmp_path / "reports"),
+                            WORKBENCH_NOTEBOOKS=str(notebooks))
+    result = subprocess.run([sys.executable, "-m", "workbench", "run", str(fixture_store.experiment_path), "--axis", "retrieval=bm25"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    match = re.search(r"error: bakeoff\.ipynb failed in cell \d+: RuntimeError: disk full while storing <rows> "
+                      r"\(partially executed notebook: (.+)\)$", last)
+    assert match, result.stderr
+    partial = Path(match.group(1))
+    assert partial.parent.parent == tmp_path / "reports" / "nb_fixture" and partial.name == "bakeoff.ipynb"
+    errors = [o for c in nbformat.read(partial, as_version=4).cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors and errors[0]["ename"] == "RuntimeError"
+    assert "report:" not in result.stdout
+
+
+@pytest.mark.integration
 def test_failed_cell_names_the_error_and_the_partial_notebook(fixture_store, tmp_path):
     out = tmp_path / "partial" / "report.ipynb"
     with pytest.raises(NotebookError) as err:
@@ -284,3 +308,36 @@ def test_nbval_runs_every_notebook(fixture_store, tmp_path):
     n_code_cells = sum(1 for p in NOTEBOOK_DIR.glob("*.ipynb") for c in nbformat.read(p, as_version=4).cells if c.cell_type == "code")
     assert counts and int(counts.group(1)) == n_code_cells, result.stdout[-2000:]
     assert {p.name for p in NOTEBOOK_DIR.glob("*.ipynb")} == {f"{n}.ipynb" for n in NOTEBOOKS}
+
+
+@pytest.mark.integration
+def test_explorer_widgets_filter_compare_and_try_a_query(fixture_store):
+    from workbench.explore import Explorer
+
+    fx = fixture_store
+    explorer = Explorer(fx.store_url, fx.experiment, cache_dir=str(fx.cache_dir))
+    try:
+        exp, run_a, run_b, outcome, search, status, listing, detail = explorer.widget().children
+        assert exp.value == fx.experiment and run_a.value == explorer.board.iloc[0]["run_id"]
+        assert len(listing.options) == 10 and "10 questions" in status.value
+        assert "<details" in detail.value and "score" in detail.value  # the first question, chunks with scores
+        search.value = "img src"  # the planted question, found by its (escaped) text
+        assert len(listing.options) == 1
+        listing.value = listing.options[0][1]
+        assert "&lt;img src=x onerror=" in detail.value and "<img src=x" not in detail.value
+        assert "<mark>308</mark>" in detail.value  # the gold answer, highlighted in the retrieved chunk
+        search.value = ""
+        run_b.value = ""  # one run only: nothing to compare
+        assert explorer.run_b is None and len(listing.options) == 10
+        outcome.value = "win"
+        assert listing.options == ()
+        box, config, button, result = explorer.try_query_widget().children
+        config.value = next(r for r in explorer.board["run_id"] if "bm25" in explorer.board.set_index("run_id").loc[r, "retrieval"])
+        box.value = "Who led the Panthers in sacks?"
+        button.click()
+        assert "Who led the Panthers in sacks?" in result.value and "xq-00-00" in result.value and "inputs changed" not in result.value
+        box.value = "  "
+        button.click()
+        assert "type a question first" in result.value
+    finally:
+        explorer.close()
