@@ -20,7 +20,7 @@ from .chunking import Tokenizer
 from .config import EmbeddingSpec
 from .errors import ProviderError, unknown_name
 from .hashing import file_sha256, hash_obj, sha256_text, tree_sha256
-from .secrets import api_key_for
+from .apikeys import api_key_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -26,7 +26,7 @@ import yaml
 from .config import LOCAL_LLMS, GenerationSpec
 from .errors import ConfigError, ProviderError, did_you_mean
 from .hashing import canonical_json, sha256_text
-from .secrets import api_key_for
+from .apikeys import api_key_for
 
 PROMPT_KEYS = {"mode", "description", "system", "user", "template", "stop"}
 PLACEHOLDERS = frozenset({"context", "question"})

@@ -33,7 +33,7 @@ from .evaluation.aggregate import aggregate_rows
 from .evaluation.perquestion import question_metrics
 from .hashing import canonical_json, file_sha256, hash_obj, sha256_text, tree_sha256
 from .retrieval import Retriever
-from .secrets import api_key_for
+from .apikeys import api_key_for
 from .store import Store
 
 PACKAGES = ("workbench", "llama-index-core", "llama-index-vector-stores-chroma", "llama-index-retrievers-bm25",
