@@ -65,6 +65,7 @@ def run(
     report: Annotated[bool, typer.Option(help="render the HTML report at the end")] = True,
     limit: Annotated[int, typer.Option("--limit", help="run at most this many questions (0: as in the experiment file)")] = 0,
     axis: Annotated[list[str] | None, typer.Option("--axis", help="run part of the grid: AXIS=VALUE[,VALUE] (index, label or name; repeatable)")] = None,
+    gate: Annotated[bool, typer.Option("--gate", help="check the experiment's gates at the end; exit 1 if one fails")] = False,
 ) -> None:
     """Run an experiment's grid (by executing notebooks/bakeoff.ipynb), print the leaderboard, render the report.
 
@@ -96,8 +97,11 @@ def run(
         else:
             write_index()
             out.print(f"notebook: {out_dir / 'bakeoff.ipynb'}", highlight=False, soft_wrap=True)
+        failed = _check_gates(Store(ws.store_url), plan.experiment.spec) if gate else 0
     except WorkbenchError as exc:
         _fail(exc)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _print_timings(summaries: list[dict], elapsed: float) -> None:

@@ -67,6 +67,9 @@ def test_gate_passes_for_an_equal_config_and_fails_for_a_worse_one(runs):
 
     bad = _cli("gate", str(runs["worse"]))
     assert bad.returncode == 1, bad.stdout + bad.stderr
+    # the same check at the end of a (cached, resumed) run, as a scheduled job would do it
+    rerun = _cli("run", str(runs["worse"]), "--no-report", "--gate")
+    assert rerun.returncode == 1 and "FAIL" in rerun.stdout, rerun.stdout + rerun.stderr
     fail_lines = [line for line in bad.stdout.splitlines() if line.startswith("FAIL")]
     assert any("ndcg_at_10" in line and "drop" in line and "significant" in line for line in fail_lines), bad.stdout
 
