@@ -9,7 +9,12 @@ WHEELS ?= $(HOME)/.cache/workbench/wheels
 LLAMA_VERSION := 0.3.36
 LLAMA_WHEEL := $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-py3-none-linux_x86_64.whl
 STAMP := $(VENV)/.installed
-export ANONYMIZED_TELEMETRY=False HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 ORT_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+export ANONYMIZED_TELEMETRY := False
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export ORT_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install quickstart test test-fast clean lab
 

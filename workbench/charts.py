@@ -177,3 +177,26 @@ def distributions_html(data: ReportData) -> str:
             what += "; end-to-end latency per question (box: quartiles)"
         html = figure_html(fig, f"For the top {len(series)} runs by leaderboard rank: {what}.", "metric and latency distributions")
     return "<h2>Distributions</h2>" + html
+
+
+def reranker_gain_chart_html(data: ReportData) -> str:
+    """Gain of each reranker on each metric with its 95% CI (paired over questions)."""
+    from .compare import reranker_gain
+    from .store import Store
+
+    gain = reranker_gain(Store(data.store_url), data.experiment)
+    if gain.empty:
+        return ""
+    gain = gain[gain["metric"].isin(["ndcg_at_10", "mrr", "f1", "hit_at_1"])]
+    labels = [f"{_short(r['rerank'], 22)}\n{_short(r['retrieval'] + ' ' + r['metric'], 26)}" for _, r in gain.iterrows()]
+    fig = Figure(figsize=(7, 0.45 * len(gain) + 1.2))
+    ax = fig.subplots()
+    y = np.arange(len(gain))
+    err = np.vstack([gain["gain"] - gain["ci_low"], gain["ci_high"] - gain["gain"]])
+    colors = ["#2e7d32" if s else "#9e9e9e" for s in gain["significant"]]
+    ax.barh(y, gain["gain"], xerr=err, color=colors, capsize=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("gain from reranking (with - without), 95% CI")
+    return figure_html(fig, "Reranker gain per metric; green = significant after Holm correction.", "reranker gain chart")

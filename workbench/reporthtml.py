@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+import pandas as pd
+
 from .evaluation.stats import paired_difference
 from .hashing import hash_obj
 from .leaderboard import AXES
@@ -340,3 +342,27 @@ def lineage_html(data: ReportData) -> str:
             + "<h3>Compute time in the session that stored each run</h3>"
             + _table(["#", "run", "retrieval", "rerank", "generation", "evaluation", "questions computed"], timing_rows, "sortable")
             + "<h3>Package versions</h3>" + _table(["package", "version(s)"], pkg_rows))
+
+
+def reranker_gain_html(data: ReportData, gain: pd.DataFrame | None = None) -> str:
+    """Reranker gain: each reranked run against the same configuration without the reranker,
+    paired over questions (difference, 95% CI, Holm-corrected p), with the latency it adds."""
+    if gain is None:
+        from .compare import reranker_gain
+        from .store import Store
+
+        gain = reranker_gain(Store(data.store_url), data.experiment)
+    if gain is None or gain.empty:
+        return ""
+    rows = []
+    for _, g in gain.iterrows():
+        sig = "yes" if g["significant"] else "no"
+        rows.append([str(g["rerank"]), f"{g['retrieval']} | {g['embedding']}", str(g["metric"]),
+                     _cell(g["metric"], g["without"]), _cell(g["metric"], g["with"]),
+                     f'<td class="num">{esc(f"{g.gain:+.3f}")}<span class="ci">[{esc(f"{g.ci_low:+.3f}")}, {esc(f"{g.ci_high:+.3f}")}]</span></td>',
+                     f'<td class="num">{esc(f"{g.p_holm:.3g}")}</td>', sig,
+                     _cell("added_latency_s", g["added_latency_mean_s"])])
+    header = ["reranker", "first stage", "metric", "without", "with", "gain [95% CI]", "p (Holm)", "significant", "added latency"]
+    note = ("<p class='note'>Gain = mean over the same questions of (with reranker - without). "
+            "McNemar for 0/1 metrics, permutation test otherwise; Holm over this table.</p>")
+    return "<h2>Reranker gain</h2>" + _table(header, rows, cls="sortable") + note
