@@ -181,6 +181,8 @@ def distributions_html(data: ReportData) -> str:
 
 def reranker_gain_chart_html(data: ReportData) -> str:
     """Gain of each reranker on each metric with its 95% CI (paired over questions)."""
+    if "rerank" not in data.board or not (data.board["rerank"].astype(str) != "-").any():
+        return ""
     from .compare import reranker_gain
     from .store import Store
 
@@ -189,14 +191,15 @@ def reranker_gain_chart_html(data: ReportData) -> str:
         return ""
     gain = gain[gain["metric"].isin(["ndcg_at_10", "mrr", "f1", "hit_at_1"])]
     labels = [f"{_short(r['rerank'], 22)}\n{_short(r['retrieval'] + ' ' + r['metric'], 26)}" for _, r in gain.iterrows()]
-    fig = Figure(figsize=(7, 0.45 * len(gain) + 1.2))
-    ax = fig.subplots()
-    y = np.arange(len(gain))
-    err = np.vstack([gain["gain"] - gain["ci_low"], gain["ci_high"] - gain["gain"]])
-    colors = ["#2e7d32" if s else "#9e9e9e" for s in gain["significant"]]
-    ax.barh(y, gain["gain"], xerr=err, color=colors, capsize=3)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("gain from reranking (with - without), 95% CI")
-    return figure_html(fig, "Reranker gain per metric; green = significant after Holm correction.", "reranker gain chart")
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(7, 0.45 * len(gain) + 1.2))
+        ax = fig.subplots()
+        y = np.arange(len(gain))
+        err = np.vstack([gain["gain"] - gain["ci_low"], gain["ci_high"] - gain["gain"]])
+        colors = ["#2e7d32" if s else "#9e9e9e" for s in gain["significant"]]
+        ax.barh(y, gain["gain"], xerr=err, color=colors, capsize=3)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("gain from reranking (with - without), 95% CI")
+        return figure_html(fig, "Reranker gain per metric; green = significant after Holm correction.", "reranker gain chart")

@@ -159,11 +159,15 @@ def report(
     baseline_experiment: Annotated[str, typer.Option("--baseline-experiment", help="compare with this experiment's matching run")] = "",
 ) -> None:
     """(Re)render an experiment's HTML report from the store (no recomputation) into reports/<experiment>/<timestamp>/."""
+    import os
+
     from .report import render_report
-    from .runner import Workspace
+    from .store import DEFAULT_URL
 
     try:
-        path = render_report(experiment, Workspace.from_env(store).store_url, baseline_run=baseline, baseline_experiment=baseline_experiment)
+        # the store URL as Workspace.from_env resolves it, without importing the runner's model stack (~3 s)
+        store_url = store or os.environ.get("WORKBENCH_STORE") or DEFAULT_URL
+        path = render_report(experiment, store_url, baseline_run=baseline, baseline_experiment=baseline_experiment)
     except WorkbenchError as exc:
         _fail(exc)
     out.print(f"report: {path}", highlight=False, soft_wrap=True)

@@ -9,6 +9,7 @@ HTML page. The index lists every folder, newest first by its timestamp name (not
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,6 @@ from typing import TextIO
 
 from .config import safe_name
 from .notebooks import SUMMARY_MIME, content_security_policy, execute_notebook, recorded, render_html
-from .reporthtml import esc
 from .store import Store
 
 STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
@@ -111,6 +111,10 @@ def report_entries(reports_dir: str | os.PathLike | None = None) -> list[dict]:
     return sorted(entries, key=lambda e: (e["stamp"], str(e["folder"])), reverse=True)
 
 
+def esc(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
 def write_index(reports_dir: str | os.PathLike | None = None) -> Path:
     """(Re)write ``<root>/index.html``: every experiment's reports, newest first."""
     root = reports_root(reports_dir)
@@ -134,7 +138,7 @@ def write_index(reports_dir: str | os.PathLike | None = None) -> Path:
 <style>body{{font:14px/1.45 -apple-system,"Segoe UI",Roboto,Arial,sans-serif;margin:24px 32px;color:#1d2329}}
 table{{border-collapse:collapse}}th,td{{border-bottom:1px solid #d9dee3;padding:5px 10px;text-align:left}}th{{background:#f5f7f9}}</style>
 </head><body><h1>Bake-off reports</h1><p>Newest first. Each report reads the results store as it was when rendered.</p>
-<table><thead><tr><th>rendered</th><th>experiment</th><th>recommended configuration</th><th>quality</th><th>runs × questions</th><th>files</th></tr></thead>
+<table><thead><tr><th>created (UTC)</th><th>experiment</th><th>recommended configuration</th><th>quality</th><th>runs × questions</th><th>files</th></tr></thead>
 <tbody>{body}</tbody></table></body></html>
 """
     path = root / "index.html"

@@ -344,9 +344,15 @@ def lineage_html(data: ReportData) -> str:
             + "<h3>Package versions</h3>" + _table(["package", "version(s)"], pkg_rows))
 
 
+def _has_reranker(data: ReportData) -> bool:
+    return "rerank" in data.board and bool((data.board["rerank"].astype(str) != "-").any())
+
+
 def reranker_gain_html(data: ReportData, gain: pd.DataFrame | None = None) -> str:
     """Reranker gain: each reranked run against the same configuration without the reranker,
     paired over questions (difference, 95% CI, Holm-corrected p), with the latency it adds."""
+    if gain is None and not _has_reranker(data):
+        return ""  # no reranked run: skip importing compare (and the retrieval stack behind it)
     if gain is None:
         from .compare import reranker_gain
         from .store import Store

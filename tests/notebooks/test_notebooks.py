@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import base64
 import hashlib
-import json
 import re
 import sqlite3
 import subprocess
@@ -197,9 +196,10 @@ def test_workbench_run_executes_the_bakeoff_notebook_and_renders_the_report(fixt
     assert f'href="nb_fixture/{folder.name}/report.html"' in index and "bakeoff.ipynb" in index
 
     # re-render with an explicit baseline: a new folder, listed first in the index
-    board = json.loads(subprocess.run([sys.executable, "-m", "workbench", "results", "nb_fixture", "--json"], env=env,
-                                      capture_output=True, text=True, timeout=120).stdout)
-    worst = min(board, key=lambda r: r["ndcg_at_10"])["run_id"]
+    from workbench.store import Store
+
+    board = Store(env["WORKBENCH_STORE"]).leaderboard("nb_fixture")
+    worst = board.sort_values("ndcg_at_10").iloc[0]["run_id"]
     t0 = time.perf_counter()
     again = subprocess.run([sys.executable, "-m", "workbench", "report", "nb_fixture", "--baseline", worst[:8]], env=env,
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -228,14 +228,21 @@ def test_bakeoff_notebook_with_parameters(fixture_store, tmp_path):
     assert set(board["chunking"]) == {"whole documents"} and set(board["status"]) == {"complete"}
 
 
-@pytest.mark.integration
-def test_unknown_axis_value_fails_the_command_in_one_line(fixture_store, tmp_path):
-    env = fixture_store.env(WORKBENCH_STORE=f"sqlite:///{tmp_path / 'x.sqlite'}", WORKBENCH_REPORTS=str(tmp_path / "reports"))
-    result = subprocess.run([sys.executable, "-m", "workbench", "run", str(fixture_store.experiment_path), "--axis", "retrieval=bm42"],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert "axis 'retrieval': 'bm42' matches no entry" in result.stderr and len(result.stderr.strip().splitlines()) <= 2
-    assert not (tmp_path / "reports").exists()
+def test_unknown_axis_value_fails_the_command_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tests.notebooks.fixture_store import write_experiment
+    from workbench.cli import app
+
+    (tmp_path / "data").mkdir()
+    exp = write_experiment(tmp_path / "exp.yaml", tmp_path / "data")
+    monkeypatch.setenv("WORKBENCH_STORE", f"sqlite:///{tmp_path / 'x.sqlite'}")
+    monkeypatch.setenv("WORKBENCH_REPORTS", str(tmp_path / "reports"))
+    result = CliRunner().invoke(app, ["run", str(exp), "--axis", "retrieval=bm42"])
+    assert result.exit_code == 2
+    assert "axis 'retrieval': 'bm42' matches no entry; entries: 0: bm25@5; 1: dense@5" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "x.sqlite").exists()
 
 
 @pytest.mark.integration
@@ -243,8 +250,8 @@ def test_a_failing_bakeoff_cell_fails_workbench_run_with_the_partial_notebook(fi
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     nb = nbformat.read(NOTEBOOK_DIR / "bakeoff.ipynb", as_version=4)
-    run_cell = next(c for c in nb.cells if c.cell_type == "code" and "bakeoff.run(" in c.source)
-    run_cell.source = 'raise RuntimeError("disk full while storing <rows>")'
+    plan_cell = next(c for c in nb.cells if c.cell_type == "code" and "bakeoff.plan(" in c.source)
+    plan_cell.source = 'raise RuntimeError("disk full while storing <rows>")'
     nbformat.write(nb, notebooks / "bakeoff.ipynb")
     env = fixture_store.env(WORKBENCH_STORE=f"sqlite:///{tmp_path / 'x.sqlite'}", WORKBENCH_REPORTS=str(tmp_path / "reports"),
                             WORKBENCH_NOTEBOOKS=str(notebooks))
