@@ -398,11 +398,13 @@ def measure_embedding(dataset: Path, work: Path, chunking: tuple[int, int], repe
             "contended": any(t["contended"] for side in times.values() for t in side)}
 
 
-def measure_generation(dataset: Path, work: Path, n_questions: int, repeats: int = 2) -> dict:
+def measure_generation(dataset: Path, work: Path, n_questions: int, repeats: int = 3) -> dict:
     """The local LLM through the workbench (``LocalLLMServer`` + ``generate``, the OpenAI code path)
     vs in-process ``llama_cpp.Llama.create_chat_completion``: same rendered chat messages (an XQuAD
     question with its gold paragraph as the only context), same max_tokens, stop, temperature and
-    seed. Model load and server start are excluded on both sides; one warm-up question each."""
+    seed, and the server's default repeat_penalty. Model load and server start are excluded on both
+    sides; one warm-up question each. A third side, the server without streaming through the plain
+    ``openai`` client, is recorded for context (not a target)."""
     from llama_cpp import Llama
 
     from workbench.config import GenerationSpec
@@ -410,7 +412,13 @@ def measure_generation(dataset: Path, work: Path, n_questions: int, repeats: int
     from workbench.generation import ContextChunk, generate, load_prompt, make_client, render
     from workbench.llm_server import LocalLLMServer, local_model_path
 
+    from llama_cpp.server.types import repeat_penalty_field
+
     threads = len(os.sched_getaffinity(0))
+    # llama_cpp.server applies repeat_penalty 1.1 when a request names none (the OpenAI API has no
+    # such field, so generate() sends none); Llama.create_chat_completion defaults to 1.0. Same
+    # value on both sides, else they generate different answers of different lengths.
+    repeat_penalty = repeat_penalty_field.default
     prompt_path = ROOT / "experiments" / "prompts" / "grounded_qa.yaml"
     prompt = load_prompt(prompt_path)
     spec = GenerationSpec(provider="local", model="smollm2-135m", prompt=str(prompt_path))  # defaults: temperature 0, seed 0, max_tokens 128
@@ -436,26 +444,43 @@ def measure_generation(dataset: Path, work: Path, n_questions: int, repeats: int
 
         def in_process(question, context):
             out = llm.create_chat_completion(messages=render(prompt, question, context), temperature=spec.temperature,
-                                             max_tokens=spec.max_tokens, seed=spec.seed, stop=list(prompt.stop) or None)
+                                             max_tokens=spec.max_tokens, seed=spec.seed, stop=list(prompt.stop) or None,
+                                             repeat_penalty=repeat_penalty)
             return out["choices"][0]["message"]["content"].strip(), out["usage"]["completion_tokens"]
 
-        via_server(*warm), in_process(*warm)
-        passes: dict[str, list[dict]] = {"server": [], "inprocess": []}
+        def server_no_stream(question, context):  # for context: the server without streaming
+            out = client.chat.completions.create(model=spec.model, messages=render(prompt, question, context),
+                                                 temperature=spec.temperature, seed=spec.seed, max_tokens=spec.max_tokens,
+                                                 **({"stop": list(prompt.stop)} if prompt.stop else {}))
+            return out.choices[0].message.content.strip(), out.usage.completion_tokens
+
+        sides = (("server", via_server, (server._proc.pid,)), ("inprocess", in_process, ()),
+                 ("server_no_stream", server_no_stream, (server._proc.pid,)))
+        for _, fn, _ in sides:
+            fn(*warm)
+        passes: dict[str, list[dict]] = {side: [] for side, _, _ in sides}
         answers: dict[str, list] = {}
         for _ in range(repeats):
-            for side, fn, pids in (("server", via_server, (server._proc.pid,)), ("inprocess", in_process, ())):
+            for side, fn, pids in sides:
                 quiet = wait_until_quiet(f"generation ({side})")
                 with CpuMeter(pids) as m:
                     answers[side] = [fn(question, context) for question, context in items]
                 passes[side].append({**m.result, **quiet, "completion_tokens": sum(t for _, t in answers[side])})
                 log(f"  {side}: {m.result['wall_s']:.1f}s ({len(items) / m.result['wall_s']:.2f} q/s)")
-    server_s = min(p["wall_s"] for p in passes["server"])
-    inproc_s = min(p["wall_s"] for p in passes["inprocess"])
+    best = {side: min(p["wall_s"] for p in passes[side]) for side in passes}
+    tokens = {side: passes[side][-1]["completion_tokens"] for side in passes}
     same = sum(a[0] == b[0] for a, b in zip(answers["server"], answers["inprocess"]))
+    if same < len(items):
+        log(f"  WARNING: only {same}/{len(items)} answers identical between the server and in-process sides")
     return {"model": spec.model, "n_questions": len(items), "max_tokens": spec.max_tokens, "stop": list(prompt.stop),
+            "temperature": spec.temperature, "seed": spec.seed, "repeat_penalty": repeat_penalty,
             "prompt": str(prompt_path.relative_to(ROOT)), "threads": threads, "load_time_excluded": True,
             "server_s": [p["wall_s"] for p in passes["server"]], "inprocess_s": [p["wall_s"] for p in passes["inprocess"]],
-            "server_qps": len(items) / server_s, "inprocess_qps": len(items) / inproc_s, "ratio": server_s / inproc_s,
+            "server_no_stream_s": [p["wall_s"] for p in passes["server_no_stream"]],
+            "server_qps": len(items) / best["server"], "inprocess_qps": len(items) / best["inprocess"],
+            "server_no_stream_qps": len(items) / best["server_no_stream"],
+            "completion_tokens": tokens, "tokens_per_s": {side: tokens[side] / best[side] for side in best},
+            "ratio": best["server"] / best["inprocess"], "ratio_no_stream": best["server_no_stream"] / best["inprocess"],
             "identical_answers": same, "cpu": passes,
             "contended": any(p["contended"] for side in passes.values() for p in side)}
 
