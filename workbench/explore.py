@@ -80,14 +80,13 @@ class LiveQuery:
         t0 = time.perf_counter()
         retriever = stages.retriever(planned)
         _, chunks, _ = stages.chunks(planned)
-        by_id = {c.chunk_id: c for c in chunks}
         query = Query("live:" + sha256_text(text)[:12], text)
         result = retriever.retrieve(cfg.first_stage(), query)
         hit_list = list(result.hits)
         if cfg.rerank:
-            hit_list = list(stages.reranker(planned, lambda cid: by_id[cid].text).rerank(text, result.hits).hits)
+            hit_list = list(stages.reranker(planned, chunks.text).rerank(text, result.hits).hits)
         retrieval_s = time.perf_counter() - t0
-        hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": by_id[h.chunk_id].text}
+        hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": chunks.text(h.chunk_id)}
                 for r, h in enumerate(hit_list, start=1)]
         row = {"query_id": query.query_id, "question": text, "gold_answers": [], "relevant": {}, "hits": hits, "answer": None,
                "error": None, "retrieval_latency_s": retrieval_s, "generation_latency_s": None, "same_inputs": planned.run_id == run_id}

@@ -72,7 +72,7 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
                                        metadata={"workbench": "index", "chunks": len(chunks)})
         store = ChromaVectorStore(chroma_collection=tmp)
         embedder = embedder_factory()
-        for start in range(0, len(chunks), ADD_BATCH):
+        for start in range(0, len(chunks), ADD_BATCH):  # streamed: one batch of texts and vectors at a time
             batch = chunks[start:start + ADD_BATCH]
             vectors = embedder.embed_passages([c.text for c in batch])
             store.add([

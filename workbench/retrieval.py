@@ -116,6 +116,8 @@ class Retriever:
         if self._bm25 is None:
             from llama_index.retrievers.bm25 import BM25Retriever
 
+            # BM25's index needs the whole tokenized corpus; LlamaIndex's retriever also keeps the
+            # nodes it returns. This is the one stage that holds every chunk text at once.
             nodes = [TextNode(id_=c.chunk_id, text=c.text, metadata={"doc_id": c.doc_id}) for c in self.chunks]
             self._bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=10, language="en")
         return self._bm25
@@ -149,7 +151,7 @@ class Retriever:
         """Retrieve as if the withheld documents were not in the corpus: search deep enough that
         ``top_k`` hits remain after dropping every chunk of theirs."""
         hidden = set(query.withheld)
-        extra = sum(c.doc_id in hidden for c in self.chunks)
+        extra = self.chunks.count_in_docs(hidden) if hasattr(self.chunks, "count_in_docs") else sum(c.doc_id in hidden for c in self.chunks)
         depth = spec.top_k + extra
         deeper = spec.model_copy(update={"top_k": depth, **({"candidates": max(spec.candidates or 0, depth, 4 * spec.top_k, 20)} if spec.method == "hybrid" else {})})
         full = self.retrieve(deeper, Query(query.query_id, query.text))

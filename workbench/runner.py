@@ -24,7 +24,7 @@ from pathlib import Path
 import diskcache
 
 from . import index as index_mod
-from .chunking import Chunk, Tokenizer, chunk_documents, chunk_set_key, truncation_rate
+from .chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks, truncation_rate
 from .config import EmbeddingSpec, Experiment, RunConfig
 from .corpus import Dataset, Query, load_dataset, unanswerable_slice
 from .embedding import CachedEmbedder, default_tokenizer, embedder_fingerprint, make_embedder, tokenizer_name
@@ -221,18 +221,23 @@ class _Stages:
         spec = self._tokenizer_spec(run)
         return self.embedder(spec).tokenizer if spec is not None else default_tokenizer()
 
-    def chunks(self, run: PlannedRun) -> tuple[str, list[Chunk], int | None]:
-        """(chunk set key, chunks, the tokenizer's input limit). Loads no model on a cache hit."""
+    def chunks(self, run: PlannedRun) -> tuple[str, ChunkSet, int | None]:
+        """(chunk set key, chunks, the tokenizer's input limit). Loads no model on a cache hit.
+
+        Chunks stream from the splitter into a SQLite file in the cache (see ``ChunkSet``), keyed
+        by the chunk set's content address; nothing holds them all in a Python list."""
         key = chunk_set_key(self.plan.dataset.docs.values(), run.config.chunking, run.tokenizer)
         if key not in self._chunks:
             t0 = time.perf_counter()
-            cached = self.cache.get(f"chunks:v2:{key}")
-            if cached is None:
+            path = self.ws.cache_dir / "chunksets" / f"{key}.sqlite"
+            max_tokens = self.cache.get(f"chunks:v3:{key}")
+            if max_tokens is None or not path.exists():
                 tok = self.tokenizer(run)
                 assert tok.name == run.tokenizer, (tok.name, run.tokenizer)
-                cached = (chunk_documents(self.plan.dataset.docs.values(), run.config.chunking, tok), tok.max_tokens)
-                self.cache.set(f"chunks:v2:{key}", cached)
-            self._chunks[key] = cached
+                ChunkSet.write(path, iter_chunks(self.plan.dataset.docs.values(), run.config.chunking, tok))
+                max_tokens = {"max_tokens": tok.max_tokens}
+                self.cache.set(f"chunks:v3:{key}", max_tokens)
+            self._chunks[key] = (ChunkSet(path), max_tokens["max_tokens"])
             self.timings["chunking_s"] += time.perf_counter() - t0
         return (key, *self._chunks[key])
 
@@ -322,7 +327,6 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     timings: dict[str, float] = defaultdict(float)
     retriever = stages.retriever(run)
     _, chunks, max_tokens = stages.chunks(run)
-    chunk_by_id = {c.chunk_id: c for c in chunks}
     prompt = load_prompt(plan.experiment.prompt_paths[cfg.generation.prompt]) if cfg.generation else None
     client = stages.llm_client(run) if cfg.generation and todo else None
     judge = plan.experiment.spec.judge if cfg.generation else None
@@ -330,7 +334,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
         from .generation import JUDGE_PLACEHOLDERS
 
         judge_prompt = load_prompt(plan.experiment.prompt_paths[judge.prompt], JUDGE_PLACEHOLDERS)
-    reranker = stages.reranker(run, lambda cid: chunk_by_id[cid].text) if cfg.rerank and todo else None
+    reranker = stages.reranker(run, chunks.text) if cfg.rerank and todo else None
     n_fallback = 0
     limiter = RateLimiter(cfg.generation.requests_per_minute) if cfg.generation else None
 
@@ -362,7 +366,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
                 rerank_latency = reranked.latency_s
                 n_fallback += reranked.fallback
                 result = type(result)(reranked.hits, result.latency_s + reranked.latency_s)
-            hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": chunk_by_id[h.chunk_id].text}
+            hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": chunks.text(h.chunk_id)}
                     for r, h in enumerate(result.hits, start=1)]
             item = {"position": position, "query": query, "result": result, "rerank_latency": rerank_latency, "hits": hits}
             if cfg.generation:

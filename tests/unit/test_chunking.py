@@ -109,3 +109,68 @@ def test_chunk_set_key_tracks_config_tokenizer_and_content(docs):
     retitled = [Document(docs[0].doc_id, "New title", docs[0].text)] + docs[1:]
     assert key != chunk_set_key(retitled, SENTENCE, WHITESPACE)
     assert key != chunk_set_key(docs[1:], SENTENCE, WHITESPACE)
+
+
+def test_chunk_set_on_disk_matches_the_list(docs, tmp_path):
+    from workbench.chunking import ChunkSet, iter_chunks
+
+    spec = ChunkingSpec(splitter="sentence", chunk_size=24, chunk_overlap=4)
+    expected = chunk_documents(docs, spec, WHITESPACE)
+    ChunkSet.BATCH, old = 7, ChunkSet.BATCH  # several write and read batches
+    try:
+        cs = ChunkSet.write(tmp_path / "set.sqlite", iter_chunks(docs, spec, WHITESPACE))
+        assert len(cs) == len(expected) > 7
+        assert list(cs) == expected
+        assert [c for b in cs.batches(5) for c in b] == expected
+        assert cs[3] == expected[3] and cs[-1] == expected[-1] and cs[2:9] == expected[2:9]
+        assert cs.get(expected[5].chunk_id) == expected[5] and cs.text(expected[0].chunk_id) == expected[0].text
+        with pytest.raises(KeyError):
+            cs.get("nope#0")
+        with pytest.raises(IndexError):
+            cs[len(expected)]
+        assert cs.count_in_docs([docs[0].doc_id, docs[1].doc_id, "unknown"]) == sum(c.doc_id in {docs[0].doc_id, docs[1].doc_id} for c in expected)
+        assert truncation_rate(cs, 10) == pytest.approx(truncation_rate(expected, 10))
+        import pickle
+        assert list(pickle.loads(pickle.dumps(cs))) == expected
+        assert not list(tmp_path.glob(".*.tmp"))  # written under a temporary name, then renamed
+    finally:
+        ChunkSet.BATCH = old
+
+
+def test_chunk_set_write_is_atomic(docs, tmp_path):
+    from workbench.chunking import ChunkSet
+
+    def failing():
+        yield from chunk_documents(docs[:2], WHOLE, WHITESPACE)
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        ChunkSet.write(tmp_path / "set.sqlite", failing())
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_chunk_set_streams_memory_does_not_grow_with_the_corpus(docs, tmp_path):
+    """Writing and reading a chunk set holds one batch at a time: 8x the corpus, about the same
+    peak of Python memory (a list of chunks would grow 8x)."""
+    import tracemalloc
+
+    from workbench.chunking import ChunkSet, iter_chunks
+
+    base = [d.text for d in docs]
+
+    def corpus(n):  # generated lazily, like a streamed corpus file
+        return (Document(f"d{i}", "t", base[i % len(base)] + f" ({i})") for i in range(n))
+
+    def peak(n):
+        tracemalloc.start()
+        cs = ChunkSet.write(tmp_path / f"set-{n}.sqlite", iter_chunks(corpus(n), WHOLE, WHITESPACE))
+        total = sum(len(c.text) for c in cs)  # a full pass over the texts
+        assert cs.count_in_docs(["d0", f"d{n - 1}"]) == 2
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top, total
+
+    small, small_text = peak(3000)
+    big, big_text = peak(24000)
+    assert big_text > 7.5 * small_text
+    assert big < 1.6 * small, (small, big)
