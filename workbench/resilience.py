@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,7 +125,9 @@ def error_kind(error: str | None) -> str | None:
     """A short reason for a stored error text, for counts in the report ("timeout", "rate limit", ...)."""
     if not error:
         return None
-    name = error.split(":", 1)[0].strip()
+    # "<Class>: message", or "<what failed>: <Class>: message" (embedding errors name the endpoint first)
+    names = re.findall(r"\b([A-Z][A-Za-z]*(?:Error|Exception|Timeout))\b:", error)
+    name = names[0] if names else error.split(":", 1)[0].strip()
     kinds = {
         "APITimeoutError": "timeout", "ReadTimeout": "timeout", "ConnectTimeout": "timeout", "TimeoutException": "timeout",
         "RateLimitError": "rate limit (429)", "InternalServerError": "server error (5xx)",
