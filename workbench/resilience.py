@@ -85,6 +85,15 @@ class _WaitRetryAfterOrBackoff:
 
 _BREAKERS: dict[str, pybreaker.CircuitBreaker] = {}
 _BREAKERS_LOCK = threading.Lock()
+_LAST_FAILURE: dict[str, str] = {}
+
+
+class _RememberLastFailure(pybreaker.CircuitBreakerListener):
+    """Keeps each endpoint's last counted failure, so "circuit open" errors say what opened it."""
+
+    def failure(self, cb, exc) -> None:
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        _LAST_FAILURE[cb.name] = f"{type(exc).__name__}: {msg}"[:200]
 
 
 def breaker_for(endpoint: str, policy: RetryPolicy) -> pybreaker.CircuitBreaker:
@@ -93,7 +102,7 @@ def breaker_for(endpoint: str, policy: RetryPolicy) -> pybreaker.CircuitBreaker:
         if endpoint not in _BREAKERS:
             _BREAKERS[endpoint] = pybreaker.CircuitBreaker(
                 fail_max=policy.breaker_failures, reset_timeout=policy.breaker_reset_s, exclude=[_not_endpoint_fault],
-                name=endpoint)
+                listeners=[_RememberLastFailure()], name=endpoint)
         return _BREAKERS[endpoint]
 
 
@@ -101,6 +110,7 @@ def reset_breakers() -> None:
     """Forget every breaker's state (tests; a new process starts with closed breakers anyway)."""
     with _BREAKERS_LOCK:
         _BREAKERS.clear()
+        _LAST_FAILURE.clear()
 
 
 def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Callable[[BaseException], None] | None = None) -> T:
@@ -118,7 +128,13 @@ def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Call
 
     retrying = Retrying(stop=stop_after_attempt(policy.max_retries + 1), wait=_WaitRetryAfterOrBackoff(policy),
                         retry=retry_if_exception(is_transient), reraise=True, before_sleep=_before_sleep)
-    return retrying(breaker.call, fn)
+    try:
+        return retrying(breaker.call, fn)
+    except pybreaker.CircuitBreakerError:
+        last = _LAST_FAILURE.get(endpoint)
+        raise pybreaker.CircuitBreakerError(
+            f"circuit open after {breaker.fail_counter or policy.breaker_failures} failed attempts in a row"
+            + (f" (last: {last})" if last else "")) from None
 
 
 def error_kind(error: str | None) -> str | None:

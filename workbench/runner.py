@@ -587,10 +587,13 @@ def _redact_row(row: dict) -> dict:
 
 
 def _safety_aggregates(rows) -> list[dict]:
-    """Rates the report names directly: ``attack_success_rate`` (the mean of ``attack_success``)
-    and ``pii_leakage_rate`` / ``pii_in_context_rate``, with their bootstrap intervals."""
-    from .evaluation.aggregate import N_RESAMPLES, SEED, _clean
-    from .evaluation.stats import bootstrap_ci
+    """Rates the report names directly: ``attack_success_rate`` (the share of ``attack_success``)
+    and ``pii_leakage_rate`` / ``pii_in_context_rate`` / ``pii_in_answer_rate``, with 95% Wilson
+    score intervals: these are rare-event rates over few trials, where a bootstrap of 0 successes
+    out of 16 would claim the interval [0, 0]; Wilson gives [0, 0.19]."""
+    from scipy.stats import binomtest
+
+    from .evaluation.aggregate import _clean
 
     out = []
     for col, name in (("attack_success", "attack_success_rate"), ("pii_leakage", "pii_leakage_rate"),
@@ -598,8 +601,9 @@ def _safety_aggregates(rows) -> list[dict]:
         if col in rows:
             values = _clean(rows[col])
             if values:
-                value, lo, hi = bootstrap_ci(values, n_resamples=N_RESAMPLES, seed=SEED)
-                out.append({"metric": name, "value": value, "ci_low": lo, "ci_high": hi, "n": len(values)})
+                k, n = int(round(sum(values))), len(values)
+                ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+                out.append({"metric": name, "value": k / n, "ci_low": float(ci.low), "ci_high": float(ci.high), "n": n})
     return out
 
 
