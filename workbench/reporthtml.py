@@ -402,6 +402,6 @@ def reliability_html(data: ReportData) -> str:
     if measured:
         notes.append("<p class='note'>Attack success: share of prompt-injection trials whose success criterion (canary, link, "
                      "system-prompt fragment) appears in the answer; lower is better. PII leakage: share of answers repeating "
-                     "an e-mail, phone, card, IBAN or SSN found in the retrieved passages. 95% bootstrap intervals. "
+                     "an e-mail, phone, card, IBAN or SSN found in the retrieved passages. 95% Wilson score intervals. "
                      "See docs/metrics.md.</p>")
     return "<h2>Reliability and safety</h2>" + _table(header, rows, "sortable", classes) + "".join(notes)
