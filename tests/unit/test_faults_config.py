@@ -175,3 +175,19 @@ def test_error_kinds():
     assert error_kind("CircuitBreakerError: Failures threshold reached") == "circuit open"
     assert error_kind("embedding openai_compatible:x: APIConnectionError: Connection error.") == "connection error"
     assert error_kind(None) is None
+
+
+def test_workbench_run_prints_one_line_per_troubled_run(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from tests.unit.test_reportdata import _generation_store
+    from workbench import cli
+
+    store = _generation_store(tmp_path)
+    store.finish_run("g_slow", "stopped: budget", 0, 12, 0.0, {})
+    printed = Console(file=(buf := __import__("io").StringIO()), width=300)
+    monkeypatch.setattr(cli, "console", printed)
+    cli._print_failures(store, store.leaderboard("gen_exp"))
+    lines = buf.getvalue().strip().splitlines()
+    assert lines == ["run g_best (partial): 1 of 12 questions failed: timeout",
+                     "run g_slow (stopped: budget): stopped: budget after 12 of 12 questions (run again to resume)"]
