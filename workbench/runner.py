@@ -517,8 +517,8 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
             if gen_result is not None and gen_result.extra.get("fallback"):
                 trace["fallback"] = gen_result.extra["fallback"]
                 metrics["fallback_used"] = 1.0
-            elif gen_result is not None:
-                metrics["fallback_used"] = 0.0 if cfg.generation.fallback is not None else None
+            elif gen_result is not None and cfg.generation.fallback is not None:
+                metrics["fallback_used"] = 0.0
             if attack is not None:
                 trace["attack"] = attack
                 success = None if attack["success"] is None else float(attack["success"])
