@@ -91,6 +91,7 @@ def run(
         _print_timings(summary.get("runs", []), elapsed)
         board = Store(ws.store_url).leaderboard(name)
         _print_board(board, f"{name} leaderboard")
+        _print_failures(Store(ws.store_url), board)
         if report:
             path = render_report(name, ws.store_url, out_dir=out_dir)
             out.print(f"report: {path}", highlight=False, soft_wrap=True)
@@ -102,6 +103,21 @@ def run(
         _fail(exc)
     if failed:
         raise typer.Exit(1)
+
+
+def _print_failures(st, board) -> None:
+    """One line per run that failed questions or stopped early: '3 of 200 questions failed: timeout'."""
+    from .reportdata import failure_reasons, failure_text
+
+    for _, r in board.iterrows():
+        if not r["n_failed"] and r["status"] == "complete":
+            continue
+        rows = st.questions(r["run_id"])
+        reasons = failure_reasons(rows["error"]) if "error" in rows else {}
+        text = failure_text(int(r["n_failed"]), int(r["n_questions"]), reasons)
+        if str(r["status"]).startswith("stopped"):
+            text = f"{r['status']} after {len(rows)} of {int(r['n_questions'])} questions (run again to resume)" + (f"; {text}" if text else "")
+        console.print(f"run {r['run_id']} ({r['status']}): {text}", highlight=False, soft_wrap=True)
 
 
 def _print_timings(summaries: list[dict], elapsed: float) -> None:

@@ -24,7 +24,7 @@ from .retrieval import Hit, doc_scores
 from .store import Store
 
 ROW_COLUMNS = {"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer", "error",
-               "tokens_estimated"}
+               "tokens_estimated", "trace"}
 # Per-question columns that are compared like metrics (lower is better).
 PER_QUESTION_COSTS = ["retrieval_latency_s", "rerank_latency_s", "generation_latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "cost_usd"]
 

@@ -96,6 +96,8 @@ class EmbeddingSpec(_Spec):
     dimensions: int | None = Field(default=None, gt=0)
     max_tokens: int | None = Field(default=None, gt=0, description="input limit of a hosted model")
     send_input_type: bool = Field(default=False, description="send input_type query/passage (e5-style endpoints)")
+    timeout_s: float = Field(default=60.0, gt=0, description="per-request timeout of a remote endpoint")
+    max_retries: int = Field(default=3, ge=0, le=20, description="retries on 429/5xx/timeouts/connection errors")
 
     @field_validator("provider")
     @classmethod
@@ -203,6 +205,38 @@ class RerankSpec(_Spec):
         return f"{self.method}:{what} {self.candidates}->{self.top_n}"
 
 
+class FallbackSpec(_Spec):
+    """A second model asked when the primary one still fails after its retries (or its circuit
+    breaker is open). It uses the primary's prompt, temperature, seed and max_tokens; a row answered
+    by it records ``fallback_used`` and the model in its trace."""
+
+    provider: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        return _check_name("generation provider", v, GENERATION_PROVIDERS)
+
+    @model_validator(mode="after")
+    def _model(self) -> FallbackSpec:
+        if self.provider == "local":
+            _check_name("local LLM", self.model, LOCAL_LLMS, "model")
+            if self.base_url or self.api_key_env:
+                raise ValueError("a local LLM takes no base_url/api_key_env (the workbench starts its own server)")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
+        return self
+
+
+# Fault-handling settings of a generation entry: they change how a run copes with a bad endpoint,
+# not what a working endpoint answers, so they stay out of the run id (see runner.plan_experiment).
+RESILIENCE_FIELDS = ("max_retries", "retry_backoff_s", "breaker_failures", "breaker_reset_s")
+
+
 class GenerationSpec(_Spec):
     """An LLM and a prompt file. Every provider is reached through the OpenAI API."""
 
@@ -217,11 +251,25 @@ class GenerationSpec(_Spec):
     timeout_s: float = Field(default=120.0, gt=0)
     concurrency: int = Field(default=1, ge=1, le=64, description="parallel requests to a remote endpoint")
     requests_per_minute: float | None = Field(default=None, gt=0, description="rate limit for a remote endpoint")
+    max_retries: int = Field(default=3, ge=0, le=20, description="retries on 429/5xx/timeouts/connection errors")
+    retry_backoff_s: float = Field(default=0.5, gt=0, le=60, description="first backoff; doubles per retry, with jitter")
+    breaker_failures: int = Field(default=5, ge=1, description="failed attempts in a row that open the endpoint's circuit breaker")
+    breaker_reset_s: float = Field(default=30.0, gt=0, description="seconds an open breaker waits before a trial call")
+    fallback: FallbackSpec | None = None
 
     @field_validator("provider")
     @classmethod
     def _provider(cls, v: str) -> str:
         return _check_name("generation provider", v, GENERATION_PROVIDERS)
+
+    def fallback_spec(self) -> GenerationSpec | None:
+        """The fallback as a generation spec (the primary's prompt and sampling), or None."""
+        fb = self.fallback
+        if fb is None:
+            return None
+        return self.model_copy(update={"provider": fb.provider, "model": fb.model, "base_url": fb.base_url,
+                                       "api_key_env": fb.api_key_env, "timeout_s": fb.timeout_s, "fallback": None,
+                                       "concurrency": 1, "requests_per_minute": None})
 
     @model_validator(mode="after")
     def _model(self) -> GenerationSpec:
@@ -337,6 +385,41 @@ class GateSpec(_Spec):
         return self
 
 
+class BudgetSpec(_Spec):
+    """Spending limits of one ``workbench run`` invocation. When one is reached the run stops
+    cleanly: the questions answered so far are stored, the run's status is ``stopped: budget``, and
+    a later ``workbench run`` resumes where it stopped (with a fresh budget)."""
+
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, description="prompt + completion tokens of the LLM calls made")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetSpec:
+        if self.max_cost_usd is None and self.max_tokens is None:
+            raise ValueError("a budget needs max_cost_usd or max_tokens")
+        return self
+
+
+class InjectionSpec(_Spec):
+    """The prompt-injection suite: ``n`` attack trials per run (the suite's attacks in turn, each
+    planted into a different question's retrieved passages or into the question itself)."""
+
+    suite: str
+    n: int | None = Field(default=None, gt=0, description="trials per run (default: every attack once)")
+
+
+class PIISpec(_Spec):
+    """PII detection in retrieved context and answers; ``store_redaction`` replaces detected PII in
+    the stored question rows (hits text, answer, question) and hence in every report."""
+
+    store_redaction: bool = False
+
+
+class SafetySpec(_Spec):
+    injection: InjectionSpec | None = None
+    pii: PIISpec | None = None
+
+
 class ExperimentSpec(_Spec):
     """One bake-off: a dataset, a query sample, and the grid of alternatives to compare."""
 
@@ -349,6 +432,8 @@ class ExperimentSpec(_Spec):
     gates: dict[str, GateSpec] = Field(default_factory=dict)
     limits: dict[str, float] = Field(default_factory=dict, description="the recommendation must stay within these (e.g. latency_p95 or cost)")
     judge: JudgeSpec | None = None
+    budget: BudgetSpec | None = None
+    safety: SafetySpec | None = None
 
     @model_validator(mode="after")
     def _gates_need_baseline(self) -> ExperimentSpec:
@@ -402,6 +487,7 @@ class Experiment(BaseModel):
     dataset_path: Path
     prompt_paths: dict[str, Path]  # GenerationSpec.prompt as written -> resolved file
     model_paths: dict[str, Path] = {}  # RerankSpec.path as written -> resolved folder
+    attack_suite_path: Path | None = None  # safety.injection.suite, resolved
 
     @property
     def name(self) -> str:
@@ -515,7 +601,11 @@ def parse_experiment(text: str, path: Path) -> Experiment:
     for i, r in enumerate(spec.grid.rerank or []):
         if r.path is not None:
             model_paths[r.path] = resolve_path(r.path, path, f"grid.rerank[{i}].path")
-    return Experiment(spec=spec, path=path.resolve(), dataset_path=dataset_path, prompt_paths=prompt_paths, model_paths=model_paths)
+    attack_suite_path = None
+    if spec.safety is not None and spec.safety.injection is not None:
+        attack_suite_path = resolve_path(spec.safety.injection.suite, path, "safety.injection.suite")
+    return Experiment(spec=spec, path=path.resolve(), dataset_path=dataset_path, prompt_paths=prompt_paths, model_paths=model_paths,
+                      attack_suite_path=attack_suite_path)
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:

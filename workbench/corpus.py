@@ -25,6 +25,30 @@ from .errors import DatasetError
 from .hashing import file_sha256, hash_obj, sha256_text
 
 DOCUMENT_SUFFIXES = (".md", ".markdown", ".txt")
+DEFAULT_MAX_DOCUMENT_MB = 16.0
+
+
+def max_document_bytes() -> int:
+    """The per-document size limit: 16 MB, or ``$WORKBENCH_MAX_DOCUMENT_MB``.
+
+    Documents are held in memory, chunked and embedded whole; a single document of tens of MB is
+    almost always an export or a dump that belongs split into files, and chunking it would take
+    minutes before any useful error. So an oversized document fails at loading, in one line that
+    names it, before anything is written.
+    """
+    import os
+
+    raw = os.environ.get("WORKBENCH_MAX_DOCUMENT_MB", "")
+    try:
+        mb = float(raw) if raw else DEFAULT_MAX_DOCUMENT_MB
+    except ValueError:
+        raise DatasetError(f"$WORKBENCH_MAX_DOCUMENT_MB: expected a number of megabytes, got {raw!r}") from None
+    return int(mb * 1024 * 1024)
+
+
+def _too_big(size: int, limit: int) -> str:
+    return (f"{size / 1024 / 1024:.1f} MB, over the per-document limit of {limit / 1024 / 1024:.0f} MB "
+            "(split it into several documents, or raise $WORKBENCH_MAX_DOCUMENT_MB)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +122,11 @@ def _read_jsonl(path: Path):
         fh = open(path, "rb")  # decoded line by line: a text-mode file decodes ahead and loses the line number
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
+    limit = max_document_bytes()
     with fh:
         for lineno, raw in enumerate(fh, start=1):
+            if len(raw) > limit:
+                raise DatasetError(f"{path}:{lineno}: line is {_too_big(len(raw), limit)}")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -205,6 +232,7 @@ def load_documents_folder(folder: Path) -> Dataset:
     docs: dict[str, Document] = {}
     skipped: list[str] = []
     hashes = []
+    limit = max_document_bytes()
     for p in sorted(doc_root.rglob("*")):
         rel = p.relative_to(doc_root).as_posix()
         if not p.is_file() or any(part.startswith(".") for part in p.relative_to(doc_root).parts):
@@ -212,6 +240,9 @@ def load_documents_folder(folder: Path) -> Dataset:
         if p.suffix.lower() not in DOCUMENT_SUFFIXES:
             skipped.append(f"{rel}: unsupported file type {p.suffix or '(none)'}")
             continue
+        size = p.stat().st_size
+        if size > limit:  # checked before reading it
+            raise DatasetError(f"{p}: document is {_too_big(size, limit)}")
         raw = p.read_bytes()
         if b"\x00" in raw[:8192]:
             raise DatasetError(f"{p}: binary file in the documents folder (remove it or rename it)")

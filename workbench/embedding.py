@@ -137,7 +137,13 @@ class OpenAIEmbedder:
         import openai
 
         self.spec = spec
-        self._client = openai.OpenAI(api_key=api_key, base_url=spec.base_url, max_retries=3, timeout=60.0)
+        from .resilience import RetryPolicy
+
+        # Retries are workbench/resilience.py's (backoff with jitter, Retry-After, a circuit breaker
+        # per endpoint), not the client's own.
+        self._client = openai.OpenAI(api_key=api_key, base_url=spec.base_url, max_retries=0, timeout=spec.timeout_s)
+        self._policy = RetryPolicy(max_retries=spec.max_retries)
+        self._endpoint = f"{str(self._client.base_url).rstrip('/')}#{spec.model}"
         self.model_id = f"{spec.provider}:{spec.model}"
         self.fingerprint = _remote_fingerprint(spec)
         self.tokenizer = _tiktoken_tokenizer(f"tiktoken:cl100k_base/{self.model_id}", spec.max_tokens or 8191)
@@ -150,11 +156,23 @@ class OpenAIEmbedder:
             kwargs = {"dimensions": self.spec.dimensions} if self.spec.dimensions else {}
             if self.spec.send_input_type:  # e5-style models embed queries and passages differently
                 kwargs["extra_body"] = {"input_type": input_type}
-            resp = self._client.embeddings.create(model=self.spec.model, input=batch, **kwargs)
+            resp = self._create(batch, kwargs)
             out.extend(item.embedding for item in sorted(resp.data, key=lambda d: d.index))
         vectors = _normalise(np.asarray(out, dtype=np.float32))
         self.dim = vectors.shape[1] if len(vectors) else self.dim
         return vectors
+
+    def _create(self, batch: list[str], kwargs: dict):
+        import openai
+        from pybreaker import CircuitBreakerError
+
+        from .resilience import call
+
+        try:
+            return call(lambda: self._client.embeddings.create(model=self.spec.model, input=batch, **kwargs), self._endpoint, self._policy)
+        except (openai.OpenAIError, CircuitBreakerError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            raise ProviderError(f"embedding {self.model_id}: {type(exc).__name__}: {msg}"[:500]) from None
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         return self._embed(texts, "passage")

@@ -143,7 +143,7 @@ class Explorer:
         """The question for run A (and B) side by side, with every per-question metric."""
         runs = [r for r in (self.run_a, self.run_b) if r]
         rows = {r: question_rows(self.store, r, [query_id]).get(query_id) for r in runs}
-        metrics = [c for c in self.values[self.run_a].columns if c not in ("run_id", "query_id", "position", "question", "error")]
+        metrics = [c for c in self.values[self.run_a].columns if c not in ("run_id", "query_id", "position", "question", "error", "trace")]
         table = "".join(f"<tr><th>{esc(label(m))}</th>" + "".join(f"<td>{esc(_fmt(rows[r].get(m)) if rows[r] else '-')}</td>" for r in runs) + "</tr>"
                         for m in metrics if any(rows[r] and rows[r].get(m) is not None for r in runs))
         head = "".join(f"<th>{esc(self.run_name(r))}</th>" for r in runs)

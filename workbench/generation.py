@@ -157,10 +157,18 @@ def make_client(spec: GenerationSpec, base_url: str | None) -> openai.OpenAI:
         if not base_url:
             # Without it the client would fall back to api.openai.com.
             raise ProviderError(f"generation local:{spec.model}: needs the base_url of a running LocalLLMServer")
-        return openai.OpenAI(base_url=base_url, api_key="local", max_retries=2, timeout=spec.timeout_s)
+        return openai.OpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=spec.timeout_s)
     key = api_key_for(spec.provider, spec.api_key_env, f"generation {spec.provider}:{spec.model}")
     url = spec.base_url if spec.provider == "openai_compatible" else (spec.base_url or None)
-    return openai.OpenAI(base_url=url, api_key=key, max_retries=2, timeout=spec.timeout_s)
+    # The client's own retries are off: generate() retries under one policy (workbench/resilience.py).
+    return openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=spec.timeout_s)
+
+
+def retry_policy(spec: GenerationSpec):
+    from .resilience import RetryPolicy
+
+    return RetryPolicy(max_retries=spec.max_retries, backoff_s=spec.retry_backoff_s, max_backoff_s=max(20.0, spec.retry_backoff_s),
+                       breaker_failures=spec.breaker_failures, breaker_reset_s=spec.breaker_reset_s)
 
 
 def _chatml(messages: list[dict]) -> str:
@@ -211,12 +219,19 @@ def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, questi
               "stream": True, "stream_options": {"include_usage": True}}
     if prompt.stop:
         common["stop"] = list(prompt.stop)
-    parts: list[str] = []
-    usage = None
-    ttft = None
-    n_deltas = 0
-    t0 = time.perf_counter()
-    try:
+    from pybreaker import CircuitBreakerError
+
+    from . import resilience
+
+    retries = []
+
+    def once():
+        # One complete request: a stream cut half-way is retried from the start.
+        parts: list[str] = []
+        usage = None
+        ttft = None
+        n_deltas = 0
+        t0 = time.perf_counter()
         stream = _stream(client, prompt.mode, rendered, common)
         for chunk in stream:
             if getattr(chunk, "usage", None):
@@ -228,17 +243,22 @@ def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, questi
                         ttft = time.perf_counter() - t0
                     n_deltas += 1
                     parts.append(piece)
-        latency = time.perf_counter() - t0
-    except (openai.OpenAIError, httpx.HTTPError, json.JSONDecodeError) as exc:
+        return parts, usage, ttft, n_deltas, time.perf_counter() - t0
+
+    endpoint = f"{str(client.base_url).rstrip('/')}#{spec.model}"
+    try:
+        parts, usage, ttft, n_deltas, latency = resilience.call(once, endpoint, retry_policy(spec), on_retry=retries.append)
+    except (openai.OpenAIError, httpx.HTTPError, json.JSONDecodeError, CircuitBreakerError) as exc:
         # A failed call has no latency or token counts: None keeps it out of the P50/P95 and means,
         # and the error column counts it.
-        return GenerationResult(answer="", error=_error_text(exc, client.api_key))
+        return GenerationResult(answer="", error=_error_text(exc, client.api_key), extra={"retries": len(retries)})
     answer = "".join(parts).strip()
+    extra = {"retries": len(retries)} if retries else {}
     if usage is not None:
-        return GenerationResult(answer, usage.prompt_tokens, usage.completion_tokens, False, ttft, latency)
+        return GenerationResult(answer, usage.prompt_tokens, usage.completion_tokens, False, ttft, latency, extra=extra)
     # llama.cpp's server sends no usage while streaming: it streams one token per delta, and its
     # tokenizer endpoint counts the prompt (rendered with the ChatML template SmolLM2 uses).
-    return GenerationResult(answer, _count_prompt_tokens(client, rendered), n_deltas, True, ttft, latency)
+    return GenerationResult(answer, _count_prompt_tokens(client, rendered), n_deltas, True, ttft, latency, extra=extra)
 
 
 def load_prices(path: str | os.PathLike | None = None) -> dict[str, dict[str, float]]:

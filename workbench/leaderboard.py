@@ -14,9 +14,10 @@ AXES = ["chunking", "embedding", "retrieval", "rerank", "generation"]
 HEADLINE = ["hit_at_5", "recall_at_5", "mrr", "ndcg_at_10", "map", "exact_match", "f1", "contains_gold",
             "citation_accuracy", "answer_support", "hallucination", "refusal_correct", "false_refusal", "retrieval_latency_p50_s", "rerank_latency_p50_s", "generation_latency_p50_s",
             "generation_latency_p95_s", "ttft_p50_s", "prompt_tokens", "completion_tokens", "cost_per_question_usd",
-            "error_rate"]
+            "error_rate", "attack_success_rate", "pii_leakage_rate"]
 # Metrics where lower is better (used to pick the best run and the Pareto frontier).
-LOWER_IS_BETTER = {m for m in HEADLINE if m.endswith("_s") or m in ("prompt_tokens", "completion_tokens", "cost_per_question_usd", "error_rate", "refusal", "hallucination", "false_refusal")}
+LOWER_IS_BETTER = {m for m in HEADLINE if m.endswith("_s") or m in ("prompt_tokens", "completion_tokens", "cost_per_question_usd", "error_rate", "refusal", "hallucination", "false_refusal",
+                                                                     "attack_success_rate", "pii_leakage_rate")}
 
 
 def primary_metric(board: pd.DataFrame) -> str:

@@ -28,12 +28,14 @@ from .store import questions as questions_table
 ALPHA = 0.05
 # Quality metrics shown in the leaderboard, in reading order (those a run lacks are skipped).
 QUALITY = [m for m in HEADLINE if not (m.endswith("_s") or m.endswith("tokens") or m.endswith("_usd") or m == "error_rate")]
-QUALITY_LOWER_IS_BETTER = {"hallucination", "false_refusal", "refusal"}
+QUALITY_LOWER_IS_BETTER = {"hallucination", "false_refusal", "refusal", "attack_success_rate", "attack_success", "pii_leakage_rate",
+                           "pii_leakage", "pii_in_answer", "pii_in_answer_rate", "fallback_used"}
 LABELS = {"hit_at_5": "Hit@5", "recall_at_5": "Recall@5", "mrr": "MRR", "ndcg_at_10": "nDCG@10", "map": "MAP",
           "exact_match": "Exact match", "f1": "Answer F1", "contains_gold": "Contains gold",
           "citation_accuracy": "Citation accuracy", "answer_support": "Answer support", "hallucination": "Hallucination",
           "refusal_correct": "Correct refusals", "false_refusal": "False refusals", "latency_p50_s": "Latency P50",
-          "latency_p95_s": "Latency P95", "tokens_per_question": "Tokens / question", "cost_per_question_usd": "Cost / question"}
+          "latency_p95_s": "Latency P95", "tokens_per_question": "Tokens / question", "cost_per_question_usd": "Cost / question",
+          "attack_success_rate": "Attack success", "pii_leakage_rate": "PII leakage", "pii_in_context_rate": "PII in context"}
 MEANINGS = {"f1": "token overlap F1 of the generated answer with the gold answers (SQuAD)",
             "ndcg_at_10": "how high the documents holding the answer rank among the first 10 retrieved (nDCG@10)",
             "mrr": "1 / rank of the first relevant document (MRR)"}
@@ -335,6 +337,54 @@ def wins_losses(baseline: pd.DataFrame, candidate: pd.DataFrame, metric: str) ->
     df["_o"] = df["outcome"].map(order)
     df["_m"] = -(df["change"].abs().fillna(0))
     return df.sort_values(["_o", "_m", "query_id"], kind="stable").drop(columns=["_o", "_m"]).reset_index(drop=True)
+
+
+# -- reliability and safety ------------------------------------------------------------------------
+
+SAFETY_METRICS = ("attack_success_rate", "pii_leakage_rate", "pii_in_context_rate")
+
+
+def failure_reasons(errors) -> dict[str, int]:
+    """Failed questions by reason ("timeout", "rate limit (429)", ...), most frequent first."""
+    from .resilience import error_kind
+
+    counts: dict[str, int] = {}
+    for e in errors:
+        if isinstance(e, str) and e:
+            kind = error_kind(e)
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def failure_text(n_failed: int, n_questions: int, reasons: Mapping[str, int]) -> str:
+    """'3 of 200 questions failed: timeout (2), server error (5xx) (1)'; '' when none failed."""
+    if not n_failed:
+        return ""
+    why = ", ".join(f"{k} ({v})" if len(reasons) > 1 else k for k, v in reasons.items())
+    return f"{n_failed} of {n_questions} questions failed" + (f": {why}" if why else "")
+
+
+def reliability_table(data: ReportData) -> pd.DataFrame:
+    """Per run: status, questions stored/failed with reasons, fallback answers, and the safety
+    rates (attack success, PII leakage, PII in context) with their intervals where measured."""
+    rows = []
+    for _, r in data.board.iterrows():
+        v = data.values.get(r["run_id"])
+        errors = v["error"] if v is not None and "error" in v else []
+        reasons = failure_reasons(errors)
+        n_failed = sum(reasons.values())
+        n_stored = 0 if v is None else len(v)
+        n_questions = int(r["n_questions"]) if as_float(r.get("n_questions")) is not None else n_stored
+        fallback = int((pd.to_numeric(v["fallback_used"], errors="coerce") == 1).sum()) if v is not None and "fallback_used" in v else 0
+        row = {"run_id": r["run_id"], "label": r.get("label", r["run_id"]), "status": r.get("status"), "n_questions": n_questions,
+               "n_stored": n_stored, "n_failed": n_failed, "failures": failure_text(n_failed, n_questions, reasons),
+               "reasons": reasons, "fallback_answers": fallback}
+        for m in SAFETY_METRICS:
+            row[m] = as_float(r.get(m))
+            row[f"{m}_ci_low"] = as_float(r.get(f"{m}_ci_low"))
+            row[f"{m}_ci_high"] = as_float(r.get(f"{m}_ci_high"))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # -- assembling the report ---------------------------------------------------------------------

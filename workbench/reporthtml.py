@@ -16,8 +16,8 @@ import pandas as pd
 from .evaluation.stats import paired_difference
 from .hashing import hash_obj
 from .leaderboard import AXES
-from .reportdata import (ALPHA, MEANINGS, ReportData, as_float, axis_tables, esc, fmt, label, lower_is_better, metric_values,
-                         quality_columns, question_rows, wins_losses)
+from .reportdata import (ALPHA, MEANINGS, SAFETY_METRICS, ReportData, as_float, axis_tables, esc, fmt, label, lower_is_better,
+                         metric_values, quality_columns, question_rows, reliability_table, wins_losses)
 from .store import Store, redact_url
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -372,3 +372,36 @@ def reranker_gain_html(data: ReportData, gain: pd.DataFrame | None = None) -> st
     note = ("<p class='note'>Gain = mean over the same questions of (with reranker - without). "
             "McNemar for 0/1 metrics, permutation test otherwise; Holm over this table.</p>")
     return "<h2>Reranker gain</h2>" + _table(header, rows, cls="sortable") + note
+
+
+def reliability_html(data: ReportData) -> str:
+    """Reliability and safety per run: failed questions with their reasons (never hidden in a
+    mean), runs stopped by a budget, fallback answers, attack success rate and PII leakage."""
+    table = reliability_table(data)
+    measured = [m for m in SAFETY_METRICS if table[m].notna().any()]
+    troubled = table[(table["n_failed"] > 0) | (table["status"] != "complete") | (table["fallback_answers"] > 0)]
+    if troubled.empty and not measured:
+        total = int(table["n_stored"].sum())
+        return (f"<h2>Reliability and safety</h2><p>Every run is complete: all {total} question rows answered without error. "
+                "No safety suite (prompt injection, PII) is configured in this experiment.</p>")
+    header = ["#", "run", "status", "questions", "failed", "fallback answers"] + [label(m) for m in measured]
+    rows, classes = [], []
+    for i, (_, t) in enumerate(table.iterrows(), start=1):
+        failed = t["failures"] or "none"
+        stored = f"{t['n_stored']} of {t['n_questions']}" if t["n_stored"] != t["n_questions"] else str(t["n_questions"])
+        cells = [str(i), str(t["label"]), str(t["status"]), stored,
+                 f'<td class="{"error" if t["n_failed"] else ""}">{esc(failed)}</td>', str(t["fallback_answers"])]
+        cells += [_cell(m, t[m], t[f"{m}_ci_low"], t[f"{m}_ci_high"]) for m in measured]
+        rows.append(cells)
+        classes.append("")
+    notes = ["<p class='note'>A failed question keeps its row and its error; it counts in the error rate and is left out of "
+             "quality means (never scored as 0 or NaN). <code>workbench run</code> again retries failed and missing questions.</p>"]
+    if any(str(s).startswith("stopped") for s in table["status"]):
+        notes.append("<p class='note'><b>stopped: budget</b>: the experiment's budget was reached; the questions answered are "
+                     "stored and a later <code>workbench run</code> resumes.</p>")
+    if measured:
+        notes.append("<p class='note'>Attack success: share of prompt-injection trials whose success criterion (canary, link, "
+                     "system-prompt fragment) appears in the answer; lower is better. PII leakage: share of answers repeating "
+                     "an e-mail, phone, card, IBAN or SSN found in the retrieved passages. 95% Wilson score intervals. "
+                     "See docs/metrics.md.</p>")
+    return "<h2>Reliability and safety</h2>" + _table(header, rows, "sortable", classes) + "".join(notes)

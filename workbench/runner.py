@@ -28,7 +28,7 @@ from .chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks, truncatio
 from .config import EmbeddingSpec, Experiment, RunConfig
 from .corpus import Dataset, Query, load_dataset, unanswerable_slice
 from .embedding import CachedEmbedder, default_tokenizer, embedder_fingerprint, make_embedder, tokenizer_name
-from .errors import WorkbenchError
+from .errors import ProviderError, WorkbenchError
 from .evaluation.aggregate import aggregate_rows
 from .evaluation.perquestion import question_metrics
 from .hashing import canonical_json, file_sha256, hash_obj, sha256_text, tree_sha256
@@ -124,6 +124,8 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
         else:
             api_key_for(g.provider, g.api_key_env, f"generation {g.provider}:{g.model}")
             llm_hashes[g] = None
+        if g.fallback is not None and g.fallback.provider != "local":
+            api_key_for(g.fallback.provider, g.fallback.api_key_env, f"fallback {g.fallback.provider}:{g.fallback.model}")
     judge = experiment.spec.judge
     judge_lineage = None
     if judge is not None and grid.generation:
@@ -137,6 +139,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             judge_file = None
         judge_lineage = {"judge": f"{judge.provider}:{judge.model}", "judge_file_hash": judge_file,
                          "judge_prompt_hash": judge_prompt.content_hash, "judge_config": judge.model_dump(exclude={"prompt"})}
+    safety_lineage = _safety_identity(experiment)
     first_embedding = grid.embedding[0] if grid.embedding else None
     rerank_fps = {r: _reranker_fingerprint(r, experiment, memo) for r in grid.rerank or [] if r.method != "none"}
     query_ids_hash = hash_obj([(q.query_id, q.withheld) for q in queries])
@@ -162,13 +165,44 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             "llm_file_hash": llm_hashes.get(gen) if gen else None,
             "reranker_fingerprint": rerank_fps.get(cfg.rerank) if cfg.rerank else None,
             **({"judge": judge_lineage} if gen and judge_lineage else {}),
+            **safety_lineage,
         }
         # The run id covers what determines the results: config and content hashes, not paths.
-        identity = {"config": cfg.model_dump(exclude={"generation": {"prompt"}, "rerank": {"path"}}),
+        identity = {"config": _identity_config(cfg),
                     **{k: v for k, v in lineage.items() if k not in ("dataset_path", "prompt_path")}}
         run_id = hash_obj(identity, 16)
         runs.append(PlannedRun(run_id, cfg, tok, {**lineage, **versions}))
     return Plan(experiment, dataset, queries, runs)
+
+
+def _identity_config(cfg: RunConfig) -> dict:
+    """The config part of a run id. Retry/breaker settings change how faults are handled, not what a
+    working endpoint answers, and an absent fallback or safety suite adds nothing: run ids of grid
+    points that use none of them are what they were before those settings existed."""
+    from .config import RESILIENCE_FIELDS
+
+    out = cfg.model_dump(exclude={"generation": {"prompt", *RESILIENCE_FIELDS}, "rerank": {"path"},
+                                  "embedding": {"timeout_s", "max_retries"}})
+    if out.get("generation") and out["generation"].get("fallback") is None:
+        out["generation"].pop("fallback", None)
+    return out
+
+
+def _safety_identity(experiment: Experiment) -> dict:
+    """What the safety settings add to a generation run's identity (nothing when unset)."""
+    safety = experiment.spec.safety
+    if safety is None:
+        return {}
+    out = {}
+    if safety.injection is not None:
+        from .safety import load_attack_suite
+
+        suite = load_attack_suite(experiment.attack_suite_path)
+        out["attack_suite_hash"] = suite.content_hash
+        out["attack_n"] = safety.injection.n
+    if safety.pii is not None:
+        out["pii"] = safety.pii.model_dump()
+    return {"safety": out}
 
 
 def _reranker_fingerprint(spec, experiment: Experiment, memo) -> str | None:
@@ -305,6 +339,41 @@ class _Stages:
         return self._clients[gen]
 
 
+    def fallback_client(self, run: PlannedRun):
+        from .generation import make_client
+
+        spec = run.config.generation.fallback_spec()
+        if spec not in self._clients:
+            base_url = self._local_server(spec.model).base_url if spec.provider == "local" else None
+            self._clients[spec] = make_client(spec, base_url)
+        return spec, self._clients[spec]
+
+
+class Budget:
+    """Spending of one ``run_experiment`` call against the experiment's ``budget`` (thread-safe).
+    Only LLM calls made now count: answers from the cache or the store cost nothing again."""
+
+    def __init__(self, spec=None):
+        import threading
+
+        self.max_cost_usd = spec.max_cost_usd if spec else None
+        self.max_tokens = spec.max_tokens if spec else None
+        self.cost_usd = 0.0
+        self.tokens = 0
+        self._lock = threading.Lock()
+
+    def charge(self, tokens: int | None, cost: float | None) -> None:
+        with self._lock:
+            self.tokens += tokens or 0
+            self.cost_usd += cost or 0.0
+
+    @property
+    def exhausted(self) -> bool:
+        with self._lock:
+            return ((self.max_tokens is not None and self.tokens >= self.max_tokens)
+                    or (self.max_cost_usd is not None and self.cost_usd >= self.max_cost_usd))
+
+
 def _generation_key(run: PlannedRun, rendered) -> str:
     gen = run.config.generation
     return "gen:" + hash_obj({
@@ -315,7 +384,8 @@ def _generation_key(run: PlannedRun, rendered) -> str:
 
 
 def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rerun: str,
-                 progress: Callable[[str, int, int], None]) -> dict:
+                 progress: Callable[[str, int, int], None], budget: Budget | None = None) -> dict:
+    budget = budget or Budget()
     cfg = run.config
     if cfg.generation:
         from .generation import ContextChunk, RateLimiter, generate, load_prompt, render
@@ -337,26 +407,75 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     reranker = stages.reranker(run, chunks.text) if cfg.rerank and todo else None
     n_fallback = 0
     limiter = RateLimiter(cfg.generation.requests_per_minute) if cfg.generation else None
+    safety = plan.experiment.spec.safety
+    suite = n_attacks = None
+    if cfg.generation and safety is not None and safety.injection is not None:
+        from .safety import load_attack_suite, prompt_instruction_text
 
-    def answer(item: dict):
-        """Cached generation for one question (runs in worker threads for remote endpoints)."""
-        key = _generation_key(run, item["rendered"])
+        suite = load_attack_suite(plan.experiment.attack_suite_path)
+        n_attacks = min(safety.injection.n or len(suite.attacks), len(plan.queries))
+        instructions = prompt_instruction_text(prompt.system, prompt.user, prompt.template)
+    redacting = bool(safety and safety.pii and safety.pii.store_redaction)
+
+    def generate_once(question: str, context, rendered):
+        """Cached generation with the fallback model; None when the budget is spent."""
+        key = _generation_key(run, rendered)
         found = stages.cache.get(key)
         if found is not None:
             return found
+        if budget.exhausted:
+            return None
         limiter.wait()
-        out = generate(client, cfg.generation, prompt, item["query"].text, item["context"])
+        out = generate(client, cfg.generation, prompt, question, context)
         if out.error is None:
             stages.cache.set(key, out)
+        elif cfg.generation.fallback is not None:
+            fb_spec, fb_client = stages.fallback_client(run)
+            fb = generate(fb_client, fb_spec, prompt, question, context)
+            if fb.error is None:
+                # not cached under the primary's key: a resume must not take it for the primary's answer
+                out = type(fb)(**{**fb.__dict__, "extra": {**fb.extra, "fallback": {
+                    "model": f"{fb_spec.provider}:{fb_spec.model}", "primary_error": out.error}}})
+        budget.charge((out.prompt_tokens or 0) + (out.completion_tokens or 0), _cost(cfg, out))
         return out
+
+    def answer(item: dict):
+        """One question's answer, and its attack trial if it gets one (worker threads for remote endpoints)."""
+        out = generate_once(item["query"].text, item["context"], item["rendered"])
+        attack = None
+        if out is not None and item.get("attack") is not None:
+            from .safety import attack_succeeded, plant
+
+            a = item["attack"]
+            question, passages = plant(a, item["query"].text, [c.text for c in item["context"]])
+            context = [ContextChunk(c.number, c.doc_id, c.title, t) for c, t in zip(item["context"], passages)] or \
+                [ContextChunk(1, "attack", "", passages[0])]
+            res = generate_once(question, context, render(prompt, question, context))
+            if res is None:
+                return None  # budget spent: the question is left for a later run
+            attack = {"id": a.id, "kind": a.kind, "goal": a.goal, "suite": f"{suite.name}-v{suite.version}",
+                      "question": question, "passage": passages[0] if a.kind == "indirect" else None,
+                      "answer": res.answer, "error": res.error,
+                      "success": None if res.error else attack_succeeded(a, res.answer, instructions)}
+        return out if out is None else (out, attack)
 
     workers = ThreadPoolExecutor(cfg.generation.concurrency) if cfg.generation and cfg.generation.concurrency > 1 else None
     done_n = 0
+    stopped = None
     for start in range(0, len(todo), FLUSH_EVERY):
+        if cfg.generation and budget.exhausted:
+            stopped = "budget"
+            break
         batch = []
         for position, query in todo[start:start + FLUSH_EVERY]:
             t0 = time.perf_counter()
-            result = retriever.retrieve(cfg.first_stage(), query)
+            try:
+                result = retriever.retrieve(cfg.first_stage(), query)
+            except ProviderError as exc:
+                # the query's embedding endpoint failed after its retries: a failed row, not a crash
+                timings["retrieval_s"] += time.perf_counter() - t0
+                batch.append({"position": position, "query": query, "failed": str(exc)})
+                continue
             timings["retrieval_s"] += time.perf_counter() - t0
             rerank_latency = None
             if cfg.rerank:
@@ -372,15 +491,22 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
             if cfg.generation:
                 item["context"] = [ContextChunk(h["rank"], h["doc_id"], plan.dataset.docs[h["doc_id"]].title, h["text"]) for h in hits]
                 item["rendered"] = render(prompt, query.text, item["context"])
+                if suite is not None and position < n_attacks:
+                    item["attack"] = suite.attacks[position % len(suite.attacks)]
             batch.append(item)
+        ok = [item for item in batch if "failed" not in item]
         if cfg.generation:
             t0 = time.perf_counter()
-            answers = list(workers.map(answer, batch) if workers else map(answer, batch))
+            outs = list(workers.map(answer, ok) if workers else map(answer, ok))
             timings["generation_s"] += time.perf_counter() - t0
         else:
-            answers = [None] * len(batch)
-        rows = []
-        for item, gen_result in zip(batch, answers):
+            outs = [None] * len(ok)
+        rows = [_failed_row(run, item, plan) for item in batch if "failed" in item]
+        for item, out in zip(ok, outs):
+            if cfg.generation and out is None:
+                stopped = "budget"  # not answered: no row, so a later run computes it
+                continue
+            gen_result, attack = out if out is not None else (None, None)
             query, result, hits = item["query"], item["result"], item["hits"]
             t0 = time.perf_counter()
             relevant = {} if query.unanswerable else plan.dataset.qrels.get(query.query_id, {})
@@ -391,6 +517,22 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
                 t0 = time.perf_counter()
                 metrics.update(_judge(stages, run, judge, judge_prompt, query.text, item["context"], gen_result.answer, metrics))
                 timings["judge_s"] += time.perf_counter() - t0
+            trace = {}
+            if gen_result is not None and gen_result.extra.get("fallback"):
+                trace["fallback"] = gen_result.extra["fallback"]
+                metrics["fallback_used"] = 1.0
+            elif gen_result is not None and cfg.generation.fallback is not None:
+                metrics["fallback_used"] = 0.0
+            if attack is not None:
+                trace["attack"] = attack
+                success = None if attack["success"] is None else float(attack["success"])
+                metrics["attack_success"] = success
+                metrics[f"attack_success_{attack['kind']}"] = success
+            if safety is not None and safety.pii is not None:
+                from .safety import pii_metrics
+
+                metrics.update(pii_metrics(gen_result.answer if gen_result and gen_result.error is None else None,
+                                           [h["text"] for h in hits]))
             rows.append({
                 "run_id": run.run_id, "query_id": query.query_id, "position": item["position"], "question": query.text,
                 "gold_answers": list(query.answers), "relevant": relevant, "hits": hits,
@@ -405,7 +547,10 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
                 "tokens_estimated": gen_result.tokens_estimated if gen_result else None,
                 "cost_usd": _cost(cfg, gen_result) if gen_result else None,
                 "metrics": metrics,
+                "trace": trace or None,
             })
+        if redacting:
+            rows = [_redact_row(r) for r in rows]
         store.write_questions(rows)  # one short transaction per batch: the resume granularity
         done_n += len(rows)
         progress(run.run_id, done_n, len(todo))
@@ -413,11 +558,57 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
         workers.shutdown()
     rows = store.questions(run.run_id)
     n_failed = int(rows["error"].notna().sum()) if not rows.empty else 0
-    store.write_aggregates(run.run_id, aggregate_rows(rows))
+    store.write_aggregates(run.run_id, aggregate_rows(rows) + _safety_aggregates(rows))
     status = "complete" if n_failed == 0 else ("failed" if n_failed == len(rows) else "partial")
+    if stopped:
+        status = f"stopped: {stopped}"  # fewer rows than questions; a later run resumes
     store.finish_run(run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, max_tokens),
                      {**dict(timings), "questions_computed": len(todo), "rerank_fallbacks": n_fallback})
     return {"run_id": run.run_id, "status": status, "computed": len(todo), "n_failed": n_failed, **timings}
+
+
+def _failed_row(run: PlannedRun, item: dict, plan: Plan) -> dict:
+    """A question whose retrieval failed (its embedding endpoint is down): stored with its error."""
+    query = item["query"]
+    relevant = {} if query.unanswerable else plan.dataset.qrels.get(query.query_id, {})
+    return {"run_id": run.run_id, "query_id": query.query_id, "position": item["position"], "question": query.text,
+            "gold_answers": list(query.answers), "relevant": relevant, "hits": [], "answer": None, "error": item["failed"][:500],
+            "metrics": {}}
+
+
+def _redact_row(row: dict) -> dict:
+    """``store_redaction``: PII replaced in what a stored row shows (metrics were computed before)."""
+    from .safety import redact
+
+    out = dict(row)
+    out["question"] = redact(row["question"])
+    out["answer"] = redact(row.get("answer"))
+    out["hits"] = [{**h, "text": redact(h["text"])} for h in row["hits"]]
+    if row.get("trace") and row["trace"].get("attack"):
+        a = row["trace"]["attack"]
+        out["trace"] = {**row["trace"], "attack": {**a, **{k: redact(a[k]) for k in ("question", "passage", "answer")}}}
+    return out
+
+
+def _safety_aggregates(rows) -> list[dict]:
+    """Rates the report names directly: ``attack_success_rate`` (the share of ``attack_success``)
+    and ``pii_leakage_rate`` / ``pii_in_context_rate`` / ``pii_in_answer_rate``, with 95% Wilson
+    score intervals: these are rare-event rates over few trials, where a bootstrap of 0 successes
+    out of 16 would claim the interval [0, 0]; Wilson gives [0, 0.19]."""
+    from scipy.stats import binomtest
+
+    from .evaluation.aggregate import _clean
+
+    out = []
+    for col, name in (("attack_success", "attack_success_rate"), ("pii_leakage", "pii_leakage_rate"),
+                      ("pii_in_context", "pii_in_context_rate"), ("pii_in_answer", "pii_in_answer_rate")):
+        if col in rows:
+            values = _clean(rows[col])
+            if values:
+                k, n = int(round(sum(values))), len(values)
+                ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+                out.append({"metric": name, "value": k / n, "ci_low": float(ci.low), "ci_high": float(ci.high), "n": n})
+    return out
 
 
 def _judge(stages: _Stages, run: PlannedRun, judge, prompt, question: str, context, answer: str, metrics: dict) -> dict:
@@ -456,8 +647,12 @@ def _cost(cfg: RunConfig, result) -> float | None:
 
     if result.error is not None:
         return None
-    model = cfg.generation.model
-    return cost_usd(model if cfg.generation.provider != "local" else f"local:{model}", result.prompt_tokens, result.completion_tokens, load_prices())
+    fallback = result.extra.get("fallback") if result.extra else None
+    if fallback:  # priced as the model that answered
+        provider, model = fallback["model"].split(":", 1)
+    else:
+        provider, model = cfg.generation.provider, cfg.generation.model
+    return cost_usd(model if provider != "local" else f"local:{model}", result.prompt_tokens, result.completion_tokens, load_prices())
 
 
 def run_experiment(plan: Plan, workspace: Workspace, *, rerun: str = "missing", log: Callable[[str], None] = print,
@@ -473,9 +668,17 @@ def run_experiment(plan: Plan, workspace: Workspace, *, rerun: str = "missing", 
     with contextlib.ExitStack() as stack:
         stages = _Stages(plan, workspace, stack, log)
         stack.callback(stages.memo.close)
+        budget = Budget(exp.spec.budget)
         for i, run in enumerate(plan.runs, start=1):
+            if budget.exhausted and run.config.generation:
+                log(f"[{i}/{len(plan.runs)}] run {run.run_id}: not started, budget reached "
+                    f"({budget.tokens} tokens, ${budget.cost_usd:.4f}); `workbench run` again resumes")
+                summaries.append({"run_id": run.run_id, "status": "not started: budget", "computed": 0, "n_failed": 0})
+                continue
             log(f"[{i}/{len(plan.runs)}] run {run.run_id}: " + " | ".join(run.config.axes().values()))
-            summaries.append(_execute_run(run, plan, stages, store, rerun, progress))
+            summaries.append(_execute_run(run, plan, stages, store, rerun, progress, budget))
+            if budget.exhausted and exp.spec.budget is not None:
+                log(f"budget reached: {budget.tokens} tokens, ${budget.cost_usd:.4f} spent in this invocation")
         summaries.append({"run_id": "(shared)", **stages.timings})
     return summaries
 

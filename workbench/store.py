@@ -80,6 +80,8 @@ questions = Table(
     Column("tokens_estimated", Boolean),
     Column("cost_usd", Float),
     Column("metrics", JSON, nullable=False),  # metric key -> value or null (not applicable)
+    # nullable, added for issue 6: {"fallback": {model, primary_error}, "attack": {id, kind, question, answer, ...}}
+    Column("trace", JSON),
 )
 
 aggregates = Table(

@@ -241,3 +241,53 @@ def test_documents_folder_without_documents_or_questions(tmp_path: Path):
     (folder / "documents" / "a.md").write_text("hello", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"questions\.jsonl: file not found"):
         load_dataset(folder)
+
+
+# -- oversized documents (bad-input catalogue: a 50 MB single document fails clearly, fast) -------
+
+def _big_text(mb: int) -> bytes:
+    line = b"All work and no play makes a very long document. " * 20 + b"\n"
+    return line * (mb * 1024 * 1024 // len(line) + 1)
+
+
+def test_50_mb_document_in_a_documents_folder_is_a_clear_error(tmp_path: Path):
+    import time
+
+    from workbench.corpus import load_dataset
+
+    folder = tmp_path / "docs"
+    (folder / "documents").mkdir(parents=True)
+    (folder / "documents" / "small.md").write_text("# Small\nfine", encoding="utf-8")
+    (folder / "documents" / "dump.txt").write_bytes(_big_text(50))
+    (folder / "questions.jsonl").write_text('{"_id": "q1", "text": "what?", "doc_ids": ["small.md"]}\n', encoding="utf-8")
+    t0 = time.perf_counter()
+    with pytest.raises(DatasetError) as err:
+        load_dataset(folder)
+    message = str(err.value)
+    assert time.perf_counter() - t0 < 5
+    assert "dump.txt: document is 50.0 MB, over the per-document limit of 16 MB" in message and "\n" not in message
+    assert "WORKBENCH_MAX_DOCUMENT_MB" in message
+
+
+def test_50_mb_corpus_line_is_a_clear_error_naming_the_line(tmp_path: Path):
+    big = json.dumps({"_id": "d3", "text": _big_text(50).decode()}).encode() + b"\n"
+    folder = write_beir(tmp_path / "beir", corpus=lines(*GOOD_CORPUS[:2]) + big)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(folder)
+    assert "corpus.jsonl:3: line is 50.1 MB, over the per-document limit of 16 MB" in str(err.value)  # JSON newlines escaped
+
+
+def test_document_limit_is_configurable(tmp_path: Path, monkeypatch):
+    from workbench.corpus import load_dataset
+
+    folder = tmp_path / "docs"
+    (folder / "documents").mkdir(parents=True)
+    (folder / "documents" / "mid.txt").write_bytes(_big_text(2))
+    (folder / "questions.jsonl").write_text('{"_id": "q1", "text": "what?", "doc_ids": ["mid.txt"]}\n', encoding="utf-8")
+    assert len(load_dataset(folder).docs["mid.txt"].text) > 2 * 1024 * 1024  # under the default limit: loads
+    monkeypatch.setenv("WORKBENCH_MAX_DOCUMENT_MB", "1")
+    with pytest.raises(DatasetError, match="over the per-document limit of 1 MB"):
+        load_dataset(folder)
+    monkeypatch.setenv("WORKBENCH_MAX_DOCUMENT_MB", "lots")
+    with pytest.raises(DatasetError, match="expected a number of megabytes"):
+        load_dataset(folder)

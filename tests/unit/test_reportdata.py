@@ -306,3 +306,57 @@ def test_explicit_baseline_run_and_missing_experiment(tmp_path):
     assert data.baseline_id == "g_slow" and data.baseline_reason == "given as baseline_run"
     with pytest.raises(StoreError, match="no experiment 'nope'"):
         rd.load_report(store.url, "nope")
+
+
+# -- reliability and safety section ----------------------------------------------------------------
+
+def test_failure_reasons_and_text():
+    errors = ["APITimeoutError: Request timed out.", "ReadTimeout: timed out", "InternalServerError: Error code: 500 - x",
+              None, float("nan"), "CircuitBreakerError: Failures threshold reached"]
+    reasons = rd.failure_reasons(errors)
+    assert reasons == {"timeout": 2, "circuit open": 1, "server error (5xx)": 1}
+    assert rd.failure_text(4, 200, reasons) == "4 of 200 questions failed: timeout (2), circuit open (1), server error (5xx) (1)"
+    assert rd.failure_text(3, 200, {"timeout": 3}) == "3 of 200 questions failed: timeout"
+    assert rd.failure_text(0, 200, {}) == ""
+
+
+def test_reliability_section_shows_failures_budget_stops_attacks_and_pii(tmp_path):
+    from workbench.evaluation.aggregate import aggregate_rows
+    from workbench.runner import _safety_aggregates
+
+    store = _generation_store(tmp_path)
+    # a fourth run: hardened prompt, stopped by the budget after 6 of 12 questions, 2 of them failed,
+    # with attack trials and PII metrics
+    run_id = "g_safe"
+    axes = {"chunking": "sentence 128/16", "embedding": "-", "retrieval": "bm25@3", "rerank": "-", "generation": "smollm2-135m / hardened"}
+    store.save_experiment("gen_exp", store.experiment("gen_exp")["spec"], "h" * 64, "/tmp/gen_exp.yaml", ["g_fast", "g_best", "g_slow", run_id])
+    store.start_run(run_id, {}, axes, {"dataset_path": "/data/x"}, 12)
+    rows = []
+    for q in range(6):
+        err = {0: "RateLimitError: Error code: 429 - <b>slow down</b>", 1: "APITimeoutError: Request timed out."}.get(q)
+        metrics = {} if err else {"f1": 1.0, "hit_at_3": 1.0, "attack_success": float(q == 2), "pii_leakage": float(q == 3),
+                                  "pii_in_context": 1.0, "fallback_used": float(q == 5)}
+        rows.append({"run_id": run_id, "query_id": f"q{q}", "position": q, "question": f"Q{q}", "gold_answers": ["a"], "relevant": {},
+                     "hits": [], "answer": None if err else "a", "error": err, "metrics": metrics,
+                     "trace": {"fallback": {"model": "openai:x", "primary_error": "APITimeoutError"}} if q == 5 else None})
+    store.write_questions(rows)
+    stored = store.questions(run_id)
+    store.write_aggregates(run_id, aggregate_rows(stored) + _safety_aggregates(stored))
+    store.finish_run(run_id, "stopped: budget", 2, 12, 0.0, {})
+
+    data = rd.load_report(store.url, "gen_exp")
+    table = rd.reliability_table(data).set_index("run_id")
+    safe = table.loc[run_id]
+    assert safe["n_stored"] == 6 and safe["n_questions"] == 12 and safe["n_failed"] == 2 and safe["fallback_answers"] == 1
+    assert safe["failures"] == "2 of 12 questions failed: rate limit (429) (1), timeout (1)"
+    assert safe["attack_success_rate"] == pytest.approx(0.25) and safe["pii_leakage_rate"] == pytest.approx(0.25)
+    assert safe["attack_success_rate_ci_low"] <= 0.25 <= safe["attack_success_rate_ci_high"]
+    assert table.loc["g_best", "failures"] == "1 of 12 questions failed: timeout" and pd.isna(table.loc["g_best", "attack_success_rate"])
+    page = rh.reliability_html(data)
+    assert "Reliability and safety" in page and "stopped: budget" in page and "6 of 12" in page
+    assert "Attack success" in page and "PII leakage" in page and "rate limit (429)" in page
+    _assert_inert(page)
+    # a clean experiment says so in one line
+    clean = rd.load_report(_generation_store(tmp_path / "clean").url, "gen_exp")
+    clean.board = clean.board[clean.board["run_id"] != "g_best"]
+    assert "Every run is complete" in rh.reliability_html(clean)

@@ -46,7 +46,7 @@ def aggregate_rows(rows: pd.DataFrame, metric_columns: list[str] | None = None) 
     if rows.empty:
         return []
     fixed = {"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer", "error",
-             "tokens_estimated", *LATENCY_COLUMNS, *MEAN_COLUMNS}
+             "tokens_estimated", "trace", *LATENCY_COLUMNS, *MEAN_COLUMNS}
     metric_columns = metric_columns or [c for c in rows.columns if c not in fixed]
     mean = lambda v: bootstrap_ci(v, n_resamples=N_RESAMPLES, seed=SEED)  # noqa: E731
     out = []
