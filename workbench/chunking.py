@@ -67,10 +67,30 @@ def chunk_documents(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tok
                  -1 if n.end_char_idx is None else n.end_char_idx)
                 for n in nodes
             ]
+        cursor = 0
         for i, (text, start, end) in enumerate(pieces):
+            start, end = _place(doc.text, text, start, end, cursor)
+            if start >= 0:
+                cursor = start
             if text.strip():
                 chunks.append(Chunk(f"{doc.doc_id}#{i}", doc.doc_id, text, start, end, tokenizer.count_fn(text)))
     return chunks
+
+
+def _place(doc_text: str, text: str, start: int, end: int, cursor: int) -> tuple[int, int]:
+    """The chunk's exact (start, end) in its document, or (-1, -1) when it is not a verbatim slice.
+
+    Gold spans are matched against these offsets, so they must be exact. LlamaIndex's splitters
+    set ``start_char_idx``/``end_char_idx`` by searching the chunk text in the document (verified
+    exact for the sentence and token splitters in tests/unit/test_spans.py); a parser that leaves
+    them unset or wrong is located here by searching from the previous chunk's start.
+    """
+    if 0 <= start <= end and doc_text[start:end] == text:
+        return start, end
+    found = doc_text.find(text, cursor)
+    if found < 0:
+        found = doc_text.find(text)
+    return (found, found + len(text)) if found >= 0 else (-1, -1)
 
 
 def truncation_rate(chunks: list[Chunk], max_tokens: int | None) -> float | None:
