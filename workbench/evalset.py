@@ -75,8 +75,12 @@ def find_answer(text: str, answer: str, start: int = 0, end: int | None = None) 
     if not answer:
         return None
     hit = text.find(answer, start, end)
-    if hit >= 0:
-        return hit, hit + len(answer)
+    while hit >= 0:
+        # whole words only: "10" must not match inside "100"
+        if not ((hit > 0 and text[hit - 1].isalnum() and answer[0].isalnum())
+                or (hit + len(answer) < len(text) and text[hit + len(answer)].isalnum() and answer[-1].isalnum())):
+            return hit, hit + len(answer)
+        hit = text.find(answer, hit + 1, end)
     norm_text, where = _normalise_with_map(text[start:end])
     norm_answer = _normalise_with_map(answer)[0].strip()
     if not norm_answer:

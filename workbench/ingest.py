@@ -22,6 +22,7 @@ for citations: relative path, title, modified time (UTC, ISO 8601), format and s
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,6 +194,9 @@ def ingest_folder(root: str | Path) -> Ingestion:
         raise DatasetError(f"{root}: documents folder not found")
     out = Ingestion(root=root)
     readers = _readers()
+    # SimpleDirectoryReader warns on every call that llama-index-readers-file is absent; every
+    # format it would bring is given explicitly in file_extractor, so the warning is noise.
+    logging.getLogger("llama_index.core.readers.file.base").setLevel(logging.ERROR)
     for p in sorted(root.rglob("*")):
         rel_parts = p.relative_to(root).parts
         if not p.is_file() or any(part.startswith(".") for part in rel_parts):
