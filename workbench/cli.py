@@ -221,6 +221,7 @@ def questions_generate(
     max_attempts: Annotated[int, typer.Option(help="candidates to try at most (0: 3n)")] = 0,
     base_url: Annotated[str | None, typer.Option(help="endpoint of an openai_compatible provider")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="environment variable holding the API key")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads of the local LLM server (0: all cores; 1 when the machine is busy)")] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace an existing evaluation set at --output")] = False,
     verbose: Annotated[bool, typer.Option("-v", help="print every rejected candidate")] = False,
 ) -> None:
@@ -255,7 +256,7 @@ def questions_generate(
             if provider == "local":
                 from .llm_server import LocalLLMServer
 
-                base = stack.enter_context(LocalLLMServer(model)).base_url
+                base = stack.enter_context(LocalLLMServer(model, n_threads=threads or None)).base_url
             qllm = QuestionLLM(make_client(spec, base), model, provider=provider, max_tokens=max_tokens,
                                temperature=temperature, seed=seed)
             log = (lambda m: console.print(m, highlight=False, soft_wrap=True)) if verbose else \
@@ -271,10 +272,10 @@ def questions_generate(
 
             generator["model_file_sha256"] = file_sha256(local_model_path(model))
         manifest = build_manifest(output.name, docs_folder, output, ingestion, generator, result)
-        write_evalset(output, manifest, result.accepted)
+        write_evalset(output, manifest, result.questions())
     except WorkbenchError as exc:
         _fail(exc)
-    stats, c = result.stats(), counts(result.accepted)
+    stats, c = result.stats(), counts(result.questions())
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(stats["rejected"].items())) or "none"
     out.print(f"{output}: {c['answerable']} answerable + {c['unanswerable']} unanswerable questions kept of "
               f"{stats['candidates']} candidates (rejected: {rejected}); difficulty {c['difficulty_mix']}",

@@ -172,7 +172,8 @@ class Ingestion:
         """For lineage and manifests: counts plus every skipped or failed file with its reason."""
         return {"root": str(self.root), "n_files": self.n_files, "n_documents": len(self.docs),
                 "n_skipped": len(self.skipped), "n_errors": len(self.errors),
-                "skipped": list(self.skipped), "errors": list(self.errors)}
+                "skipped": list(self.skipped), "errors": list(self.errors),
+                "documents": {d: {"path": m.path, "title": m.title, "modified": m.modified} for d, m in sorted(self.meta.items())}}
 
     def by_path(self) -> dict[str, str]:
         return {m.path: doc_id for doc_id, m in self.meta.items()}

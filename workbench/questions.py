@@ -67,7 +67,7 @@ CLOSED_BOOK_SYSTEM = "Answer the question in a few words. If you do not know, sa
 QA_SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
              "required": ["question", "answer"]}
 Q_SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}
-STYLES = ("answer_first", "direct", "paraphrase")
+STYLES = ("answer_first", "direct", "answer_first", "paraphrase")
 # Answer-first candidates (a small model picks poor answers itself): dates, numbers, and
 # multi-word capitalised names, taken from the passage; the LLM writes only the question.
 _ANSWER_CANDIDATE = re.compile(
@@ -137,6 +137,14 @@ class Candidate:
 class FilterResult:
     accepted: list[EvalQuestion]
     rejected: list[tuple[Candidate, str]]
+
+    def questions(self) -> list[EvalQuestion]:
+        """Accepted and rejected questions, in the order they were written: rejected ones are kept
+        (``status: rejected`` with ``reject_reason``) so a reviewer can rescue one by editing it."""
+        rejected = [EvalQuestion(c.qid, c.text, [c.answer] if c.answer else [], [c.passage], None, c.unanswerable,
+                                 "rejected", "generated", {"style": c.style, "reject_reason": reason, **c.extra})
+                    for c, reason in self.rejected]
+        return sorted(self.accepted + rejected, key=lambda q: q.qid)
 
     def stats(self) -> dict:
         out: dict[str, int] = {}
@@ -224,7 +232,7 @@ class QuestionLLM:
         import openai
 
         kwargs = {"model": self.model, "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-                  "max_tokens": max_tokens or self.max_tokens, "seed": seed,
+                  "max_tokens": max_tokens or self.max_tokens, "seed": seed, "timeout": 120,
                   "temperature": self.temperature if temperature is None else temperature}
         if json_schema is not None:
             # llama.cpp's server takes the schema inside json_object (its json_schema form fails);
@@ -306,8 +314,8 @@ def generate_questions(docs: dict[str, Document], llm: QuestionLLM, n: int, *, s
         reason = filt.offer(Candidate(f"q{made:04d}", _s(obj.get("question")), _s(obj.get("answer")), p, style))
         if made % 10 == 0:
             log(f"  {made} candidates, {len(filt.accepted)} accepted")
-        if reason:
-            log(f"  rejected ({reason}): {_s(obj.get('question'))[:80]!r} -> {_s(obj.get('answer'))[:40]!r}")
+        log(f"  {'rejected (' + reason + ')' if reason else 'accepted'}: {_s(obj.get('question'))[:80]!r} -> "
+            f"{_s(obj.get('answer'))[:40]!r}")
     n_unans = round(unanswerable * n)
     for j in range(3 * n_unans):
         if sum(q.unanswerable for q in filt.accepted) >= n_unans:
