@@ -89,8 +89,14 @@ def content_words(text: str) -> set[str]:
     return {w for w in normalize_answer(text).split() if w not in STOPWORDS}
 
 
+def _dup_tokens(text: str) -> set[str]:
+    # punctuation splits words ("workbench's" -> "workbench", "s"); one-letter pieces and articles go
+    return {w for w in re.findall(r"[^\W_]+", text.casefold()) if len(w) > 1 and w not in ("the", "an")}
+
+
 def jaccard(a: str, b: str) -> float:
-    x, y = set(normalize_answer(a).split()), set(normalize_answer(b).split())
+    """Word-set similarity of two questions (1.0 for the same words in any order)."""
+    x, y = _dup_tokens(a), _dup_tokens(b)
     return len(x & y) / len(x | y) if x | y else 1.0
 
 
