@@ -13,8 +13,9 @@ Quality filters, in order (each rejection is counted by reason in the manifest's
 1. ``unparseable``: no JSON with a non-empty question and answer;
 2. ``answer_not_in_span``: the answer is not found in its passage, verbatim or normalised
    (case, punctuation, whitespace); the gold span is then the sentence holding the answer;
-3. ``not_a_question`` (no question mark) and ``answer_in_question`` (the question already
-   contains its answer);
+3. ``not_a_question`` (no question mark), ``answer_in_question`` (the question already
+   contains its answer) and ``off_topic`` (under a quarter of the question's content words occur
+   in its passage: "What is the meaning of life?" written for a sentence about the Declaration);
 4. ``duplicate``: the same question as an accepted one after normalisation, or a near duplicate
    (Jaccard similarity of their word sets at or above ``near_duplicate``, default 0.8);
 5. ``closed_book``: the same LLM, asked the question *without* the document, answers it (its
@@ -67,6 +68,7 @@ CLOSED_BOOK_SYSTEM = "Answer the question in a few words. If you do not know, sa
 QA_SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
              "required": ["question", "answer"]}
 Q_SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}
+OFF_TOPIC = 0.25  # a question sharing fewer of its content words with its passage is not about it
 STYLES = ("answer_first", "direct", "answer_first", "paraphrase")
 # Answer-first candidates (a small model picks poor answers itself): dates, numbers, and
 # multi-word capitalised names, taken from the passage; the LLM writes only the question.
@@ -206,6 +208,9 @@ class QuestionFilter:
             return self._reject(cand, "not_a_question")
         if content_words(cand.answer) and content_words(cand.answer) <= content_words(cand.text):
             return self._reject(cand, "answer_in_question")
+        words = content_words(cand.text)
+        if not words or len(words & content_words(doc.text[cand.passage.start:cand.passage.end])) < OFF_TOPIC * len(words):
+            return self._reject(cand, "off_topic")
         if self._duplicate(cand.text):
             return self._reject(cand, "duplicate")
         if self.closed_book is not None:

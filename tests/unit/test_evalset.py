@@ -108,14 +108,15 @@ def test_filters_remove_planted_bad_candidates(tmp_path: Path):
     assert f.offer(Candidate("f", "Did John Hancock sign first?", "John Hancock", passage, "direct")) == "answer_in_question"
     assert f.offer(Candidate("g", "Name the first signer", "John Hancock", passage, "direct")) == "not_a_question"
     assert f.offer(Candidate("h", "", "", passage, "direct")) == "unparseable"
+    assert f.offer(Candidate("o", "What is the meaning of life?", "Thomas Jefferson", passage, "answer_first")) == "off_topic"
     assert f.offer(Candidate("i", "Who signed the Declaration first?", "john hancock", passage, "paraphrase")) is None
     assert f.offer(Candidate("u", "What is the airspeed of an unladen swallow?", "", passage, "unanswerable", True)) is None
     assert f.offer(Candidate("v", "Who was the President of the Continental Congress?", "", passage, "unanswerable", True)) \
         == "answerable_in_corpus"
     res = f.result()
     assert [q.qid for q in res.accepted] == ["a", "i", "u"]
-    assert res.stats() == {"candidates": 11, "accepted": 3, "rejected": {"duplicate": 2, "answer_not_in_span": 1, "closed_book": 1,
-                                                                        "answer_in_question": 1, "not_a_question": 1,
+    assert res.stats() == {"candidates": 12, "accepted": 3, "rejected": {"duplicate": 2, "answer_not_in_span": 1, "closed_book": 1,
+                                                                        "answer_in_question": 1, "not_a_question": 1, "off_topic": 1,
                                                                         "unparseable": 1, "answerable_in_corpus": 1}}
     hancock = res.accepted[1]
     assert hancock.answers == ["John Hancock"]  # as written in the document
