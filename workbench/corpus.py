@@ -77,6 +77,7 @@ def unanswerable_slice(queries: list[Query], qrels: dict[str, dict[str, int]], f
     The copy keeps the question text but has no gold answer and cannot retrieve any document
     that answers it, so a grounded system should say it does not know.
     """
+    queries = [q for q in queries if q.query_id in qrels]  # a question with no answer anywhere has nothing to withhold
     if fraction <= 0 or not queries:
         return []
     n = max(1, round(fraction * len(queries)))

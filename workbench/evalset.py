@@ -287,7 +287,8 @@ def export_review(folder: str | Path, csv_path: str | Path) -> int:
 
     ``decision``: ``accept``, ``reject`` or ``edit`` (take this row's question, answers, span,
     difficulty and unanswerable as the new values), or empty to keep the question as it is.
-    ``span_text`` is for reading only. Returns the number of rows."""
+    ``span_text`` and ``status`` (with a rejected candidate's reason) are for reading only.
+    Returns the number of rows."""
     from .ingest import ingest_folder
 
     folder = Path(folder)
@@ -301,7 +302,8 @@ def export_review(folder: str | Path, csv_path: str | Path) -> int:
         sp = q.spans[0] if q.spans else None
         text = docs[sp.doc_id].text[sp.start:sp.end] if sp and sp.doc_id in docs else ""
         w.writerow([q.qid, "", q.text, ANSWER_SEP.join(q.answers), sp.doc_id if sp else "", sp.start if sp else "",
-                    sp.end if sp else "", text, q.difficulty or "", "yes" if q.unanswerable else "no", q.status,
+                    sp.end if sp else "", text, q.difficulty or "", "yes" if q.unanswerable else "no",
+                    q.status + (f" ({q.extra['reject_reason']})" if q.status == "rejected" and q.extra.get("reject_reason") else ""),
                     q.extra.get("review_note", "")])
     Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
     Path(csv_path).write_text(buf.getvalue(), encoding="utf-8")

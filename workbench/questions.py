@@ -15,7 +15,7 @@ Quality filters, in order (each rejection is counted by reason in the manifest's
    (case, punctuation, whitespace); the gold span is then the sentence holding the answer;
 3. ``not_a_question`` (no question mark), ``answer_in_question`` (the question already
    contains its answer) and ``off_topic`` (under a quarter of the question's content words occur
-   in its passage: "What is the meaning of life?" written for a sentence about the Declaration);
+   in the sentence holding the answer: "What is the meaning of life?" for "Thomas Jefferson");
 4. ``duplicate``: the same question as an accepted one after normalisation, or a near duplicate
    (Jaccard similarity of their word sets at or above ``near_duplicate``, default 0.8);
 5. ``closed_book``: the same LLM, asked the question *without* the document, answers it (its
@@ -79,7 +79,8 @@ _ANSWER_CANDIDATE = re.compile(
 STOPWORDS = frozenset(
     "a an the of to in on at by for with from and or but is are was were be been being do does did what which who whom "
     "whose when where why how this that these those it its as into than then there their they he she his her him we our "
-    "you your i me my not no so such can could would should will shall may might must has have had about".split())
+    "you your i me my not no so such can could would should will shall may might must has have had about all any some "
+    "one ones very".split())
 
 
 def prompt_hash() -> str:
@@ -208,8 +209,9 @@ class QuestionFilter:
             return self._reject(cand, "not_a_question")
         if content_words(cand.answer) and content_words(cand.answer) <= content_words(cand.text):
             return self._reject(cand, "answer_in_question")
+        s_start, s_end = sentence_around(doc.text, *found)
         words = content_words(cand.text)
-        if not words or len(words & content_words(doc.text[cand.passage.start:cand.passage.end])) < OFF_TOPIC * len(words):
+        if not words or len(words & content_words(doc.text[s_start:s_end])) < OFF_TOPIC * len(words):
             return self._reject(cand, "off_topic")
         if self._duplicate(cand.text):
             return self._reject(cand, "duplicate")
@@ -218,7 +220,6 @@ class QuestionFilter:
             if contains_gold(reply, [cand.answer]) or token_f1(reply, [cand.answer]) >= 0.5:
                 cand.extra["closed_book_reply"] = reply
                 return self._reject(cand, "closed_book")
-        s_start, s_end = sentence_around(doc.text, *found)
         answer_text = doc.text[found[0]:found[1]]  # the answer as written in the document
         self.accepted.append(EvalQuestion(
             cand.qid, cand.text.strip(), [answer_text], [Span(doc.doc_id, s_start, s_end)],

@@ -197,3 +197,15 @@ def test_questions_file_errors_name_the_line(tmp_path: Path):
                                             encoding="utf-8")
     with pytest.raises(DatasetError, match=r"questions\.jsonl:2: field 'answers' must be a list of strings"):
         load_dataset(folder)
+
+
+def test_unanswerable_slice_skips_questions_without_documents(tmp_path: Path):
+    from workbench.corpus import unanswerable_slice
+
+    root = _docs_copy(tmp_path)
+    _, doc = _doc(root, "founding/preamble.txt")
+    folder = _write_set(tmp_path, root, [_question(doc, "q1", "When was the Constitution signed?", "September 17, 1787"),
+                                         EvalQuestion("q2", "Who painted the signing?", [], [], None, True)])
+    ds = load_dataset(folder)
+    sliced = unanswerable_slice(ds.sample_queries(None, 0), ds.qrels, 1.0, 0)
+    assert [(q.query_id, q.withheld) for q in sliced] == [("q1~unanswerable", (doc.doc_id,))]
