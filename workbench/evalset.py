@@ -376,6 +376,11 @@ def import_review(folder: str | Path, csv_path: str | Path) -> dict:
             if rec["difficulty"] and rec["difficulty"] not in DIFFICULTIES:
                 raise DatasetError(f"{where}: difficulty {rec['difficulty']!r} must be one of {', '.join(DIFFICULTIES)}")
             q.difficulty = rec["difficulty"] or None
+            if q.difficulty is None and not q.unanswerable and q.spans and q.spans[0].doc_id in docs:
+                from .questions import difficulty  # the same measure as for generated questions
+
+                sp = q.spans[0]
+                q.difficulty = difficulty(q.text, docs[sp.doc_id].text[sp.start:sp.end])
             q.origin = "edited"
         q.status = "accepted"
         validate_question(q, docs, where)

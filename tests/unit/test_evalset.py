@@ -157,6 +157,11 @@ def test_review_export_edit_reject_import(tmp_path: Path):
     ds = load_dataset(folder)
     assert sorted(ds.queries) == ["q1", "q2"] and ds.queries["q2"].text == "In which year was the Bill of Rights ratified?"
     assert ds.queries["q2"].answers == ("1791",)
+    rows[1].update(decision="edit", difficulty="")  # an edit without a difficulty gets it measured
+    _write_rows(csv_path, rows[1:2])
+    import_review(folder, csv_path)
+    q2 = next(json.loads(x) for x in (folder / "questions.jsonl").read_text(encoding="utf-8").splitlines() if '"q2"' in x)
+    assert q2["difficulty"] in ("easy", "medium", "hard") and q2["origin"] == "edited"
 
 
 def test_review_import_errors_name_the_csv_line_and_write_nothing(tmp_path: Path):
