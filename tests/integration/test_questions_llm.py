@@ -114,3 +114,13 @@ grid:
             assert m["chunk_mrr"] == m["mrr"]  # whole documents: a chunk is its document
         board = store.leaderboard("own_docs_test")
         assert "chunk_ndcg_at_10" in board.columns and "ndcg_at_10" in board.columns
+
+    # the report says which metrics are chunk level and which document level, and names the failed file
+    from workbench import reporthtml
+    from workbench.reportdata import load_report
+
+    data = load_report(workspace_env.store_url, "own_docs_test")
+    board_html = reporthtml.leaderboard_html(data)
+    assert "Chunk MRR" in board_html and "Document level (" in board_html and "covers at least 50%" in board_html
+    lineage = reporthtml.lineage_html(data)
+    assert "6 read from 7 files" in lineage and "broken.pdf: unreadable PDF" in lineage
