@@ -48,7 +48,7 @@ from pathlib import Path
 
 from .corpus import Document, Span
 from .errors import ProviderError, WorkbenchError
-from .evalset import FORMAT, EvalQuestion, find_answer, write_evalset
+from .evalset import FORMAT, EvalQuestion, find_answer
 from .evaluation.answers import contains_gold, normalize_answer, token_f1
 from .hashing import hash_obj
 
