@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +76,29 @@ def iter_chunks(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokeniz
                  -1 if n.end_char_idx is None else n.end_char_idx)
                 for n in nodes
             ]
+        cursor = 0
         for i, (text, start, end) in enumerate(pieces):
+            start, end = _place(doc.text, text, start, end, cursor)
+            if start >= 0:
+                cursor = start
             if text.strip():
                 yield Chunk(f"{doc.doc_id}#{i}", doc.doc_id, text, start, end, tokenizer.count_fn(text))
+
+
+def _place(doc_text: str, text: str, start: int, end: int, cursor: int) -> tuple[int, int]:
+    """The chunk's exact (start, end) in its document, or (-1, -1) when it is not a verbatim slice.
+
+    Gold spans are matched against these offsets, so they must be exact. LlamaIndex's splitters
+    set ``start_char_idx``/``end_char_idx`` by searching the chunk text in the document (verified
+    exact for the sentence and token splitters in tests/unit/test_spans.py); a parser that leaves
+    them unset or wrong is located here by searching from the previous chunk's start.
+    """
+    if 0 <= start <= end and doc_text[start:end] == text:
+        return start, end
+    found = doc_text.find(text, cursor)
+    if found < 0:
+        found = doc_text.find(text)
+    return (found, found + len(text)) if found >= 0 else (-1, -1)
 
 
 def truncation_rate(chunks: list[Chunk], max_tokens: int | None) -> float | None:
@@ -175,6 +195,13 @@ class ChunkSet(Sequence[Chunk]):
     def text(self, chunk_id: str) -> str:
         return self.get(chunk_id).text
 
+    def in_doc(self, doc_id: str) -> list[Chunk]:
+        return [Chunk(*r) for r in self._query(f"SELECT {self._COLS} FROM chunks WHERE doc_id = ? ORDER BY pos", (doc_id,))]
+
+    def by_doc(self) -> Mapping[str, list[Chunk]]:
+        """A read-only ``{doc_id: [chunks]}`` view answered from the file (one query per lookup)."""
+        return _ChunksByDoc(self)
+
     def count_in_docs(self, doc_ids: Iterable[str]) -> int:
         ids = list(set(doc_ids))
         total = 0
@@ -196,3 +223,20 @@ class ChunkSet(Sequence[Chunk]):
 
     def __repr__(self) -> str:
         return f"ChunkSet({self.path.name}, {self._len} chunks)"
+
+
+class _ChunksByDoc(Mapping):
+    def __init__(self, chunk_set: ChunkSet):
+        self._set = chunk_set
+
+    def __getitem__(self, doc_id: str) -> list[Chunk]:
+        found = self._set.in_doc(doc_id)
+        if not found:
+            raise KeyError(doc_id)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return (r[0] for r in self._set._query("SELECT DISTINCT doc_id FROM chunks ORDER BY doc_id"))
+
+    def __len__(self) -> int:
+        return self._set._query("SELECT COUNT(DISTINCT doc_id) FROM chunks")[0][0]

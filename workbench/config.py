@@ -324,6 +324,17 @@ class QuerySpec(_Spec):
     unanswerable: float = Field(default=0.0, ge=0, le=1)
 
 
+class RelevanceSpec(_Spec):
+    """When a chunk counts as relevant to a question with gold character spans (chunk-level metrics).
+
+    ``min_overlap``: the shared characters must be at least this share of the shorter of the gold
+    span and the chunk; ``min_chars``: instead, at least this many shared characters.
+    """
+
+    min_overlap: float = Field(default=0.5, gt=0, le=1)
+    min_chars: int | None = Field(default=None, gt=0)
+
+
 class GridSpec(_Spec):
     chunking: list[ChunkingSpec] = Field(min_length=1)
     embedding: list[EmbeddingSpec] = Field(default_factory=list)
@@ -434,6 +445,7 @@ class ExperimentSpec(_Spec):
     judge: JudgeSpec | None = None
     budget: BudgetSpec | None = None
     safety: SafetySpec | None = None
+    relevance: RelevanceSpec = RelevanceSpec()
 
     @model_validator(mode="after")
     def _gates_need_baseline(self) -> ExperimentSpec:

@@ -71,10 +71,25 @@ class Query:
     # Documents hidden from retrieval for this question: the unanswerable slice withholds the
     # gold documents, so the right behaviour is to refuse.
     withheld: tuple[str, ...] = ()
+    # A question whose answer is in no document of the corpus (an evaluation set's
+    # ``unanswerable: true`` question): refusing is the right answer, as for a withheld one.
+    no_answer: bool = False
 
     @property
     def unanswerable(self) -> bool:
-        return bool(self.withheld)
+        return bool(self.withheld) or self.no_answer
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Gold evidence as characters ``[start, end)`` of a document's text."""
+
+    doc_id: str
+    start: int
+    end: int
+
+    def as_dict(self) -> dict:
+        return {"doc_id": self.doc_id, "start": self.start, "end": self.end}
 
 
 UNANSWERABLE_SUFFIX = "~unanswerable"
@@ -86,6 +101,7 @@ def unanswerable_slice(queries: list[Query], qrels: dict[str, dict[str, int]], f
     The copy keeps the question text but has no gold answer and cannot retrieve any document
     that answers it, so a grounded system should say it does not know.
     """
+    queries = [q for q in queries if q.query_id in qrels]  # a question with no answer anywhere has nothing to withhold
     if fraction <= 0 or not queries:
         return []
     n = max(1, round(fraction * len(queries)))
@@ -102,14 +118,21 @@ class Dataset:
     qrels: dict[str, dict[str, int]]
     content_hash: str
     skipped: list[str] = field(default_factory=list)
+    # Gold character spans per query (SQuAD answer_starts, or an evaluation set's spans): what
+    # makes chunk-level relevance possible for any chunker. Empty for document-level-only data.
+    spans: dict[str, tuple[Span, ...]] = field(default_factory=dict)
+    # Ingestion report of a documents folder read by workbench.ingest (files skipped or failed).
+    ingest: dict | None = None
 
     def sample_queries(self, limit: int | None, seed: int) -> list[Query]:
         """A deterministic sample: sorted ids shuffled by ``seed``, first ``limit``, in id order.
 
         Only queries with at least one relevant document (grade >= 1; 0 is judged non-relevant)
-        are eligible, since retrieval metrics are undefined without one.
+        are eligible, since retrieval metrics are undefined without one, plus the questions an
+        evaluation set marks as not answerable from the corpus (scored on refusal only).
         """
-        ids = sorted(q for q in self.queries if any(g > 0 for g in self.qrels.get(q, {}).values()))
+        ids = sorted(q for q, query in self.queries.items()
+                     if query.no_answer or any(g > 0 for g in self.qrels.get(q, {}).values()))
         if limit is not None and limit < len(ids):
             rng = random.Random(seed)
             ids = sorted(rng.sample(ids, limit))
@@ -194,7 +217,28 @@ def load_beir(folder: Path) -> Dataset:
     queries = _load_queries(queries_path)
     qrels = _load_qrels(qrels_path, docs, queries)
     digest = hash_obj([file_sha256(p) for p in (corpus_path, queries_path, qrels_path)])
-    return Dataset(folder, docs, queries, qrels, digest)
+    return Dataset(folder, docs, queries, qrels, digest, spans=answer_start_spans(queries, qrels, docs))
+
+
+def answer_start_spans(queries: dict[str, Query], qrels: dict[str, dict[str, int]],
+                       docs: dict[str, Document]) -> dict[str, tuple[Span, ...]]:
+    """SQuAD-style ``answer_starts`` as gold spans: ``(doc, start, start + len(answer))``.
+
+    An offset only means something in a known document, so a query gets spans when it has exactly
+    one relevant document and the answer text is found at the offset there (as in SQuAD and
+    XQuAD); an offset that does not match is not trusted (that query stays document-level only).
+    """
+    spans: dict[str, tuple[Span, ...]] = {}
+    for qid, q in queries.items():
+        relevant = [d for d, g in qrels.get(qid, {}).items() if g > 0]
+        if not q.answer_starts or len(relevant) != 1:
+            continue
+        text = docs[relevant[0]].text
+        found = tuple(dict.fromkeys(Span(relevant[0], s, s + len(a)) for a, s in zip(q.answers, q.answer_starts)
+                                    if a and text[s:s + len(a)] == a))
+        if found:
+            spans[qid] = found
+    return spans
 
 
 def _load_qrels(path: Path, docs: dict, queries: dict) -> dict[str, dict[str, int]]:
@@ -284,8 +328,13 @@ def load_dataset(folder: str | Path) -> Dataset:
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: dataset folder not found")
+    if (folder / "evalset.json").exists():
+        from .evalset import load_evalset
+
+        return load_evalset(folder)
     if (folder / "corpus.jsonl").exists():
         return load_beir(folder)
     if (folder / "documents").is_dir():
         return load_documents_folder(folder)
-    raise DatasetError(f"{folder}: neither a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv) nor a documents folder (documents/, questions.jsonl)")
+    raise DatasetError(f"{folder}: neither a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv), a documents folder "
+                       "(documents/, questions.jsonl) nor an evaluation set (evalset.json)")

@@ -11,7 +11,7 @@ import pandas as pd
 
 AXES = ["chunking", "embedding", "retrieval", "rerank", "generation"]
 # Headline metrics in reading order; those a run does not have are skipped.
-HEADLINE = ["hit_at_5", "recall_at_5", "mrr", "ndcg_at_10", "map", "exact_match", "f1", "contains_gold",
+HEADLINE = ["hit_at_5", "recall_at_5", "mrr", "ndcg_at_10", "map", "chunk_hit_at_5", "chunk_mrr", "chunk_ndcg_at_10", "exact_match", "f1", "contains_gold",
             "citation_accuracy", "answer_support", "hallucination", "refusal_correct", "false_refusal", "retrieval_latency_p50_s", "rerank_latency_p50_s", "generation_latency_p50_s",
             "generation_latency_p95_s", "ttft_p50_s", "prompt_tokens", "completion_tokens", "cost_per_question_usd",
             "error_rate", "attack_success_rate", "pii_leakage_rate"]

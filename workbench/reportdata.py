@@ -35,10 +35,13 @@ LABELS = {"hit_at_5": "Hit@5", "recall_at_5": "Recall@5", "mrr": "MRR", "ndcg_at
           "citation_accuracy": "Citation accuracy", "answer_support": "Answer support", "hallucination": "Hallucination",
           "refusal_correct": "Correct refusals", "false_refusal": "False refusals", "latency_p50_s": "Latency P50",
           "latency_p95_s": "Latency P95", "tokens_per_question": "Tokens / question", "cost_per_question_usd": "Cost / question",
-          "attack_success_rate": "Attack success", "pii_leakage_rate": "PII leakage", "pii_in_context_rate": "PII in context"}
+          "attack_success_rate": "Attack success", "pii_leakage_rate": "PII leakage", "pii_in_context_rate": "PII in context",
+          "chunk_hit_at_5": "Chunk Hit@5", "chunk_mrr": "Chunk MRR", "chunk_ndcg_at_10": "Chunk nDCG@10"}
 MEANINGS = {"f1": "token overlap F1 of the generated answer with the gold answers (SQuAD)",
             "ndcg_at_10": "how high the documents holding the answer rank among the first 10 retrieved (nDCG@10)",
-            "mrr": "1 / rank of the first relevant document (MRR)"}
+            "mrr": "1 / rank of the first relevant document (MRR)",
+            "chunk_ndcg_at_10": "how high the chunks overlapping the gold evidence span rank among the first 10 (chunk-level nDCG@10)",
+            "chunk_mrr": "1 / rank of the first chunk overlapping the gold evidence span (chunk-level MRR)"}
 LIGHT_COLUMNS = ["run_id", "query_id", "position", "question", "error", "retrieval_latency_s", "generation_latency_s",
                  "prompt_tokens", "completion_tokens", "cost_usd", "metrics"]
 

@@ -144,7 +144,24 @@ def leaderboard_html(data: ReportData) -> str:
     note = ("Quality: mean over questions, with its 95% bootstrap interval below. ↓ marks metrics where lower is better. "
             "Latency: end-to-end per question (retrieval, reranking and generation). Click a column header to sort.")
     return (f'<h2>Leaderboard</h2>' + (f'<p class="muted">Same in every run: {esc("; ".join(fixed))}</p>' if fixed else "")
-            + table + f'<p class="muted">{esc(note)}</p>')
+            + table + f'<p class="muted">{esc(note)}</p>' + _levels_note(data, quality))
+
+
+def _levels_note(data: ReportData, quality: Sequence[str]) -> str:
+    """Say which retrieval metrics are document level and which chunk level (and by what rule)."""
+    if not any(m.startswith("chunk_") for m in quality):
+        return ""
+    lin = (data.runs.iloc[0]["lineage"] if not data.runs.empty else None) or {}
+    rule = lin.get("relevance") or {}
+    how = (f"shares at least {rule['min_chars']} characters with" if rule.get("min_chars")
+           else f"covers at least {rule.get('min_overlap', 0.5):.0%} of the shorter of itself and")
+    doc = [label(m) for m in quality if not m.startswith("chunk_") and m in ("hit_at_5", "recall_at_5", "mrr", "ndcg_at_10", "map")]
+    text = (f"Retrieval is measured at two levels. Document level ({', '.join(doc) or 'Hit, MRR, nDCG'}): a document is relevant "
+            "when it holds gold evidence, and it ranks where its best chunk ranks. Chunk level (the 'Chunk' columns): a chunk is "
+            f"relevant when it {how} a gold evidence span (character offsets in the source document), so chunkers of "
+            "different sizes are judged against the same evidence; see docs/metrics.md.")
+    return f'<p class="muted levels">{esc(text)}</p>'
+
 
 
 def axis_tables_html(data: ReportData) -> str:
@@ -332,6 +349,11 @@ def lineage_html(data: ReportData) -> str:
         for pkg, version in (lin.get("packages") or {}).items():
             packages.setdefault(pkg, set()).add(str(version))
     pkg_rows = [[pkg, ", ".join(sorted(v))] for pkg, v in sorted(packages.items())]
+    ingest = next((runs.loc[r]["lineage"].get("ingest") for r in data.board["run_id"] if (runs.loc[r]["lineage"] or {}).get("ingest")), None)
+    if ingest:
+        facts.append(["documents", f"{ingest['n_documents']} read from {ingest['n_files']} files in {ingest['root']}; "
+                                   f"{ingest['n_skipped']} skipped, {ingest['n_errors']} failed"])
+        facts += [["skipped file", x] for x in ingest.get("skipped", [])] + [["failed file", x] for x in ingest.get("errors", [])]
     timing_rows = []
     for _, r in data.board.iterrows():
         t = runs.loc[r["run_id"]]["timings"] or {}

@@ -30,7 +30,8 @@ from .corpus import Dataset, Query, load_dataset, unanswerable_slice
 from .embedding import CachedEmbedder, default_tokenizer, embedder_fingerprint, make_embedder, tokenizer_name
 from .errors import ProviderError, WorkbenchError
 from .evaluation.aggregate import aggregate_rows
-from .evaluation.perquestion import question_metrics
+from .evaluation.perquestion import cutoffs_for, question_metrics
+from .evaluation.spans import chunk_level_metrics, relevant_chunks
 from .hashing import canonical_json, file_sha256, hash_obj, sha256_text, tree_sha256
 from .retrieval import Retriever
 from .apikeys import api_key_for
@@ -166,10 +167,14 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             "reranker_fingerprint": rerank_fps.get(cfg.rerank) if cfg.rerank else None,
             **({"judge": judge_lineage} if gen and judge_lineage else {}),
             **safety_lineage,
+            # Chunk-level relevance rule: only where the dataset has gold spans to apply it to.
+            **({"relevance": experiment.spec.relevance.model_dump()} if dataset.spans else {}),
+            **({"ingest": dataset.ingest} if dataset.ingest is not None else {}),
         }
         # The run id covers what determines the results: config and content hashes, not paths.
+        # (The ingestion report names skipped files by path: the dataset hash already covers content.)
         identity = {"config": _identity_config(cfg),
-                    **{k: v for k, v in lineage.items() if k not in ("dataset_path", "prompt_path")}}
+                    **{k: v for k, v in lineage.items() if k not in ("dataset_path", "prompt_path", "ingest")}}
         run_id = hash_obj(identity, 16)
         runs.append(PlannedRun(run_id, cfg, tok, {**lineage, **versions}))
     return Plan(experiment, dataset, queries, runs)
@@ -397,6 +402,8 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     timings: dict[str, float] = defaultdict(float)
     retriever = stages.retriever(run)
     _, chunks, max_tokens = stages.chunks(run)
+    chunks_by_doc = chunks.by_doc()  # looked up per gold span (SQL), not held in memory
+    relevance = plan.experiment.spec.relevance
     prompt = load_prompt(plan.experiment.prompt_paths[cfg.generation.prompt]) if cfg.generation else None
     client = stages.llm_client(run) if cfg.generation and todo else None
     judge = plan.experiment.spec.judge if cfg.generation else None
@@ -512,6 +519,10 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
             relevant = {} if query.unanswerable else plan.dataset.qrels.get(query.query_id, {})
             metrics = question_metrics(query, relevant, result.hits, cfg.final_k,
                                        gen_result.answer if gen_result and gen_result.error is None else None, [h["text"] for h in hits])
+            gold_spans = () if query.unanswerable else plan.dataset.spans.get(query.query_id, ())
+            if gold_spans:  # chunk-level metrics: relevance from gold character spans (evaluation/spans.py)
+                rel_chunks = relevant_chunks(chunks_by_doc, gold_spans, relevance.min_overlap, relevance.min_chars)
+                metrics.update(chunk_level_metrics(query.query_id, result.hits, rel_chunks, cutoffs_for(cfg.final_k)))
             timings["evaluation_s"] += time.perf_counter() - t0
             if judge and gen_result is not None and gen_result.error is None:
                 t0 = time.perf_counter()
