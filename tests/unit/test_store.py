@@ -1,4 +1,5 @@
-"""The results store on a temporary SQLite file: writers, readers, resumability and error messages."""
+"""The results store on a temporary SQLite file and on a real PostgreSQL server (started on loopback
+by tests/servers.py): writers, readers, resumability and error messages."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ AXES = {"chunking": "sentence 128/16", "embedding": "-", "retrieval": "bm25@5", 
 DENSE_AXES = {**AXES, "embedding": "all-MiniLM-L6-v2", "retrieval": "dense@5"}
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path: Path) -> Store:
+    if request.param == "postgresql":
+        return Store(request.getfixturevalue("postgres_url"))
     return Store(f"sqlite:///{tmp_path / 'results' / 'wb.sqlite'}")
 
 
@@ -31,7 +34,8 @@ def fill(store: Store) -> None:
     store.start_run("aab222", {"retrieval": {"method": "dense"}}, DENSE_AXES, {"dataset": "h1"}, 2)
 
 
-def test_sqlite_store_is_created_in_wal_mode(tmp_path: Path, store: Store):
+def test_sqlite_store_is_created_in_wal_mode(tmp_path: Path):
+    store = Store(f"sqlite:///{tmp_path / 'results' / 'wb.sqlite'}")
     assert (tmp_path / "results" / "wb.sqlite").is_file()
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
