@@ -337,6 +337,25 @@ class GateSpec(_Spec):
         return self
 
 
+class ChromaServerSpec(_Spec):
+    """A Chroma server (``chroma run --host H --port P``) holding the vector indexes."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=8000, gt=0, lt=65536)
+    ssl: bool = False
+
+    def url(self) -> str:
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
+
+
+class IndexSpec(_Spec):
+    """Where vector indexes live: a Chroma server (``chroma``), else the embedded Chroma folder in
+    the cache. Infrastructure only: it never changes run ids or results, and ``--chroma-url`` /
+    ``$WORKBENCH_CHROMA_URL`` override it."""
+
+    chroma: ChromaServerSpec | None = None
+
+
 class ExperimentSpec(_Spec):
     """One bake-off: a dataset, a query sample, and the grid of alternatives to compare."""
 
@@ -349,6 +368,7 @@ class ExperimentSpec(_Spec):
     gates: dict[str, GateSpec] = Field(default_factory=dict)
     limits: dict[str, float] = Field(default_factory=dict, description="the recommendation must stay within these (e.g. latency_p95 or cost)")
     judge: JudgeSpec | None = None
+    index: IndexSpec | None = None
 
     @model_validator(mode="after")
     def _gates_need_baseline(self) -> ExperimentSpec:
