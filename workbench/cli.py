@@ -75,6 +75,7 @@ def run(
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address HOST:PORT or 'auto' (default: $WORKBENCH_RAY_ADDRESS)")] = None,
     chroma_url: Annotated[str | None, typer.Option("--chroma-url", help="Chroma server http://HOST:PORT for the indexes (default: $WORKBENCH_CHROMA_URL, else the file's index.chroma, else embedded)")] = None,
     log_file: Annotated[Path | None, typer.Option("--log-file", help="append all output to this file instead of the terminal (for cron)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="threads per run (local: default all cores) or per Ray task (default 1); default: $WORKBENCH_THREADS")] = None,
 ) -> None:
     """Run an experiment's grid (by executing notebooks/bakeoff.ipynb), print the leaderboard, render the report.
 
@@ -85,7 +86,8 @@ def run(
     import os
 
     # Infrastructure settings reach the notebook kernel (and Ray workers) through the environment.
-    for name, value in (("WORKBENCH_EXECUTOR", executor), ("WORKBENCH_RAY_ADDRESS", address), ("WORKBENCH_CHROMA_URL", chroma_url)):
+    for name, value in (("WORKBENCH_EXECUTOR", executor), ("WORKBENCH_RAY_ADDRESS", address), ("WORKBENCH_CHROMA_URL", chroma_url),
+                        ("WORKBENCH_THREADS", None if threads is None else str(threads))):
         if value is not None:
             os.environ[name] = value
     with _output_to(log_file, ["workbench", "run", str(experiment)]) as record:

@@ -131,13 +131,17 @@ def default_tokenizer() -> Tokenizer:
 
 
 class OpenAIEmbedder:
-    """OpenAI or any OpenAI-compatible ``/v1/embeddings`` endpoint, through the ``openai`` client."""
+    """OpenAI, Azure OpenAI or any OpenAI-compatible ``/v1/embeddings`` endpoint, through the ``openai`` client."""
 
     def __init__(self, spec: EmbeddingSpec, api_key: str):
         import openai
 
         self.spec = spec
-        self._client = openai.OpenAI(api_key=api_key, base_url=spec.base_url, max_retries=3, timeout=60.0)
+        if spec.provider == "azure_openai":
+            self._client = openai.AzureOpenAI(azure_endpoint=spec.azure_endpoint, api_version=spec.api_version,
+                                              azure_deployment=spec.deployment, api_key=api_key, max_retries=3, timeout=60.0)
+        else:
+            self._client = openai.OpenAI(api_key=api_key, base_url=spec.base_url, max_retries=3, timeout=60.0)
         self.model_id = f"{spec.provider}:{spec.model}"
         self.fingerprint = _remote_fingerprint(spec)
         self.tokenizer = _tiktoken_tokenizer(f"tiktoken:cl100k_base/{self.model_id}", spec.max_tokens or 8191)
@@ -176,7 +180,11 @@ def _e5_fingerprint(memo: diskcache.Cache | None) -> str:
 
 
 def _remote_fingerprint(spec: EmbeddingSpec) -> str:
-    return hash_obj([f"{spec.provider}:{spec.model}", spec.base_url, spec.dimensions, spec.send_input_type])
+    from .providers import identity_fields
+
+    parts = [f"{spec.provider}:{spec.model}", spec.base_url, spec.dimensions, spec.send_input_type]
+    azure = identity_fields(spec)  # empty for other providers: their fingerprints are unchanged
+    return hash_obj(parts + [azure] if azure else parts)
 
 
 def embedder_fingerprint(spec: EmbeddingSpec, memo: diskcache.Cache | None = None) -> str:

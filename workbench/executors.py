@@ -24,7 +24,7 @@ from pathlib import Path
 from .errors import WorkbenchError
 
 EXECUTORS = ("local", "ray")
-CPUS_PER_TASK = 1
+CPUS_PER_TASK = 1  # default threads (and Ray CPUs) per task; $WORKBENCH_THREADS / --threads sets it
 # Non-secret settings every worker needs (offline models, no telemetry); API keys are never shipped.
 WORKER_ENV = ("ANONYMIZED_TELEMETRY", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS",
               "ORT_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM", "WORKBENCH_PRICES")
@@ -46,12 +46,17 @@ def check_executor(executor: str, address: str | None) -> None:
                                  "started on this machine by `ray start`), or $WORKBENCH_RAY_ADDRESS")
 
 
+def task_threads() -> int:
+    """Threads per Ray task (each task reserves that many CPUs): ``$WORKBENCH_THREADS``, else 1."""
+    return int(os.environ.get("WORKBENCH_THREADS") or CPUS_PER_TASK)
+
+
 def _portable(workspace):
     """The workspace as a worker must see it: absolute paths, this executor not repeated."""
     from .report import _absolute_sqlite
 
     return dataclasses.replace(workspace, store_url=_absolute_sqlite(workspace.store_url), cache_dir=Path(workspace.cache_dir).resolve(),
-                               threads=CPUS_PER_TASK, executor="local", ray_address=None)
+                               threads=task_threads(), executor="local", ray_address=None)
 
 
 def _run_point(plan, index: int, workspace, rerun: str) -> dict:
@@ -82,7 +87,7 @@ def run_on_ray(plan, workspace, *, rerun: str, log: Callable[[str], None],
     try:
         cpus = ray.cluster_resources().get("CPU", 0)
         log(f"ray: {len(plan.runs)} grid points on {workspace.ray_address} ({cpus:g} CPUs), connected in {time.perf_counter() - t0:.1f}s")
-        task = ray.remote(num_cpus=CPUS_PER_TASK, max_retries=1)(_run_point)
+        task = ray.remote(num_cpus=task_threads(), max_retries=1)(_run_point)
         plan_ref = ray.put(plan)
         ws = _portable(workspace)
         pending = {task.remote(plan_ref, i, ws, rerun): i for i in range(len(plan.runs))}

@@ -54,12 +54,14 @@ class Workspace:
 
     The infrastructure fields (``chroma_url``, ``executor``, ``ray_address``) default to
     ``$WORKBENCH_CHROMA_URL``, ``$WORKBENCH_EXECUTOR`` and ``$WORKBENCH_RAY_ADDRESS``; none of them
-    changes a run id or a result.
+    changes a run id. ``threads`` (``$WORKBENCH_THREADS``, default: every core) does not either,
+    but torch's matrix products round differently with another thread count, so dense scores can
+    differ in the 7th digit between machines that use different counts.
     """
 
     store_url: str = "sqlite:///results/workbench.sqlite"
     cache_dir: Path = Path("results/cache")
-    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    threads: int = field(default_factory=lambda: int(_env("WORKBENCH_THREADS") or len(os.sched_getaffinity(0))))
     chroma_url: str | None = field(default_factory=lambda: _env("WORKBENCH_CHROMA_URL"))
     executor: str = field(default_factory=lambda: _env("WORKBENCH_EXECUTOR") or "local")
     ray_address: str | None = field(default_factory=lambda: _env("WORKBENCH_RAY_ADDRESS"))
@@ -67,8 +69,8 @@ class Workspace:
     @classmethod
     def from_env(cls, store_url: str | None = None, cache_dir: str | None = None) -> Workspace:
         return cls(
-            store_url=store_url or os.environ.get("WORKBENCH_STORE", "sqlite:///results/workbench.sqlite"),
-            cache_dir=Path(cache_dir or os.environ.get("WORKBENCH_CACHE", "results/cache")),
+            store_url=store_url or os.environ.get("WORKBENCH_STORE") or "sqlite:///results/workbench.sqlite",
+            cache_dir=Path(cache_dir or os.environ.get("WORKBENCH_CACHE") or "results/cache"),
         )
 
     def chroma_server(self, experiment: Experiment) -> str | None:
@@ -184,11 +186,25 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             **({"judge": judge_lineage} if gen and judge_lineage else {}),
         }
         # The run id covers what determines the results: config and content hashes, not paths.
-        identity = {"config": cfg.model_dump(exclude={"generation": {"prompt"}, "rerank": {"path"}}),
+        identity = {"config": _identity_config(cfg),
                     **{k: v for k, v in lineage.items() if k not in ("dataset_path", "prompt_path")}}
         run_id = hash_obj(identity, 16)
         runs.append(PlannedRun(run_id, cfg, tok, {**lineage, **versions}))
     return Plan(experiment, dataset, queries, runs)
+
+
+def _identity_config(cfg: RunConfig) -> dict:
+    """The run config as it enters the run id. Provider fields added later (Azure's) are left out
+    when unset, so adding them changed no existing run id; ``api_version`` is transport, not model."""
+    data = cfg.model_dump(exclude={"generation": {"prompt"}, "rerank": {"path"}})
+    for stage in ("embedding", "generation"):
+        spec = data.get(stage)
+        if spec:
+            spec.pop("api_version", None)
+            for name in ("azure_endpoint", "deployment"):
+                if spec.get(name) is None:
+                    spec.pop(name, None)
+    return data
 
 
 def _reranker_fingerprint(spec, experiment: Experiment, memo) -> str | None:
@@ -324,10 +340,13 @@ class _Stages:
 
 def _generation_key(run: PlannedRun, rendered) -> str:
     gen = run.config.generation
+    from .providers import identity_fields
+
     return "gen:" + hash_obj({
         "model": run.lineage["llm"], "model_file": run.lineage["llm_file_hash"], "base_url": gen.base_url,
         "prompt_hash": run.lineage["prompt_hash"], "rendered": sha256_text(canonical_json(rendered)),
         "sampling": {"temperature": gen.temperature, "seed": gen.seed, "max_tokens": gen.max_tokens},
+        **identity_fields(gen),
     })
 
 
@@ -474,8 +493,10 @@ def _cost(cfg: RunConfig, result) -> float | None:
 
     if result.error is not None:
         return None
-    model = cfg.generation.model
-    return cost_usd(model if cfg.generation.provider != "local" else f"local:{model}", result.prompt_tokens, result.completion_tokens, load_prices())
+    model, provider = cfg.generation.model, cfg.generation.provider
+    # Azure is priced per deployment region/tier: an "azure_openai:MODEL" entry wins over "MODEL".
+    name = {"local": f"local:{model}", "azure_openai": f"azure_openai:{model}"}.get(provider, model)
+    return cost_usd(name, result.prompt_tokens, result.completion_tokens, load_prices())
 
 
 def run_experiment(plan: Plan, workspace: Workspace, *, rerun: str = "missing", log: Callable[[str], None] = print,

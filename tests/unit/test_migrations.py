@@ -94,3 +94,16 @@ def test_reopening_a_migrated_store_runs_no_migration(url: str, monkeypatch):
 
     monkeypatch.setattr(alembic.command, "upgrade", fail)
     Store(url).start_run("r", {}, {}, {}, 1)
+
+
+def test_one_linear_history():
+    """Two branches that each add a revision on the same parent must be chained at merge time."""
+    from alembic.script import ScriptDirectory
+
+    from workbench.store import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    assert len(script.get_heads()) == 1, f"several heads {script.get_heads()}: renumber one revision (workbench/migrations/README.md)"
+    revs = list(script.walk_revisions())
+    assert revs[-1].revision == "0001" and revs[-1].down_revision is None
+    assert all(r.down_revision is not None for r in revs[:-1])
