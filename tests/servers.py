@@ -166,9 +166,18 @@ def ray_cluster():
         pytest.skip("Ray executor tests skipped: ray is not installed (pip install 'workbench[ray]')")
     root = Path(tempfile.mkdtemp(prefix="wb-ray-"))
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+    # On a loaded machine the dashboard agent (a Python process) can take longer to come up than the
+    # raylet waits for it by default, and the raylet then aborts: fixed ports (no port files to wait
+    # for) and a longer registration timeout.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_agent_register_timeout_ms": "300000"}
     log = (root / "ray.log").open("wb")
+    # Ray replaces a loopback --node-ip-address by the node's own address on purpose (so other
+    # nodes could join); the tests still connect through 127.0.0.1. Every port is a free one, so
+    # the cluster does not collide with anything else on the machine.
     cmd = [str(exe), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+           "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+           "--dashboard-agent-grpc-port", str(free_port()), "--metrics-export-port", str(free_port()),
+           "--runtime-env-agent-port", str(free_port()),
            "--num-cpus", "2", "--object-store-memory", str(200 * 1024 * 1024), "--include-dashboard", "false",
            "--disable-usage-stats", "--temp-dir", str(root / "tmp")]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -176,7 +185,9 @@ def ray_cluster():
     deadline = time.monotonic() + 90
     while True:
         probe = subprocess.run([str(exe), "status", "--address", address], capture_output=True, text=True, env=env, timeout=60)
-        if probe.returncode == 0:
+        # ready when the node (its raylet) has registered, not merely when the GCS answers
+        active = probe.stdout.partition("Active:")[2].partition("Pending:")[0]
+        if probe.returncode == 0 and "node_" in active and proc.poll() is None:
             break
         if proc.poll() is not None or time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):

@@ -86,6 +86,9 @@ def run_on_ray(plan, workspace, *, rerun: str, log: Callable[[str], None],
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     try:
         cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < task_threads():  # tasks would wait forever for CPUs no node offers
+            raise WorkbenchError(f"Ray cluster {workspace.ray_address}: {cpus:g} CPUs alive, a task needs {task_threads()} "
+                                 "(is a node up? see `ray status`)")
         log(f"ray: {len(plan.runs)} grid points on {workspace.ray_address} ({cpus:g} CPUs), connected in {time.perf_counter() - t0:.1f}s")
         task = ray.remote(num_cpus=task_threads(), max_retries=1)(_run_point)
         plan_ref = ray.put(plan)

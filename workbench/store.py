@@ -363,6 +363,19 @@ def upgrade(engine: Engine) -> None:
                 conn.commit()
 
 
+def without_password(url: str) -> tuple[str, str | None]:
+    """(the URL without its password, the password or None)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url, None
+    if parsed.password is None:
+        return url, None
+    return parsed.set(password=None).render_as_string(hide_password=False), str(parsed.password)
+
+
 def redact_url(url: str) -> str:
     """A store URL without its password, for messages."""
     from sqlalchemy.engine import make_url

@@ -86,7 +86,10 @@ def test_same_experiment_on_laptop_and_team_infrastructure(tmp_path, postgres_ur
     assert first.returncode == 0, first.stderr[-3000:]
 
     # The same file, unchanged; the infrastructure comes from options and the environment only.
-    team = {**base, "WORKBENCH_STORE": postgres_url, "WORKBENCH_CACHE": str(tmp_path / "team" / "cache")}
+    # A password in the URL (the test server trusts loopback, so any works) must not reach the
+    # executed notebook or the report folder.
+    with_password = postgres_url.replace("://workbench@", "://workbench:s3cret-pw@")
+    team = {**base, "WORKBENCH_STORE": with_password, "WORKBENCH_CACHE": str(tmp_path / "team" / "cache")}
     t0 = time.perf_counter()
     second = _cli("run", str(exp), "--no-report", "--limit", "16", "--executor", "ray", "--address", ray_cluster,
                   "--chroma-url", chroma_server, env=team)
@@ -95,6 +98,8 @@ def test_same_experiment_on_laptop_and_team_infrastructure(tmp_path, postgres_ur
     assert f"executor ray at {ray_cluster}, Chroma server {chroma_server}" in second.stderr
     assert "ray: 3 grid points" in second.stderr
     print(f"\nretrieval grid (3 runs x 16 questions): laptop {t_laptop:.1f}s, team {t_team:.1f}s")
+    notebooks = list((tmp_path / "reports").rglob("bakeoff.ipynb"))
+    assert len(notebooks) == 2 and all("s3cret-pw" not in nb.read_text(encoding="utf-8") for nb in notebooks)
 
     # The dense index was built on the server (not in the team cache folder), by a Ray worker.
     assert not (tmp_path / "team" / "cache" / "chroma").exists()
