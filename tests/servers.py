@@ -198,7 +198,7 @@ def ray_cluster():
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
     with contextlib.suppress(ProcessLookupError):

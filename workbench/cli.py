@@ -106,23 +106,18 @@ def run(
 
 
 def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: int, axis, gate: bool) -> None:
+    import os
+
     from filelock import FileLock, Timeout
 
-    from .bakeoff import plan as plan_bakeoff
-    from .config import safe_name
-    from .executors import check_executor
-    from .runner import Workspace
-    from .store import Store
+    from .config import load_experiment, safe_name
 
     try:
-        ws = Workspace.from_env(store, cache_dir)
-        check_executor(ws.executor, ws.ray_address)
-        axes = _parse_axes(axis)
-        plan = plan_bakeoff(experiment, ws, query_limit=limit, axes=axes)  # validate everything before any work
-        name = plan.experiment.name
-        Store(ws.store_url)  # fail on an unreachable store before any work
-        # Overlapping schedules (cron, CI) must not run the same experiment twice at once.
-        lock_path = ws.cache_dir / "locks" / f"run-{safe_name(name)}.lock"
+        # The lock comes first (the file's name is all it needs): a refused run exits in a second,
+        # before the model stack is imported or anything is planned.
+        name = load_experiment(experiment).name
+        cache_root = Path(cache_dir or os.environ.get("WORKBENCH_CACHE") or "results/cache")
+        lock_path = cache_root / "locks" / f"run-{safe_name(name)}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_path), timeout=0)
         try:
@@ -132,13 +127,27 @@ def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: in
                           highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_LOCKED) from None
         try:
-            failed = _run_locked(plan, experiment, ws, limit, axes, rerun, report, gate, name)
+            failed = _run_planned(experiment, store, cache_dir, rerun, report, limit, axis, gate)
         finally:
             lock.release()
     except WorkbenchError as exc:
         _fail(exc)
     if failed:
         raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def _run_planned(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: int, axis, gate: bool) -> int:
+    from .bakeoff import plan as plan_bakeoff
+    from .executors import check_executor
+    from .runner import Workspace
+    from .store import Store
+
+    ws = Workspace.from_env(store, cache_dir)
+    check_executor(ws.executor, ws.ray_address)
+    axes = _parse_axes(axis)
+    plan = plan_bakeoff(experiment, ws, query_limit=limit, axes=axes)  # validate everything before any work
+    Store(ws.store_url)  # fail on an unreachable store before any work
+    return _run_locked(plan, experiment, ws, limit, axes, rerun, report, gate, plan.experiment.name)
 
 
 def _run_locked(plan, experiment: Path, ws, limit: int, axes, rerun: str, report: bool, gate: bool, name: str) -> int:

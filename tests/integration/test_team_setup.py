@@ -229,3 +229,22 @@ def test_index_chroma_in_the_experiment_file_and_the_override(tmp_path, xquad_sl
 
     with pytest.raises(ConfigError, match=r"bad.yaml:6: index.chroma.hots: unknown key 'hots' \(did you mean 'host'\?\)"):
         load_experiment(bad)
+
+
+def test_workbench_run_against_postgres(tmp_path, postgres_url):
+    """A small retrieval-only `workbench run --limit` with the local executor, store on PostgreSQL;
+    the stored experiment reads back through the other commands."""
+    import json
+
+    dataset = write_xquad_slice(tmp_path / "data", n_docs=10, n_queries=20)
+    exp = tmp_path / "pg.yaml"
+    exp.write_text(f"name: pg_small\ndataset: {dataset}\ngrid:\n  chunking: [{{splitter: none}}]\n"
+                   "  retrieval: [{method: bm25, top_k: 5}]\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
+    env.update(WORKBENCH_STORE=postgres_url, WORKBENCH_CACHE=str(tmp_path / "cache"), WORKBENCH_REPORTS=str(tmp_path / "reports"))
+    done = _cli("run", str(exp), "--limit", "6", "--no-report", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    board = json.loads(_cli("results", "pg_small", "--json", env=env).stdout)
+    assert len(board) == 1 and board[0]["status"] == "complete" and board[0]["n_questions"] == 6
+    st = Store(postgres_url)
+    assert st.engine.dialect.name == "postgresql" and len(st.questions(board[0]["run_id"])) == 6
