@@ -76,12 +76,14 @@ def run(
     chroma_url: Annotated[str | None, typer.Option("--chroma-url", help="Chroma server http://HOST:PORT for the indexes (default: $WORKBENCH_CHROMA_URL, else the file's index.chroma, else embedded)")] = None,
     log_file: Annotated[Path | None, typer.Option("--log-file", help="append all output to this file instead of the terminal (for cron)")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="threads per run (local: default all cores) or per Ray task (default 1); default: $WORKBENCH_THREADS")] = None,
+    lock: Annotated[bool | None, typer.Option("--lock/--no-lock", help="refuse to start (exit 3) while another run of this experiment holds its lock; default: on with --gate or --log-file (scheduled runs)", show_default=False)] = None,
 ) -> None:
     """Run an experiment's grid (by executing notebooks/bakeoff.ipynb), print the leaderboard, render the report.
 
     The executed notebook and the report land in reports/<experiment>/<timestamp>/. Exit codes:
     0 done (and gates passed), 1 a gate failed, 2 error, 3 this experiment is already running
-    (another `workbench run` holds its lock).
+    (another locked `workbench run` holds its lock; scheduled runs -- --gate or --log-file -- lock
+    by default, interactive ones do not, so slices of one grid can run side by side).
     """
     import os
 
@@ -92,7 +94,8 @@ def run(
             os.environ[name] = value
     with _output_to(log_file, ["workbench", "run", str(experiment)]) as record:
         try:
-            _run(experiment, store, cache_dir, rerun, report, limit, axis, gate)
+            exclusive = lock if lock is not None else bool(gate or log_file)
+            _run(experiment, store, cache_dir, rerun, report, limit, axis, gate, exclusive)
             code = EXIT_OK
         except typer.Exit as exc:
             code = exc.exit_code
@@ -105,7 +108,7 @@ def run(
     raise typer.Exit(code)
 
 
-def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: int, axis, gate: bool) -> None:
+def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: int, axis, gate: bool, exclusive: bool) -> None:
     import os
 
     from filelock import FileLock, Timeout
@@ -121,7 +124,8 @@ def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: in
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_path), timeout=0)
         try:
-            lock.acquire()
+            if exclusive:
+                lock.acquire()
         except Timeout:
             console.print(f"[red]error:[/red] experiment {name!r} is already running (lock {lock_path} is held); not starting a second run",
                           highlight=False, soft_wrap=True)
@@ -129,7 +133,8 @@ def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: in
         try:
             failed = _run_planned(experiment, store, cache_dir, rerun, report, limit, axis, gate)
         finally:
-            lock.release()
+            if exclusive:
+                lock.release()
     except WorkbenchError as exc:
         _fail(exc)
     if failed:

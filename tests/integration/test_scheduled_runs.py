@@ -79,8 +79,8 @@ def test_a_second_run_of_the_same_experiment_exits_3(tmp_path, workspace_env):
         assert second.returncode == 3
         text = log.read_text(encoding="utf-8")
         assert "experiment 'nightly' is already running" in text and "end: exit 3" in text
-        without_log = _cli("run", str(exp))
-        assert without_log.returncode == 3 and "already running" in without_log.stderr
+        explicit = _cli("run", str(exp), "--lock")  # interactive runs lock only when asked
+        assert explicit.returncode == 3 and "already running" in explicit.stderr
     # nothing was stored by the refused runs
     from workbench.store import Store
 
