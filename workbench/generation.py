@@ -27,7 +27,6 @@ import yaml
 from .config import LOCAL_LLMS, GenerationSpec
 from .errors import ConfigError, ProviderError, did_you_mean
 from .hashing import canonical_json, sha256_text
-from .apikeys import api_key_for
 
 PROMPT_KEYS = {"mode", "description", "system", "user", "template", "stop"}
 PLACEHOLDERS = frozenset({"context", "question"})
