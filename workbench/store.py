@@ -373,7 +373,8 @@ def without_password(url: str) -> tuple[str, str | None]:
         return url, None
     if parsed.password is None:
         return url, None
-    return parsed.set(password=None).render_as_string(hide_password=False), str(parsed.password)
+    # URL is a named tuple; URL.set() ignores None, so the password is cleared with _replace
+    return parsed._replace(password=None).render_as_string(hide_password=False), str(parsed.password)
 
 
 def redact_url(url: str) -> str:

@@ -60,7 +60,7 @@ def _snapshot(url: str, experiment: str) -> dict:
             rows = [dict(r) for r in conn.execute(select(questions).where(questions.c.run_id == run_id)
                                                   .order_by(questions.c.position)).mappings()]
         agg = st.aggregates([run_id])
-        agg = agg[~agg["metric"].str.contains("latency")].sort_values("metric")
+        agg = agg[~agg["metric"].str.contains("latency|ttft")].sort_values("metric")  # timings differ by nature
         out[run_id] = {
             "run": {k: run[k] for k in ("config", "axes", "status", "n_questions", "n_failed", "n_chunks", "truncation_rate")},
             "lineage": {k: v for k, v in run["lineage"].items() if k not in ("packages", "code_hash", "git_commit")},

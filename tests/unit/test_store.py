@@ -153,3 +153,20 @@ def test_closed_postgres_port_is_a_store_error():
         Store("postgresql+psycopg://user:secretpw@127.0.0.1:9/db")
     message = str(info.value)
     assert "OperationalError" in message and "secretpw" not in message and "\n" not in message
+
+
+def test_password_is_split_off_a_url():
+    from workbench.store import without_password
+
+    assert without_password("postgresql+psycopg://u:pw@h:5432/db") == ("postgresql+psycopg://u@h:5432/db", "pw")
+    assert without_password("sqlite:////tmp/x.sqlite") == ("sqlite:////tmp/x.sqlite", None)
+
+
+def test_notebooks_get_the_url_without_its_password(monkeypatch):
+    import os
+
+    from workbench.report import notebook_store_url
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    assert notebook_store_url("postgresql+psycopg://u:s3cret@h/db") == "postgresql+psycopg://u@h/db"
+    assert os.environ["PGPASSWORD"] == "s3cret"  # libpq (and the notebook kernel) read it from there
