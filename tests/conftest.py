@@ -51,3 +51,7 @@ def workspace_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "results" / "cache"))
     monkeypatch.setenv("WORKBENCH_REPORTS", str(tmp_path / "reports"))
     return Workspace.from_env()
+
+
+# Session-scoped loopback servers (PostgreSQL, Chroma, Ray) for the team-setup tests.
+from tests.servers import chroma_server, postgres_server, postgres_url, ray_cluster  # noqa: E402,F401

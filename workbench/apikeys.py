@@ -11,9 +11,13 @@ import os
 from .errors import ProviderError
 
 
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "azure_openai": "AZURE_OPENAI_API_KEY"}
+
+
 def api_key_for(provider: str, api_key_env: str | None, what: str) -> str:
-    """The key for ``provider`` (``OPENAI_API_KEY`` by default for OpenAI; none needed otherwise)."""
-    env = api_key_env or ("OPENAI_API_KEY" if provider == "openai" else None)
+    """The key for ``provider`` (by default ``OPENAI_API_KEY`` for OpenAI, ``AZURE_OPENAI_API_KEY``
+    for Azure OpenAI; none needed otherwise)."""
+    env = api_key_env or DEFAULT_KEY_ENV.get(provider)
     if env is None:
         return "none"
     key = os.environ.get(env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -56,6 +57,10 @@ def _parse_axes(values: list[str] | None) -> dict[str, list[str | int]]:
     return axes
 
 
+# Exit codes of `workbench run` (documented in the README, "Scheduled runs"): cron and CI act on them.
+EXIT_OK, EXIT_GATE_FAILED, EXIT_ERROR, EXIT_LOCKED = 0, 1, 2, 3
+
+
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="experiments/NAME.yaml")],
@@ -66,44 +71,151 @@ def run(
     limit: Annotated[int, typer.Option("--limit", help="run at most this many questions (0: as in the experiment file)")] = 0,
     axis: Annotated[list[str] | None, typer.Option("--axis", help="run part of the grid: AXIS=VALUE[,VALUE] (index, label or name; repeatable)")] = None,
     gate: Annotated[bool, typer.Option("--gate", help="check the experiment's gates at the end; exit 1 if one fails")] = False,
+    executor: Annotated[str | None, typer.Option("--executor", help="local (default) or ray (default: $WORKBENCH_EXECUTOR)")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster address HOST:PORT or 'auto' (default: $WORKBENCH_RAY_ADDRESS)")] = None,
+    chroma_url: Annotated[str | None, typer.Option("--chroma-url", help="Chroma server http://HOST:PORT for the indexes (default: $WORKBENCH_CHROMA_URL, else the file's index.chroma, else embedded)")] = None,
+    log_file: Annotated[Path | None, typer.Option("--log-file", help="append all output to this file instead of the terminal (for cron)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="threads per run (local: default all cores) or per Ray task (default 1); default: $WORKBENCH_THREADS")] = None,
+    lock: Annotated[bool | None, typer.Option("--lock/--no-lock", help="refuse to start (exit 3) while another run of this experiment holds its lock; default: on with --gate or --log-file (scheduled runs)", show_default=False)] = None,
 ) -> None:
     """Run an experiment's grid (by executing notebooks/bakeoff.ipynb), print the leaderboard, render the report.
 
-    The executed notebook and the report land in reports/<experiment>/<timestamp>/.
+    The executed notebook and the report land in reports/<experiment>/<timestamp>/. Exit codes:
+    0 done (and gates passed), 1 a gate failed, 2 error, 3 this experiment is already running
+    (another locked `workbench run` holds its lock; scheduled runs -- --gate or --log-file -- lock
+    by default, interactive ones do not, so slices of one grid can run side by side).
     """
-    from .bakeoff import plan as plan_bakeoff
-    from .report import new_report_dir, render_report, run_bakeoff, write_index
-    from .runner import Workspace
-    from .store import Store
+    import os
+
+    # Infrastructure settings reach the notebook kernel (and Ray workers) through the environment.
+    for name, value in (("WORKBENCH_EXECUTOR", executor), ("WORKBENCH_RAY_ADDRESS", address), ("WORKBENCH_CHROMA_URL", chroma_url),
+                        ("WORKBENCH_THREADS", None if threads is None else str(threads))):
+        if value is not None:
+            os.environ[name] = value
+    with _output_to(log_file, ["workbench", "run", str(experiment)]) as record:
+        try:
+            exclusive = lock if lock is not None else bool(gate or log_file)
+            _run(experiment, store, cache_dir, rerun, report, limit, axis, gate, exclusive)
+            code = EXIT_OK
+        except typer.Exit as exc:
+            code = exc.exit_code
+        except Exception:  # an unexpected crash must not look like a failed gate (exit 1)
+            import traceback
+
+            traceback.print_exc()
+            code = EXIT_ERROR
+        record(code)
+    raise typer.Exit(code)
+
+
+def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: int, axis, gate: bool, exclusive: bool) -> None:
+    import os
+
+    from filelock import FileLock, Timeout
+
+    from .config import load_experiment, safe_name
 
     try:
-        ws = Workspace.from_env(store, cache_dir)
-        axes = _parse_axes(axis)
-        plan = plan_bakeoff(experiment, ws, query_limit=limit, axes=axes)  # validate everything before any work
-        name = plan.experiment.name
-        Store(ws.store_url)  # fail on an unreachable store before any work
-        console.print(f"{name}: {len(plan.runs)} runs x {len(plan.queries)} questions", highlight=False)
-        _print_ingest(plan.dataset)
-        out_dir = new_report_dir(name)
-        t0 = time.perf_counter()
-        summary = run_bakeoff(experiment, ws.store_url, ws.cache_dir, out_dir, query_limit=limit, axes=axes, rerun=rerun,
-                              stream=sys.stderr)
-        elapsed = time.perf_counter() - t0
-        _print_timings(summary.get("runs", []), elapsed)
-        board = Store(ws.store_url).leaderboard(name)
-        _print_board(board, f"{name} leaderboard")
-        _print_failures(Store(ws.store_url), board)
-        if report:
-            path = render_report(name, ws.store_url, out_dir=out_dir)
-            out.print(f"report: {path}", highlight=False, soft_wrap=True)
-        else:
-            write_index()
-            out.print(f"notebook: {out_dir / 'bakeoff.ipynb'}", highlight=False, soft_wrap=True)
-        failed = _check_gates(Store(ws.store_url), plan.experiment.spec) if gate else 0
+        # The lock comes first (the file's name is all it needs): a refused run exits in a second,
+        # before the model stack is imported or anything is planned.
+        name = load_experiment(experiment).name
+        cache_root = Path(cache_dir or os.environ.get("WORKBENCH_CACHE") or "results/cache")
+        lock_path = cache_root / "locks" / f"run-{safe_name(name)}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path), timeout=0)
+        try:
+            if exclusive:
+                lock.acquire()
+        except Timeout:
+            console.print(f"[red]error:[/red] experiment {name!r} is already running (lock {lock_path} is held); not starting a second run",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_LOCKED) from None
+        try:
+            failed = _run_planned(experiment, store, cache_dir, rerun, report, limit, axis, gate)
+        finally:
+            if exclusive:
+                lock.release()
     except WorkbenchError as exc:
         _fail(exc)
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def _run_planned(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: int, axis, gate: bool) -> int:
+    from .bakeoff import plan as plan_bakeoff
+    from .executors import check_executor
+    from .runner import Workspace
+    from .store import Store
+
+    ws = Workspace.from_env(store, cache_dir)
+    check_executor(ws.executor, ws.ray_address)
+    axes = _parse_axes(axis)
+    plan = plan_bakeoff(experiment, ws, query_limit=limit, axes=axes)  # validate everything before any work
+    Store(ws.store_url)  # fail on an unreachable store before any work
+    return _run_locked(plan, experiment, ws, limit, axes, rerun, report, gate, plan.experiment.name)
+
+
+def _run_locked(plan, experiment: Path, ws, limit: int, axes, rerun: str, report: bool, gate: bool, name: str) -> int:
+    from .report import new_report_dir, render_report, run_bakeoff, write_index
+    from .store import Store
+
+    infra = f", executor {ws.executor}" + (f" at {ws.ray_address}" if ws.executor == "ray" else "")
+    server = ws.chroma_server(plan.experiment)
+    infra += f", Chroma server {server}" if server else ""
+    console.print(f"{name}: {len(plan.runs)} runs x {len(plan.queries)} questions{infra}", highlight=False, soft_wrap=True)
+    _print_ingest(plan.dataset)
+    out_dir = new_report_dir(name)
+    t0 = time.perf_counter()
+    summary = run_bakeoff(experiment, ws.store_url, ws.cache_dir, out_dir, query_limit=limit, axes=axes, rerun=rerun,
+                          stream=sys.stderr)
+    elapsed = time.perf_counter() - t0
+    _print_timings(summary.get("runs", []), elapsed)
+    board = Store(ws.store_url).leaderboard(name)
+    _print_board(board, f"{name} leaderboard")
+    _print_failures(Store(ws.store_url), board)
+    if report:
+        path = render_report(name, ws.store_url, out_dir=out_dir)
+        out.print(f"report: {path}", highlight=False, soft_wrap=True)
+    else:
+        write_index()
+        out.print(f"notebook: {out_dir / 'bakeoff.ipynb'}", highlight=False, soft_wrap=True)
+    return _check_gates(Store(ws.store_url), plan.experiment.spec) if gate else 0
+
+
+@contextlib.contextmanager
+def _output_to(path: Path | None, argv: list[str]):
+    """With ``path``: append everything this process and its children print (the notebook's
+    progress included) to the file, between a start line and an end line with the exit code.
+    File descriptors 1 and 2 are redirected, so output written below Python (native libraries,
+    subprocesses) lands there too. Without ``path``: nothing changes."""
+    if path is None:
+        yield lambda code: None
+        return
+    import datetime as dt
+    import os
+
+    def stamp() -> str:
+        return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab", buffering=0) as fh:
+        fh.write(f"=== {stamp()} start: {' '.join(argv)} (pid {os.getpid()})\n".encode())
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        codes: list[int] = []
+        try:
+            yield codes.append
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            fh.write(f"=== {stamp()} end: exit {codes[-1] if codes else '?'}\n".encode())
 
 
 def _print_failures(st, board) -> None:

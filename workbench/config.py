@@ -21,8 +21,8 @@ from .errors import ConfigError, did_you_mean, unknown_name
 
 SPLITTERS = ("sentence", "token", "none")
 RETRIEVAL_METHODS = ("dense", "bm25", "hybrid")
-EMBEDDING_PROVIDERS = ("local", "openai", "openai_compatible")
-GENERATION_PROVIDERS = ("local", "openai", "openai_compatible")
+EMBEDDING_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
+GENERATION_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
 # Local models that ship inside PyPI packages; see workbench/embedding.py and workbench/llm_server.py.
 LOCAL_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "multilingual-e5-small")
 LOCAL_LLMS = ("smollm2-135m",)
@@ -49,6 +49,23 @@ class _Spec(BaseModel):
                 if key not in known:
                     raise _field_error(str(key), f"unknown key {key!r}{did_you_mean(key, known)}; allowed: {', '.join(sorted(known))}")
         return data
+
+
+def _check_azure(spec) -> None:
+    """``provider: azure_openai`` needs its resource, API version and deployment; no other provider takes them."""
+    fields = ("azure_endpoint", "api_version", "deployment")
+    if spec.provider == "azure_openai":
+        for name in fields:
+            if not getattr(spec, name):
+                raise _field_error(name, f"provider 'azure_openai' needs {name}")
+        if spec.base_url:
+            raise _field_error("base_url", "provider 'azure_openai' takes azure_endpoint, not base_url")
+        if not spec.azure_endpoint.startswith(("https://", "http://")):
+            raise _field_error("azure_endpoint", f"expected https://RESOURCE.openai.azure.com, got {spec.azure_endpoint!r}")
+        return
+    for name in fields:
+        if getattr(spec, name) is not None:
+            raise _field_error(name, f"{name} applies to provider 'azure_openai' only")
 
 
 def _check_name(kind: str, value: str, choices: tuple[str, ...], field: str | None = None) -> str:
@@ -98,6 +115,9 @@ class EmbeddingSpec(_Spec):
     send_input_type: bool = Field(default=False, description="send input_type query/passage (e5-style endpoints)")
     timeout_s: float = Field(default=60.0, gt=0, description="per-request timeout of a remote endpoint")
     max_retries: int = Field(default=3, ge=0, le=20, description="retries on 429/5xx/timeouts/connection errors")
+    azure_endpoint: str | None = Field(default=None, description="azure_openai: https://RESOURCE.openai.azure.com")
+    api_version: str | None = Field(default=None, description="azure_openai: the API version, e.g. 2024-10-21")
+    deployment: str | None = Field(default=None, description="azure_openai: the deployment name")
 
     @field_validator("provider")
     @classmethod
@@ -112,6 +132,7 @@ class EmbeddingSpec(_Spec):
                 raise ValueError("a local embedding model takes no base_url/api_key_env")
         if self.provider == "openai_compatible" and not self.base_url:
             raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
+        _check_azure(self)
         return self
 
     def label(self) -> str:
@@ -256,6 +277,9 @@ class GenerationSpec(_Spec):
     breaker_failures: int = Field(default=5, ge=1, description="failed attempts in a row that open the endpoint's circuit breaker")
     breaker_reset_s: float = Field(default=30.0, gt=0, description="seconds an open breaker waits before a trial call")
     fallback: FallbackSpec | None = None
+    azure_endpoint: str | None = Field(default=None, description="azure_openai: https://RESOURCE.openai.azure.com")
+    api_version: str | None = Field(default=None, description="azure_openai: the API version, e.g. 2024-10-21")
+    deployment: str | None = Field(default=None, description="azure_openai: the deployment name")
 
     @field_validator("provider")
     @classmethod
@@ -282,6 +306,7 @@ class GenerationSpec(_Spec):
                 raise _field_error("concurrency", "the local LLM serves one request at a time: concurrency must be 1")
         if self.provider == "openai_compatible" and not self.base_url:
             raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
+        _check_azure(self)
         return self
 
     def label(self) -> str:
@@ -429,6 +454,23 @@ class PIISpec(_Spec):
 class SafetySpec(_Spec):
     injection: InjectionSpec | None = None
     pii: PIISpec | None = None
+class ChromaServerSpec(_Spec):
+    """A Chroma server (``chroma run --host H --port P``) holding the vector indexes."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=8000, gt=0, lt=65536)
+    ssl: bool = False
+
+    def url(self) -> str:
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
+
+
+class IndexSpec(_Spec):
+    """Where vector indexes live: a Chroma server (``chroma``), else the embedded Chroma folder in
+    the cache. Infrastructure only: it never changes run ids or results, and ``--chroma-url`` /
+    ``$WORKBENCH_CHROMA_URL`` override it."""
+
+    chroma: ChromaServerSpec | None = None
 
 
 class ExperimentSpec(_Spec):
@@ -446,6 +488,7 @@ class ExperimentSpec(_Spec):
     budget: BudgetSpec | None = None
     safety: SafetySpec | None = None
     relevance: RelevanceSpec = RelevanceSpec()
+    index: IndexSpec | None = None
 
     @model_validator(mode="after")
     def _gates_need_baseline(self) -> ExperimentSpec:

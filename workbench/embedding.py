@@ -131,7 +131,7 @@ def default_tokenizer() -> Tokenizer:
 
 
 class OpenAIEmbedder:
-    """OpenAI or any OpenAI-compatible ``/v1/embeddings`` endpoint, through the ``openai`` client."""
+    """OpenAI, Azure OpenAI or any OpenAI-compatible ``/v1/embeddings`` endpoint, through the ``openai`` client."""
 
     def __init__(self, spec: EmbeddingSpec, api_key: str):
         import openai
@@ -141,7 +141,11 @@ class OpenAIEmbedder:
 
         # Retries are workbench/resilience.py's (backoff with jitter, Retry-After, a circuit breaker
         # per endpoint), not the client's own.
-        self._client = openai.OpenAI(api_key=api_key, base_url=spec.base_url, max_retries=0, timeout=spec.timeout_s)
+        if spec.provider == "azure_openai":
+            self._client = openai.AzureOpenAI(azure_endpoint=spec.azure_endpoint, api_version=spec.api_version,
+                                              azure_deployment=spec.deployment, api_key=api_key, max_retries=0, timeout=spec.timeout_s)
+        else:
+            self._client = openai.OpenAI(api_key=api_key, base_url=spec.base_url, max_retries=0, timeout=spec.timeout_s)
         self._policy = RetryPolicy(max_retries=spec.max_retries)
         self._endpoint = f"{str(self._client.base_url).rstrip('/')}#{spec.model}"
         self.model_id = f"{spec.provider}:{spec.model}"
@@ -194,7 +198,11 @@ def _e5_fingerprint(memo: diskcache.Cache | None) -> str:
 
 
 def _remote_fingerprint(spec: EmbeddingSpec) -> str:
-    return hash_obj([f"{spec.provider}:{spec.model}", spec.base_url, spec.dimensions, spec.send_input_type])
+    from .providers import identity_fields
+
+    parts = [f"{spec.provider}:{spec.model}", spec.base_url, spec.dimensions, spec.send_input_type]
+    azure = identity_fields(spec)  # empty for other providers: their fingerprints are unchanged
+    return hash_obj(parts + [azure] if azure else parts)
 
 
 def embedder_fingerprint(spec: EmbeddingSpec, memo: diskcache.Cache | None = None) -> str:

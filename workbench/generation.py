@@ -9,6 +9,7 @@ count, never silently turned into an empty or NaN answer.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -26,12 +27,12 @@ import yaml
 from .config import LOCAL_LLMS, GenerationSpec
 from .errors import ConfigError, ProviderError, did_you_mean
 from .hashing import canonical_json, sha256_text
-from .apikeys import api_key_for
 
 PROMPT_KEYS = {"mode", "description", "system", "user", "template", "stop"}
 PLACEHOLDERS = frozenset({"context", "question"})
 JUDGE_PLACEHOLDERS = frozenset({"context", "question", "answer"})  # judge prompts also see the answer
 PRICE_KEYS = {"input_per_1m_usd", "output_per_1m_usd"}
+PRICE_META_KEYS = {"updated", "source"}
 PRICES_PATH = Path(__file__).with_name("prices.yaml")
 _log = logging.getLogger(__name__)
 
@@ -158,10 +159,10 @@ def make_client(spec: GenerationSpec, base_url: str | None) -> openai.OpenAI:
             # Without it the client would fall back to api.openai.com.
             raise ProviderError(f"generation local:{spec.model}: needs the base_url of a running LocalLLMServer")
         return openai.OpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=spec.timeout_s)
-    key = api_key_for(spec.provider, spec.api_key_env, f"generation {spec.provider}:{spec.model}")
-    url = spec.base_url if spec.provider == "openai_compatible" else (spec.base_url or None)
+    from .providers import openai_client
+
     # The client's own retries are off: generate() retries under one policy (workbench/resilience.py).
-    return openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=spec.timeout_s)
+    return openai_client(spec, f"generation {spec.provider}:{spec.model}", timeout=spec.timeout_s, max_retries=0)
 
 
 def retry_policy(spec: GenerationSpec):
@@ -177,6 +178,8 @@ def _chatml(messages: list[dict]) -> str:
 
 def _count_prompt_tokens(client: openai.OpenAI, rendered) -> int | None:
     """Prompt tokens from the llama.cpp server's tokenizer when the stream carries no usage."""
+    if isinstance(client, openai.AzureOpenAI):  # Azure sends usage; it has no llama.cpp tokenizer route
+        return None
     text = rendered if isinstance(rendered, str) else _chatml(rendered)
     root = str(client.base_url).rstrip("/").removesuffix("/v1")
     try:
@@ -278,8 +281,12 @@ def load_prices(path: str | os.PathLike | None = None) -> dict[str, dict[str, fl
         if not isinstance(entry, dict) or not PRICE_KEYS <= set(entry):
             raise ConfigError(f"{path}: models.{name}: needs input_per_1m_usd and output_per_1m_usd")
         for key, value in entry.items():
+            if key in PRICE_META_KEYS:  # when and where the price was read: kept for people, not used
+                if not isinstance(value, (str, dt.date)):
+                    raise ConfigError(f"{path}: models.{name}.{key}: expected a date (YYYY-MM-DD) or text, got {value!r}")
+                continue
             if key not in PRICE_KEYS:
-                raise ConfigError(f"{path}: models.{name}: unknown key {key!r}{did_you_mean(key, PRICE_KEYS)}")
+                raise ConfigError(f"{path}: models.{name}: unknown key {key!r}{did_you_mean(key, PRICE_KEYS | PRICE_META_KEYS)}")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"{path}: models.{name}.{key}: expected a non-negative number, got {value!r}")
     return data["models"]
@@ -291,7 +298,10 @@ _UNPRICED_WARNED: set[str] = set()
 
 def price_for(model: str, prices: dict) -> dict[str, float] | None:
     """The table's entry for ``model`` (or for its undated name); None when it has none."""
-    return prices.get(model) or prices.get(_SNAPSHOT.sub("", model))
+    found = prices.get(model) or prices.get(_SNAPSHOT.sub("", model))
+    if found is None and model.startswith("azure_openai:"):  # no Azure-specific price: the OpenAI list price
+        return price_for(model.removeprefix("azure_openai:"), prices)
+    return found
 
 
 def cost_usd(model: str, prompt_tokens: int | None, completion_tokens: int | None, prices: dict) -> float | None:

@@ -4,13 +4,24 @@ A collection is built once and reused by every run and experiment that needs the
 embedded by the same model. Builds are crash- and race-safe: a builder holds a file lock, writes
 into a temporary collection, and renames it to its final name only when complete, so a killed build
 never leaves a half-filled collection under a name that looks finished.
+
+The index lives in an embedded Chroma folder (one machine) or on a Chroma server
+(``chroma run``, shared by a team or a Ray cluster). Against a server the file lock cannot reach the
+other builders, so the lock is a collection on the server itself: creating a collection is atomic
+there, so whoever creates ``lock-<name>`` builds; the others wait for it. The builder refreshes a
+heartbeat in the lock's metadata, and a lock whose heartbeat is older than ``LOCK_STALE_S`` (its
+builder was killed) is broken.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
@@ -21,6 +32,7 @@ from llama_index.core.schema import TextNode  # noqa: E402
 from llama_index.vector_stores.chroma import ChromaVectorStore  # noqa: E402
 
 from .chunking import Chunk  # noqa: E402
+from .errors import ConfigError  # noqa: E402
 from .hashing import hash_obj  # noqa: E402
 
 ADD_BATCH = 512  # chunks embedded and sent to Chroma per round trip
@@ -33,6 +45,79 @@ HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 256, "max_neighb
 def open_chroma(path: Path) -> chromadb.ClientAPI:
     path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+
+
+LOCK_STALE_S = 300.0  # a server-side build lock without a heartbeat for this long is abandoned
+LOCK_POLL_S = 0.5
+
+
+def parse_chroma_url(url: str) -> tuple[str, int, bool]:
+    """``http://host:port`` (or ``https://``, or bare ``host:port``) -> (host, port, ssl)."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"Chroma server URL {url!r}: expected http://HOST:PORT")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 8000)
+    except ValueError:
+        raise ConfigError(f"Chroma server URL {url!r}: bad port") from None
+    return parts.hostname, port, parts.scheme == "https"
+
+
+def open_chroma_server(url: str) -> chromadb.ClientAPI:
+    """A client of the Chroma server at ``url`` (``chroma run --host H --port P``); checks it answers."""
+    host, port, ssl = parse_chroma_url(url)
+    try:
+        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=ChromaSettings(anonymized_telemetry=False))
+        client.heartbeat()
+    except Exception as exc:  # chromadb wraps connection failures in several exception types
+        from .errors import WorkbenchError
+
+        raise WorkbenchError(f"Chroma server {url}: not reachable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return client
+
+
+def is_server(client: chromadb.ClientAPI) -> bool:
+    return "fastapi" in client.get_settings().chroma_api_impl.lower()
+
+
+@contextlib.contextmanager
+def _server_lock(client: chromadb.ClientAPI, name: str):
+    """Hold ``lock-<name>`` on the server; yields a function that refreshes the heartbeat."""
+    lock_name = f"lock-{name}"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    while True:
+        try:
+            lock = client.create_collection(lock_name, metadata={"workbench": "lock", "owner": owner, "heartbeat": time.time()})
+            break
+        except Exception:  # it exists: someone else is building (or died while building)
+            try:
+                held = client.get_collection(lock_name)
+            except Exception:
+                continue  # released meanwhile: try again
+            beat = (held.metadata or {}).get("heartbeat", 0.0)
+            if time.time() - float(beat) > LOCK_STALE_S:
+                with contextlib.suppress(Exception):
+                    client.delete_collection(lock_name)
+                continue
+            time.sleep(LOCK_POLL_S)
+
+    def heartbeat() -> None:
+        lock.modify(metadata={"workbench": "lock", "owner": owner, "heartbeat": time.time()})
+
+    try:
+        yield heartbeat
+    finally:
+        with contextlib.suppress(Exception):
+            client.delete_collection(lock_name)
+
+
+@contextlib.contextmanager
+def _file_lock(lock_dir: Path):
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    # One lock for every build in this Chroma folder: Chroma's persistent client is not safe for
+    # concurrent writers across processes. Readers do not lock; finished collections never change.
+    with FileLock(str(lock_dir / "chroma-build.lock")):
+        yield lambda: None
 
 
 def collection_name(chunk_set_key: str, embedder_fingerprint: str) -> str:
@@ -56,10 +141,7 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
     col = _existing(client, name, len(chunks))
     if col is not None:
         return col, False
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    # One lock for every build in this Chroma folder: Chroma's persistent client is not safe for
-    # concurrent writers across processes. Readers do not lock; finished collections never change.
-    with FileLock(str(lock_dir / "chroma-build.lock")):
+    with (_server_lock(client, name) if is_server(client) else _file_lock(lock_dir)) as heartbeat:
         col = _existing(client, name, len(chunks))  # another process may have built it meanwhile
         if col is not None:
             return col, False
@@ -80,6 +162,7 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
                          excluded_embed_metadata_keys=["doc_id"], excluded_llm_metadata_keys=["doc_id"])
                 for c, vec in zip(batch, vectors)
             ])
+            heartbeat()
         tmp.modify(name=name)
         return client.get_collection(name), True
 

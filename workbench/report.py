@@ -49,7 +49,7 @@ def run_bakeoff(experiment_path: str | os.PathLike, store_url: str, cache_dir: s
     Paths are made absolute so the notebook sees what the caller meant whatever its directory.
     """
     nb = execute_notebook("bakeoff", out_dir / "bakeoff.ipynb", {
-        "experiment_path": str(Path(experiment_path).resolve()), "store_url": _absolute_sqlite(store_url),
+        "experiment_path": str(Path(experiment_path).resolve()), "store_url": notebook_store_url(store_url),
         "cache_dir": str(Path(cache_dir).resolve()), "query_limit": int(query_limit), "axes": {k: list(v) for k, v in (axes or {}).items()},
         "rerun": rerun}, cwd=Path.cwd(), stream=stream)
     found = recorded(nb, SUMMARY_MIME)
@@ -64,7 +64,7 @@ def render_report(experiment: str, store_url: str, reports_dir: str | os.PathLik
         StoreError: the experiment is not in the store (checked before a kernel starts).
         NotebookError: a cell failed (the message names the partial notebook).
     """
-    store_url = _absolute_sqlite(store_url)
+    store_url = notebook_store_url(store_url)
     Store(store_url).experiment(experiment)  # a missing experiment fails here, in one line
     out_dir = out_dir or new_report_dir(experiment, reports_dir)
     executed = out_dir / "report.ipynb"
@@ -77,6 +77,20 @@ def render_report(experiment: str, store_url: str, reports_dir: str | os.PathLik
     html = render_html(executed, out_dir / "report.html", f"{experiment} · bake-off report")
     write_index(out_dir.parent.parent)
     return html
+
+
+def notebook_store_url(url: str) -> str:
+    """The store URL as written into an executed notebook: SQLite paths absolute, and never a
+    password. A PostgreSQL password moves to ``$PGPASSWORD`` (libpq reads it; the kernel inherits
+    it), so executed notebooks and reports can be shared."""
+    from .store import without_password
+
+    url = _absolute_sqlite(url)
+    bare, password = without_password(url)
+    if password is not None and bare.startswith("postgresql"):
+        os.environ["PGPASSWORD"] = password
+        return bare
+    return url
 
 
 def _absolute_sqlite(url: str) -> str:

@@ -9,6 +9,7 @@ Chunk hits map to documents for document-level metrics (a document scores its be
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,16 @@ def doc_scores(hits: tuple[Hit, ...]) -> dict[str, float]:
     return out
 
 
+def float32_score(score: float) -> float:
+    """LlamaIndex's dense score, ``exp(-distance)``, of the distance as Chroma computed it: float32.
+
+    The embedded client hands over the float32 distance exactly; a Chroma server sends it as JSON
+    text, which parses to a slightly different double (the 9th digit). Rounding the distance back to
+    float32 makes an embedded and a server index store the same scores for the same search.
+    """
+    return math.exp(-float(np.float32(-math.log(score))))
+
+
 class Retriever:
     """All retrieval methods over one chunk set (and, for dense/hybrid, one Chroma collection)."""
 
@@ -91,7 +102,7 @@ class Retriever:
         t0 = time.perf_counter()
         nodes = self._dense_index.as_retriever(similarity_top_k=depth).retrieve(
             QueryBundle(query_str=query.text, embedding=vector.tolist()))
-        hits = tuple(Hit(n.node.node_id, n.node.metadata["doc_id"], float(n.score)) for n in nodes)
+        hits = tuple(Hit(n.node.node_id, n.node.metadata["doc_id"], float32_score(n.score)) for n in nodes)
         return RetrievalResult(hits, embed_s + time.perf_counter() - t0)
 
     def _query_vector(self, text: str) -> tuple[np.ndarray, float]:

@@ -44,20 +44,42 @@ PACKAGES = ("workbench", "llama-index-core", "llama-index-vector-stores-chroma",
 FLUSH_EVERY = 8  # per-question rows written per transaction (the resume granularity)
 
 
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
 @dataclass(frozen=True)
 class Workspace:
-    """Where results and caches live. Defaults: ``results/`` in the current folder."""
+    """Where results and caches live, and where work runs. Defaults: ``results/`` in the current
+    folder, embedded Chroma, this process.
+
+    The infrastructure fields (``chroma_url``, ``executor``, ``ray_address``) default to
+    ``$WORKBENCH_CHROMA_URL``, ``$WORKBENCH_EXECUTOR`` and ``$WORKBENCH_RAY_ADDRESS``; none of them
+    changes a run id. ``threads`` (``$WORKBENCH_THREADS``, default: every core) does not either,
+    but torch's matrix products round differently with another thread count, so dense scores can
+    differ in the 7th digit between machines that use different counts.
+    """
 
     store_url: str = "sqlite:///results/workbench.sqlite"
     cache_dir: Path = Path("results/cache")
-    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    threads: int = field(default_factory=lambda: int(_env("WORKBENCH_THREADS") or len(os.sched_getaffinity(0))))
+    chroma_url: str | None = field(default_factory=lambda: _env("WORKBENCH_CHROMA_URL"))
+    executor: str = field(default_factory=lambda: _env("WORKBENCH_EXECUTOR") or "local")
+    ray_address: str | None = field(default_factory=lambda: _env("WORKBENCH_RAY_ADDRESS"))
 
     @classmethod
     def from_env(cls, store_url: str | None = None, cache_dir: str | None = None) -> Workspace:
         return cls(
-            store_url=store_url or os.environ.get("WORKBENCH_STORE", "sqlite:///results/workbench.sqlite"),
-            cache_dir=Path(cache_dir or os.environ.get("WORKBENCH_CACHE", "results/cache")),
+            store_url=store_url or os.environ.get("WORKBENCH_STORE") or "sqlite:///results/workbench.sqlite",
+            cache_dir=Path(cache_dir or os.environ.get("WORKBENCH_CACHE") or "results/cache"),
         )
+
+    def chroma_server(self, experiment: Experiment) -> str | None:
+        """The Chroma server for ``experiment``: the workspace's (CLI/env), else the file's ``index.chroma``."""
+        if self.chroma_url:
+            return self.chroma_url
+        index = experiment.spec.index
+        return index.chroma.url() if index and index.chroma else None
 
 
 @dataclass(frozen=True)
@@ -182,14 +204,22 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
 
 def _identity_config(cfg: RunConfig) -> dict:
     """The config part of a run id. Retry/breaker settings change how faults are handled, not what a
-    working endpoint answers, and an absent fallback or safety suite adds nothing: run ids of grid
-    points that use none of them are what they were before those settings existed."""
+    working endpoint answers, and an absent fallback or safety suite adds nothing; provider fields
+    added later (Azure's) are left out when unset, and ``api_version`` is transport, not model: run
+    ids of grid points that use none of them are what they were before those settings existed."""
     from .config import RESILIENCE_FIELDS
 
     out = cfg.model_dump(exclude={"generation": {"prompt", *RESILIENCE_FIELDS}, "rerank": {"path"},
                                   "embedding": {"timeout_s", "max_retries"}})
     if out.get("generation") and out["generation"].get("fallback") is None:
         out["generation"].pop("fallback", None)
+    for stage in ("embedding", "generation"):
+        spec = out.get(stage)
+        if spec:
+            spec.pop("api_version", None)
+            for name in ("azure_endpoint", "deployment"):
+                if spec.get(name) is None:
+                    spec.pop(name, None)
     return out
 
 
@@ -289,7 +319,9 @@ class _Stages:
             embedder = (lambda: self.embedder(spec)) if spec is not None else None
             if spec is not None:
                 if self._chroma is None:
-                    self._chroma = index_mod.open_chroma(self.ws.cache_dir / "chroma")
+                    server = self.ws.chroma_server(self.plan.experiment)
+                    self._chroma = (index_mod.open_chroma_server(server) if server
+                                    else index_mod.open_chroma(self.ws.cache_dir / "chroma"))
                 name = index_mod.collection_name(key, run.lineage["embedding_fingerprint"])
                 t0 = time.perf_counter()
                 collection, built = index_mod.ensure_collection(self._chroma, name, chunks, embedder, self.ws.cache_dir / "locks")
@@ -381,10 +413,13 @@ class Budget:
 
 def _generation_key(run: PlannedRun, rendered) -> str:
     gen = run.config.generation
+    from .providers import identity_fields
+
     return "gen:" + hash_obj({
         "model": run.lineage["llm"], "model_file": run.lineage["llm_file_hash"], "base_url": gen.base_url,
         "prompt_hash": run.lineage["prompt_hash"], "rendered": sha256_text(canonical_json(rendered)),
         "sampling": {"temperature": gen.temperature, "seed": gen.seed, "max_tokens": gen.max_tokens},
+        **identity_fields(gen),
     })
 
 
@@ -663,7 +698,9 @@ def _cost(cfg: RunConfig, result) -> float | None:
         provider, model = fallback["model"].split(":", 1)
     else:
         provider, model = cfg.generation.provider, cfg.generation.model
-    return cost_usd(model if provider != "local" else f"local:{model}", result.prompt_tokens, result.completion_tokens, load_prices())
+    # Azure is priced per deployment region/tier: an "azure_openai:MODEL" entry wins over "MODEL".
+    name = {"local": f"local:{model}", "azure_openai": f"azure_openai:{model}"}.get(provider, model)
+    return cost_usd(name, result.prompt_tokens, result.completion_tokens, load_prices())
 
 
 def run_experiment(plan: Plan, workspace: Workspace, *, rerun: str = "missing", log: Callable[[str], None] = print,
@@ -676,6 +713,11 @@ def run_experiment(plan: Plan, workspace: Workspace, *, rerun: str = "missing", 
     store.save_experiment(exp.name, exp.spec.model_dump(), hash_obj(exp.spec.model_dump()), str(exp.path), [r.run_id for r in plan.runs])
     summaries = []
     progress = progress or (lambda run_id, n, total: None)
+    if workspace.executor != "local":
+        from .executors import check_executor, run_on_ray
+
+        check_executor(workspace.executor, workspace.ray_address)
+        return run_on_ray(plan, workspace, rerun=rerun, log=log, progress=progress)
     with contextlib.ExitStack() as stack:
         stages = _Stages(plan, workspace, stack, log)
         stack.callback(stages.memo.close)
@@ -693,3 +735,17 @@ def run_experiment(plan: Plan, workspace: Workspace, *, rerun: str = "missing", 
         summaries.append({"run_id": "(shared)", **stages.timings})
     return summaries
 
+
+
+def run_planned(plan: Plan, workspace: Workspace, index: int, *, rerun: str = "missing",
+                log: Callable[[str], None] = print) -> dict:
+    """Execute grid point ``index`` of ``plan`` in this process, with its own stage objects (what a
+    Ray task does, see ``executors.py``). Returns its summary with the stage timings merged in."""
+    store = Store(workspace.store_url)
+    run = plan.runs[index]
+    with contextlib.ExitStack() as stack:
+        stages = _Stages(plan, workspace, stack, log)
+        stack.callback(stages.memo.close)
+        log(f"[{index + 1}/{len(plan.runs)}] run {run.run_id}: " + " | ".join(run.config.axes().values()))
+        summary = _execute_run(run, plan, stages, store, rerun, lambda run_id, n, total: None)
+        return {**summary, **stages.timings}

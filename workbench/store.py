@@ -1,7 +1,8 @@
 """The results store: experiments, runs with lineage, per-question rows, aggregates (SQLAlchemy).
 
-SQLite by default (WAL, busy timeout, short transactions, so several runs can write at once); any
-SQLAlchemy URL works. Runs are keyed by their deterministic ``run_id`` and linked to the
+SQLite by default (WAL, busy timeout, short transactions, so several runs can write at once);
+PostgreSQL (``postgresql+psycopg://user@host/db``) for a store shared by a team. The schema is
+managed by Alembic (``workbench/migrations``): opening a store upgrades it to the newest revision. Runs are keyed by their deterministic ``run_id`` and linked to the
 experiments that include them, so two experiments sharing a grid point share its stored results.
 Per-question rows are upserted, which makes an interrupted run resumable: a row that is present
 and has no error is done. Readers return pandas DataFrames.
@@ -9,9 +10,10 @@ and has no error is done. Readers return pandas DataFrames.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-import time
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import pandas as pd
 from sqlalchemy import (JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete,
                         event, select, update)
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import StoreError
 
@@ -120,36 +122,12 @@ class Store:
             if url.startswith("sqlite"):
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             self._create_tables()
-        except (SQLAlchemyError, OSError, ModuleNotFoundError) as exc:
+        except (SQLAlchemyError, OSError, ModuleNotFoundError, TimeoutError) as exc:
             raise StoreError(f"results store {redact_url(url)!r} cannot be opened: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
     def _create_tables(self) -> None:
-        # Two processes opening a new store at once both see no tables and both CREATE: the loser
-        # gets "already exists". Checking again then finds the winner's tables.
-        for attempt in range(5):
-            try:
-                metadata.create_all(self.engine)
-                self._add_missing_columns()
-                return
-            except OperationalError as exc:
-                if "already exists" not in str(exc) or attempt == 4:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-
-    def _add_missing_columns(self) -> None:
-        """Additive schema upgrade: columns added since a store was created are added to it
-        (nullable, so old rows read as "not measured"). Anything beyond adding columns would need
-        a real migration tool (Alembic); so far the schema has only grown."""
-        from sqlalchemy import inspect
-
-        insp = inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in metadata.sorted_tables:
-                have = {c["name"] for c in insp.get_columns(table.name)}
-                for col in table.columns:
-                    if col.name not in have:
-                        kind = col.type.compile(dialect=self.engine.dialect)
-                        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}')
+        """Bring the store's schema to the newest migration (creating it in an empty database)."""
+        upgrade(self.engine)
 
     # -- writers ---------------------------------------------------------------------------------
     def save_experiment(self, name: str, spec: dict, spec_hash: str, path: str, run_ids: Sequence[str]) -> None:
@@ -320,6 +298,85 @@ class Store:
             hi = agg.pivot(index="run_id", columns="metric", values="ci_high").add_suffix("_ci_high")
             board = board.merge(wide.join(lo).join(hi), left_on="run_id", right_index=True, how="left")
         return board.reset_index(drop=True)
+
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_HEADS: list[str] = []  # the migrations' head revision(s), read once per process
+_HEADS_LOCK = threading.Lock()
+_PG_LOCK_KEY = 7_301_964_512  # pg_advisory_lock key: one migrator at a time per database
+
+
+def alembic_config(connection=None):
+    """An Alembic config for the migrations shipped in ``workbench/migrations``."""
+    from alembic.config import Config
+
+    cfg = Config(str(MIGRATIONS / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revisions() -> list[str]:
+    with _HEADS_LOCK:
+        if not _HEADS:
+            from alembic.script import ScriptDirectory
+
+            _HEADS.extend(sorted(ScriptDirectory.from_config(alembic_config()).get_heads()))
+        return list(_HEADS)
+
+
+def current_revisions(conn) -> list[str]:
+    from alembic.runtime.migration import MigrationContext
+
+    return sorted(MigrationContext.configure(conn).get_current_heads())
+
+
+def upgrade(engine: Engine) -> None:
+    """``alembic upgrade head`` on the store, serialised between processes.
+
+    A store made before migrations existed has tables but no ``alembic_version``: the baseline
+    revision creates what it lacks and the store is then recorded at the baseline. Concurrent
+    openers of a new store wait for each other (a file lock next to a SQLite file, an advisory
+    lock on PostgreSQL), so exactly one of them migrates.
+    """
+    from alembic import command
+
+    with engine.connect() as conn:
+        if current_revisions(conn) == head_revisions():  # the common case: nothing to do, no lock
+            return
+    lock = contextlib.nullcontext()
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        from filelock import FileLock
+
+        lock = FileLock(engine.url.database + ".migrate.lock", timeout=300)
+    with lock, engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_LOCK_KEY})")
+            conn.commit()
+        try:
+            if current_revisions(conn) != head_revisions():
+                command.upgrade(alembic_config(conn), "head")
+                conn.commit()
+        finally:
+            if engine.dialect.name == "postgresql":
+                conn.rollback()
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_LOCK_KEY})")
+                conn.commit()
+
+
+def without_password(url: str) -> tuple[str, str | None]:
+    """(the URL without its password, the password or None)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url, None
+    if parsed.password is None:
+        return url, None
+    # URL is a named tuple; URL.set() ignores None, so the password is cleared with _replace
+    return parsed._replace(password=None).render_as_string(hide_password=False), str(parsed.password)
 
 
 def redact_url(url: str) -> str:

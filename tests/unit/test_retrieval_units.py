@@ -53,3 +53,19 @@ def test_cached_embedder_embeds_each_text_once(tmp_path):
         assert emb.hits == 1 and emb.misses == 4
         emb.embed_queries(["b"])  # queries are cached apart from passages (e5 embeds them differently)
         assert inner.seen[-1] == "b"
+
+
+def test_dense_scores_are_float32_distances():
+    """A Chroma server's JSON distance (shortest text of the float32) and the embedded client's exact
+    float32 give the same stored score."""
+    import math
+
+    import numpy as np
+
+    from workbench.retrieval import float32_score
+
+    d32 = np.float32(0.26965666)
+    exact = math.exp(-float(d32))  # embedded: the float32 widened
+    via_json = math.exp(-float(str(d32)))  # server: the float32's shortest text ("0.26965666"), parsed as a double
+    assert exact != via_json
+    assert float32_score(exact) == float32_score(via_json) == exact

@@ -1,4 +1,5 @@
-"""The results store on a temporary SQLite file: writers, readers, resumability and error messages."""
+"""The results store on a temporary SQLite file and on a real PostgreSQL server (started on loopback
+by tests/servers.py): writers, readers, resumability and error messages."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ AXES = {"chunking": "sentence 128/16", "embedding": "-", "retrieval": "bm25@5", 
 DENSE_AXES = {**AXES, "embedding": "all-MiniLM-L6-v2", "retrieval": "dense@5"}
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path: Path) -> Store:
+    if request.param == "postgresql":
+        return Store(request.getfixturevalue("postgres_url"))
     return Store(f"sqlite:///{tmp_path / 'results' / 'wb.sqlite'}")
 
 
@@ -31,7 +34,8 @@ def fill(store: Store) -> None:
     store.start_run("aab222", {"retrieval": {"method": "dense"}}, DENSE_AXES, {"dataset": "h1"}, 2)
 
 
-def test_sqlite_store_is_created_in_wal_mode(tmp_path: Path, store: Store):
+def test_sqlite_store_is_created_in_wal_mode(tmp_path: Path):
+    store = Store(f"sqlite:///{tmp_path / 'results' / 'wb.sqlite'}")
     assert (tmp_path / "results" / "wb.sqlite").is_file()
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -149,3 +153,20 @@ def test_closed_postgres_port_is_a_store_error():
         Store("postgresql+psycopg://user:secretpw@127.0.0.1:9/db")
     message = str(info.value)
     assert "OperationalError" in message and "secretpw" not in message and "\n" not in message
+
+
+def test_password_is_split_off_a_url():
+    from workbench.store import without_password
+
+    assert without_password("postgresql+psycopg://u:pw@h:5432/db") == ("postgresql+psycopg://u@h:5432/db", "pw")
+    assert without_password("sqlite:////tmp/x.sqlite") == ("sqlite:////tmp/x.sqlite", None)
+
+
+def test_notebooks_get_the_url_without_its_password(monkeypatch):
+    import os
+
+    from workbench.report import notebook_store_url
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    assert notebook_store_url("postgresql+psycopg://u:s3cret@h/db") == "postgresql+psycopg://u@h/db"
+    assert os.environ["PGPASSWORD"] == "s3cret"  # libpq (and the notebook kernel) read it from there
