@@ -27,6 +27,7 @@ import yaml
 from .config import LOCAL_LLMS, GenerationSpec
 from .errors import ConfigError, ProviderError, did_you_mean
 from .hashing import canonical_json, sha256_text
+from .yamlfile import read_yaml
 
 PROMPT_KEYS = {"mode", "description", "system", "user", "template", "stop"}
 PLACEHOLDERS = frozenset({"context", "question"})
@@ -87,16 +88,7 @@ def load_prompt(path: str | os.PathLike, placeholders: frozenset[str] = PLACEHOL
     ``placeholders`` are the names the prompt must use (``JUDGE_PLACEHOLDERS`` for judge prompts).
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise ConfigError(f"{path}: prompt file not found") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: prompt file is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}{':' + str(mark.line + 1) if mark else ''}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    raw, data = read_yaml(path, "prompt file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with mode and templates")
     for key in data:

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import phonenumbers
-import yaml
 from stdnum import iban as std_iban
 from stdnum import luhn
 from stdnum.us import ssn as std_ssn
 
 from .errors import ConfigError, did_you_mean
+from .yamlfile import read_yaml
 
 ATTACK_KINDS = ("indirect", "direct")
 ATTACK_KEYS = {"id", "kind", "goal", "text", "success"}
@@ -60,16 +60,7 @@ class AttackSuite:
 def load_attack_suite(path: str | Path) -> AttackSuite:
     """Read and validate an attack suite; every problem is a one-line ConfigError naming the file."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise ConfigError(f"{path}: attack suite not found") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: attack suite is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}{':' + str(mark.line + 1) if mark else ''}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    raw, data = read_yaml(path, "attack suite")
     if not isinstance(data, dict) or not isinstance(data.get("attacks"), list) or not data["attacks"]:
         raise ConfigError(f"{path}: expected a mapping with name, version and a non-empty list 'attacks'")
     version = data.get("version")
