@@ -15,13 +15,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
+from tests.htmltags import start_tags
 from tests.notebooks.fixture_store import XSS_DOC, XSS_QUESTION, FixtureStore, build_fixture_store
 from workbench.errors import NotebookError
 from workbench.notebooks import (NOTEBOOKS, SORT_SCRIPT, execute_notebook, notebook_path, recorded, render_html,
@@ -47,23 +47,12 @@ def _copy_store(fx: FixtureStore, dest: Path) -> str:
     return f"sqlite:///{dest}"
 
 
-class _Tags(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags: list[tuple[str, list]] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, attrs))
-
-
 def assert_inert_page(page: str) -> None:
     """Parsed as a browser would: one inline script (the sorter), images only as data: PNGs, no on* handler."""
-    parser = _Tags()
-    parser.feed(page)
-    parser.close()
-    scripts = [a for t, a in parser.tags if t == "script"]
+    tags = start_tags(page)
+    scripts = [a for t, a in tags if t == "script"]
     assert scripts == [[]]
-    for tag, attrs in parser.tags:
+    for tag, attrs in tags:
         assert tag not in ("svg", "iframe", "object", "embed"), tag
         assert not any(name.lower().startswith("on") for name, _ in attrs), (tag, attrs)
         if tag == "img":
@@ -75,10 +64,8 @@ def assert_offline_page(page: str) -> None:
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I), "external script"
     assert not re.search(r"<link\b", page, re.I), "linked resource"
     assert not re.search(r"url\(\s*['\"]?(https?:)?//", page, re.I) and "@import" not in page
-    parser = _Tags()
-    parser.feed(page)
-    parser.close()
-    for tag, attrs in parser.tags:
+    tags = start_tags(page)
+    for tag, attrs in tags:
         for name, value in attrs:
             if name in ("src", "href", "action", "poster", "data", "srcset", "background", "formaction"):
                 assert not re.match(r"\s*(https?:)?//", value or "", re.I), f"<{tag} {name}={value[:60]}>"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import html
 import re
-from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
+
+from tests.htmltags import start_tags
 
 from workbench import reportdata as rd
 from workbench import reporthtml as rh
@@ -168,21 +169,10 @@ def test_run_labels_use_the_axes_that_differ():
 
 # -- escaping ------------------------------------------------------------------------------------
 
-class _Tags(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags: list[tuple[str, list]] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, attrs))
-
-
 def _assert_inert(fragment: str) -> None:
     """Parsed as a browser would: no script/svg/iframe element, no image but our data: PNGs, no on* attribute."""
-    parser = _Tags()
-    parser.feed(fragment)
-    parser.close()
-    for tag, attrs in parser.tags:
+    tags = start_tags(fragment)
+    for tag, attrs in tags:
         assert tag not in ("script", "svg", "iframe"), (tag, attrs)
         if tag == "img":
             assert dict(attrs)["src"].startswith("data:image/png;base64,"), attrs
