@@ -22,7 +22,7 @@ from pydantic import PrivateAttr
 from llama_index.core.schema import QueryBundle, TextNode
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
-from .chunking import Chunk
+from .chunking import ChunkSet
 from .config import RetrievalSpec
 from .corpus import Query
 from .hashing import hash_obj, sha256_text
@@ -80,7 +80,7 @@ def float32_score(score: float) -> float:
 class Retriever:
     """All retrieval methods over one chunk set (and, for dense/hybrid, one Chroma collection)."""
 
-    def __init__(self, chunks: list[Chunk], chunk_set_key: str, cache: diskcache.Cache,
+    def __init__(self, chunks: ChunkSet, chunk_set_key: str, cache: diskcache.Cache,
                  collection=None, collection_name: str | None = None, embedder: Callable | None = None):
         self.chunks = chunks
         self.chunk_set_key = chunk_set_key
@@ -162,7 +162,7 @@ class Retriever:
         """Retrieve as if the withheld documents were not in the corpus: search deep enough that
         ``top_k`` hits remain after dropping every chunk of theirs."""
         hidden = set(query.withheld)
-        extra = self.chunks.count_in_docs(hidden) if hasattr(self.chunks, "count_in_docs") else sum(c.doc_id in hidden for c in self.chunks)
+        extra = self.chunks.count_in_docs(hidden)
         depth = spec.top_k + extra
         deeper = spec.model_copy(update={"top_k": depth, **({"candidates": max(spec.candidates or 0, depth, 4 * spec.top_k, 20)} if spec.method == "hybrid" else {})})
         full = self.retrieve(deeper, Query(query.query_id, query.text))
