@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,8 +105,19 @@ def now() -> str:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=60000")
+    # WAL is a property of the file, set once. Switching a new file to WAL fails at once with
+    # "database is locked" (SQLite's busy handler does not cover it) while another connection is
+    # switching it too -- several processes opening a new store -- so the switch is retried.
+    for attempt in range(100):
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
