@@ -48,7 +48,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab workbench/notebooks/
 
 clean:
 	rm -rf results reports .pytest_cache

@@ -348,11 +348,11 @@ def measure_embedding(dataset: Path, work: Path, chunking: tuple[int, int], repe
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from workbench import index as index_mod
-    from workbench.chunking import chunk_documents
-    from workbench.config import ChunkingSpec
-    from workbench.corpus import load_dataset
-    from workbench.embedding import CachedEmbedder, MiniLMEmbedder
+    from workbench.stages import index as index_mod
+    from workbench.stages.chunking import chunk_documents
+    from workbench.config.experiment import ChunkingSpec
+    from workbench.data.corpus import load_dataset
+    from workbench.stages.embedding import CachedEmbedder, MiniLMEmbedder
 
     threads = len(os.sched_getaffinity(0))
     batch = 32
@@ -410,10 +410,10 @@ def measure_generation(dataset: Path, work: Path, n_questions: int, repeats: int
     ``openai`` client, is recorded for context (not a target)."""
     from llama_cpp import Llama
 
-    from workbench.config import GenerationSpec
-    from workbench.corpus import load_dataset
-    from workbench.generation import ContextChunk, generate, load_prompt, make_client, render
-    from workbench.llm_server import LocalLLMServer, local_model_path
+    from workbench.config.experiment import GenerationSpec
+    from workbench.data.corpus import load_dataset
+    from workbench.stages.generation import ContextChunk, generate, load_prompt, make_client, render
+    from workbench.providers.llm_server import LocalLLMServer, local_model_path
 
     from llama_cpp.server.types import repeat_penalty_field
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from .config import Experiment, ExperimentSpec, load_experiment
+from .config.experiment import Experiment, ExperimentSpec, load_experiment
 from .errors import ConfigError, did_you_mean
-from .leaderboard import AXES, headline_columns, sort_board
-from .runner import Plan, Workspace, plan_experiment, run_experiment
+from .report.leaderboard import AXES, headline_columns, sort_board
+from .pipeline.runner import Plan, Workspace, plan_experiment, run_experiment
 from .store import Store
 
 

@@ -29,7 +29,7 @@ def _fail(exc: WorkbenchError) -> None:
 
 
 def _print_board(board, title: str) -> None:
-    from .leaderboard import AXES, fmt_with_ci, headline_columns, sort_board
+    from .report.leaderboard import AXES, fmt_with_ci, headline_columns, sort_board
 
     board = sort_board(board)
     table = Table(title=title)
@@ -113,7 +113,7 @@ def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: in
 
     from filelock import FileLock, Timeout
 
-    from .config import load_experiment, safe_name
+    from .config.experiment import load_experiment, safe_name
 
     try:
         # The lock comes first (the file's name is all it needs): a refused run exits in a second,
@@ -143,8 +143,8 @@ def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: in
 
 def _run_planned(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: int, axis, gate: bool) -> int:
     from .bakeoff import plan as plan_bakeoff
-    from .executors import check_executor
-    from .runner import Workspace
+    from .pipeline.executors import check_executor
+    from .pipeline.runner import Workspace
     from .store import Store
 
     ws = Workspace.from_env(store, cache_dir)
@@ -156,7 +156,7 @@ def _run_planned(experiment: Path, store, cache_dir, rerun: str, report: bool, l
 
 
 def _run_locked(plan, experiment: Path, ws, limit: int, axes, rerun: str, report: bool, gate: bool, name: str) -> int:
-    from .report import new_report_dir, render_report, run_bakeoff, write_index
+    from .report.artifacts import new_report_dir, render_report, run_bakeoff, write_index
     from .store import Store
 
     infra = f", executor {ws.executor}" + (f" at {ws.ray_address}" if ws.executor == "ray" else "")
@@ -220,7 +220,7 @@ def _output_to(path: Path | None, argv: list[str]):
 
 def _print_failures(st, board) -> None:
     """One line per run that failed questions or stopped early: '3 of 200 questions failed: timeout'."""
-    from .reportdata import failure_reasons, failure_text
+    from .report.data import failure_reasons, failure_text
 
     for _, r in board.iterrows():
         if not r["n_failed"] and r["status"] == "complete":
@@ -247,7 +247,7 @@ def results(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (one object per run)")] = False,
 ) -> None:
     """Print an experiment's leaderboard: one row per run with its axes and every aggregate metric."""
-    from .runner import Workspace
+    from .pipeline.runner import Workspace
     from .store import Store, to_json_records
 
     try:
@@ -263,7 +263,7 @@ def results(
 @app.command(name="ls")
 def list_(store: StoreOpt = None) -> None:
     """List stored experiments and their runs."""
-    from .runner import Workspace
+    from .pipeline.runner import Workspace
     from .store import Store
 
     try:
@@ -290,7 +290,7 @@ def report(
     """(Re)render an experiment's HTML report from the store (no recomputation) into reports/<experiment>/<timestamp>/."""
     import os
 
-    from .report import render_report
+    from .report.artifacts import render_report
     from .store import DEFAULT_URL
 
     try:
@@ -325,7 +325,7 @@ app.add_typer(questions_app, name="questions")
 
 def _parse_llm(value: str):
     """``local:smollm2-135m``, ``openai:gpt-4o-mini``, ``openai_compatible:NAME`` -> (provider, model)."""
-    from .config import GENERATION_PROVIDERS
+    from .config.experiment import GENERATION_PROVIDERS
     from .errors import ConfigError, unknown_name
 
     provider, sep, model = value.partition(":")
@@ -356,11 +356,11 @@ def questions_generate(
     """Write a versioned evaluation set (questions, answers, gold spans) from a folder of documents."""
     import contextlib
 
-    from .config import GenerationSpec
-    from .evalset import counts, write_evalset
+    from .config.experiment import GenerationSpec
+    from .data.evalset import counts, write_evalset
     from .errors import ConfigError, DatasetError
-    from .generation import make_client
-    from .ingest import ingest_folder
+    from .stages.generation import make_client
+    from .data.ingest import ingest_folder
     from .questions import QuestionLLM, build_manifest, generate_questions, prompt_hash
 
     try:
@@ -382,7 +382,7 @@ def questions_generate(
         with contextlib.ExitStack() as stack:
             base = None
             if provider == "local":
-                from .llm_server import LocalLLMServer
+                from .providers.llm_server import LocalLLMServer
 
                 base = stack.enter_context(LocalLLMServer(model, n_threads=threads or None)).base_url
             qllm = QuestionLLM(make_client(spec, base), model, provider=provider, max_tokens=max_tokens,
@@ -396,7 +396,7 @@ def questions_generate(
                      "unanswerable_fraction": unanswerable, "llm_calls": qllm.calls}
         if provider == "local":
             from .hashing import file_sha256
-            from .llm_server import local_model_path
+            from .providers.llm_server import local_model_path
 
             generator["model_file_sha256"] = file_sha256(local_model_path(model))
         manifest = build_manifest(output.name, docs_folder, output, ingestion, generator, result)
@@ -418,7 +418,7 @@ def questions_review(
 ) -> None:
     """Export questions to a CSV (decision column: accept, edit, reject), or import the decisions back."""
     from .errors import ConfigError
-    from .evalset import export_review, import_review
+    from .data.evalset import export_review, import_review
 
     try:
         if (export is None) == (import_ is None):
@@ -446,8 +446,8 @@ def compare(
 ) -> None:
     """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value, flipped questions."""
     from .compare import compare_runs, flipped_questions
-    from .leaderboard import primary_metric
-    from .runner import Workspace
+    from .report.leaderboard import primary_metric
+    from .pipeline.runner import Workspace
     from .store import Store, to_json_records
 
     try:
@@ -485,7 +485,7 @@ def export(
 ) -> None:
     """Export a run: TREC run file (qid Q0 docid rank score tag) or per-question rows (jsonl/csv)."""
     from .compare import export_run
-    from .runner import Workspace
+    from .pipeline.runner import Workspace
     from .store import Store
 
     try:
@@ -504,8 +504,8 @@ def gate(
     store: StoreOpt = None,
 ) -> None:
     """Check an experiment's stored runs against its gates; exit 1 if any gate fails."""
-    from .config import load_experiment
-    from .runner import Workspace
+    from .config.experiment import load_experiment
+    from .pipeline.runner import Workspace
     from .store import Store
 
     try:

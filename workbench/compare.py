@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ExperimentSpec
+from .config.experiment import ExperimentSpec
 from .errors import StoreError, WorkbenchError
 from .evaluation.retrieval import ranked_docs
 from .evaluation.stats import holm, paired_difference
-from .leaderboard import LOWER_IS_BETTER, primary_metric
-from .retrieval import Hit, doc_scores
+from .report.leaderboard import LOWER_IS_BETTER, primary_metric
+from .stages.retrieval import Hit, doc_scores
 from .store import Store
 
 ROW_COLUMNS = {"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer", "error",

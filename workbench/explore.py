@@ -20,10 +20,10 @@ import yaml
 
 from .errors import StoreError, WorkbenchError
 from .hashing import sha256_text
-from .leaderboard import primary_metric, sort_board
+from .report.leaderboard import primary_metric, sort_board
 from .notebooks import resolve_cache_dir, resolve_experiment
-from .reportdata import enrich_board, label, lower_is_better, question_rows, question_values, wins_losses
-from .reporthtml import esc, question_detail_html
+from .report.data import enrich_board, label, lower_is_better, question_rows, question_values, wins_losses
+from .report.html import esc, question_detail_html
 from .store import Store
 
 OUTCOME_MARKS = {"win": "▲", "loss": "▼", "tie": "=", "failed": "✗", "n/a": "·", "": "·"}
@@ -45,8 +45,8 @@ class LiveQuery:
     def _prepare(self, run_id: str, experiment: str):
         """Re-plan the stored experiment (dataset, chunking tokenizer, prompts as they were) and pick
         the run: same chunks and index as when it was stored, reused from the stage cache."""
-        from .config import RunConfig, parse_experiment
-        from .runner import Workspace, _Stages, plan_experiment
+        from .config.experiment import RunConfig, parse_experiment
+        from .pipeline.runner import Workspace, _Stages, plan_experiment
 
         if run_id in self._prepared:
             return self._prepared[run_id]
@@ -73,7 +73,7 @@ class LiveQuery:
 
     def ask(self, run_id: str, experiment: str, text: str) -> dict:
         """A stored-row-shaped dict (question, hits, answer, error, latency) for ``text``."""
-        from .corpus import Query
+        from .data.corpus import Query
 
         plan, stages, planned = self._prepare(run_id, experiment)
         cfg = planned.config
@@ -91,7 +91,7 @@ class LiveQuery:
         row = {"query_id": query.query_id, "question": text, "gold_answers": [], "relevant": {}, "hits": hits, "answer": None,
                "error": None, "retrieval_latency_s": retrieval_s, "generation_latency_s": None, "same_inputs": planned.run_id == run_id}
         if cfg.generation:
-            from .generation import ContextChunk, generate, load_prompt
+            from .stages.generation import ContextChunk, generate, load_prompt
 
             prompt = load_prompt(plan.experiment.prompt_paths[cfg.generation.prompt])
             context = [ContextChunk(h["rank"], h["doc_id"], plan.dataset.docs[h["doc_id"]].title, h["text"]) for h in hits]

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from .errors import NotebookError, did_you_mean
 
 NOTEBOOKS = ("bakeoff", "report", "explore")
-TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
+TEMPLATE = Path(__file__).parent / "report" / "templates" / "report.html.j2"
 # A custom MIME type for machine-readable results a notebook records (read back by the CLI).
 SUMMARY_MIME = "application/vnd.workbench.summary+json"
 KERNEL_NAME = "python3"
@@ -58,7 +58,7 @@ SORT_SCRIPT = """document.querySelectorAll('table.sortable').forEach(function (t
 def notebooks_dir() -> Path:
     """The folder with the source notebooks: ``$WORKBENCH_NOTEBOOKS``, else ``notebooks/`` of the checkout."""
     env = os.environ.get("WORKBENCH_NOTEBOOKS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "notebooks"
+    return Path(env) if env else Path(__file__).resolve().parent / "notebooks"
 
 
 def notebook_path(name: str) -> Path:

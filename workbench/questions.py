@@ -46,9 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import Document, Span
+from .data.corpus import Document, Span
 from .errors import ProviderError, WorkbenchError
-from .evalset import FORMAT, EvalQuestion, find_answer
+from .data.evalset import FORMAT, EvalQuestion, find_answer
 from .evaluation.answers import contains_gold, normalize_answer, token_f1
 from .hashing import hash_obj
 
@@ -279,9 +279,9 @@ class QuestionLLM:
 
 def passages(docs: dict[str, Document], chunk_tokens: int = 96) -> list[Span]:
     """Sentence-split pieces of every document (LlamaIndex SentenceSplitter), with exact offsets."""
-    from .chunking import chunk_documents
-    from .config import ChunkingSpec
-    from .embedding import default_tokenizer
+    from .stages.chunking import chunk_documents
+    from .config.experiment import ChunkingSpec
+    from .stages.embedding import default_tokenizer
 
     spec = ChunkingSpec(splitter="sentence", chunk_size=chunk_tokens, chunk_overlap=0)
     return [Span(c.doc_id, c.start_char, c.end_char) for c in chunk_documents(docs.values(), spec, default_tokenizer())

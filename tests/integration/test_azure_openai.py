@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.conftest import write_xquad_slice
-from workbench.llm_server import LocalLLMServer
+from workbench.providers.llm_server import LocalLLMServer
 
 pytestmark = pytest.mark.integration
 
@@ -110,8 +110,8 @@ def upstreams(tmp_path_factory):
 
 
 def test_azure_openai_embeddings_and_generation(tmp_path, workspace_env, upstreams, monkeypatch):
-    from workbench.config import load_experiment
-    from workbench.runner import plan_experiment, run_experiment
+    from workbench.config.experiment import load_experiment
+    from workbench.pipeline.runner import plan_experiment, run_experiment
     from workbench.store import Store
 
     proxy = AzureProxy(upstreams)
@@ -172,7 +172,7 @@ grid:
 
 
 def test_azure_settings_are_validated(tmp_path, xquad_slice):
-    from workbench.config import load_experiment
+    from workbench.config.experiment import load_experiment
     from workbench.errors import ConfigError
 
     def load(emb: str):
@@ -192,9 +192,9 @@ def test_azure_settings_are_validated(tmp_path, xquad_slice):
 
 
 def test_azure_key_comes_from_its_env_var(tmp_path, xquad_slice, workspace_env, monkeypatch):
-    from workbench.config import load_experiment
+    from workbench.config.experiment import load_experiment
     from workbench.errors import ProviderError
-    from workbench.runner import plan_experiment
+    from workbench.pipeline.runner import plan_experiment
 
     monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
     exp = tmp_path / "e.yaml"
@@ -207,8 +207,8 @@ def test_azure_key_comes_from_its_env_var(tmp_path, xquad_slice, workspace_env, 
 
 def test_existing_run_ids_do_not_change(tmp_path, xquad_slice, workspace_env):
     """Adding the Azure fields to the specs must not change the id of any existing run."""
-    from workbench.config import load_experiment
-    from workbench.runner import _identity_config, plan_experiment
+    from workbench.config.experiment import load_experiment
+    from workbench.pipeline.runner import _identity_config, plan_experiment
 
     exp = tmp_path / "e.yaml"
     exp.write_text(f"name: e\ndataset: {xquad_slice}\ngrid:\n  chunking: [{{splitter: none}}]\n  embedding:\n"

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_small_real_grid_with_local_llm(tmp_path, workspace_env):
-    from workbench.config import load_experiment
-    from workbench.runner import plan_experiment, run_experiment
+    from workbench.config.experiment import load_experiment
+    from workbench.pipeline.runner import plan_experiment, run_experiment
     from workbench.store import Store
 
     dataset = write_xquad_slice(tmp_path / "data", n_docs=15)
@@ -59,9 +59,9 @@ judge: {{provider: local, model: smollm2-135m, prompt: {_prompt("judge_faithfuln
 
 
 def test_generation_is_deterministic_at_temperature_zero():
-    from workbench.config import GenerationSpec
-    from workbench.generation import ContextChunk, generate, load_prompt, make_client
-    from workbench.llm_server import LocalLLMServer
+    from workbench.config.experiment import GenerationSpec
+    from workbench.stages.generation import ContextChunk, generate, load_prompt, make_client
+    from workbench.providers.llm_server import LocalLLMServer
 
     spec = GenerationSpec(provider="local", model="smollm2-135m", prompt=_prompt(), max_tokens=24)
     prompt = load_prompt(_prompt())

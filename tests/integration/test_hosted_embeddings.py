@@ -12,8 +12,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_openai_compatible_embeddings_match_the_local_model(tmp_path, workspace_env, e5_server, monkeypatch):
-    from workbench.config import load_experiment
-    from workbench.runner import plan_experiment, run_experiment
+    from workbench.config.experiment import load_experiment
+    from workbench.pipeline.runner import plan_experiment, run_experiment
     from workbench.store import Store
 
     monkeypatch.setenv("E5_KEY", "not-a-real-key")

@@ -16,10 +16,10 @@ import httpx
 import openai
 import pytest
 
-from workbench.config import GenerationSpec
+from workbench.config.experiment import GenerationSpec
 from workbench.errors import ProviderError
-from workbench.generation import ContextChunk, generate, load_prompt, make_client, render
-from workbench.llm_server import LocalLLMServer, local_model_path
+from workbench.stages.generation import ContextChunk, generate, load_prompt, make_client, render
+from workbench.providers.llm_server import LocalLLMServer, local_model_path
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ PROMPT = Path(__file__).resolve().parents[2] / "experiments" / "prompts" / "grou
 
 @pytest.fixture(scope="module")
 def llm_server(tmp_path_factory):
-    from workbench.llm_server import LocalLLMServer
+    from workbench.providers.llm_server import LocalLLMServer
 
     with LocalLLMServer("smollm2-135m", n_threads=1, log_dir=tmp_path_factory.mktemp("llm-logs")) as server:
         yield server
@@ -48,8 +48,8 @@ grid:
 
 
 def _run(exp: Path, ws):
-    from workbench.config import load_experiment
-    from workbench.runner import plan_experiment, run_experiment
+    from workbench.config.experiment import load_experiment
+    from workbench.pipeline.runner import plan_experiment, run_experiment
 
     return run_experiment(plan_experiment(load_experiment(exp), ws), ws, log=lambda m: None)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from workbench.corpus import Span
-from workbench.evalset import find_answer, read_manifest
-from workbench.ingest import ingest_folder
-from workbench.llm_server import LocalLLMServer
+from workbench.data.corpus import Span
+from workbench.data.evalset import find_answer, read_manifest
+from workbench.data.ingest import ingest_folder
+from workbench.providers.llm_server import LocalLLMServer
 from workbench.questions import Candidate, QuestionFilter, QuestionLLM
 
 pytestmark = pytest.mark.integration
@@ -86,8 +86,8 @@ def test_generate_review_and_run_a_chunker_bakeoff(tmp_path: Path, workspace_env
     assert imported.returncode == 0, imported.stderr
     assert read_manifest(evalset)["revision"] == 2
 
-    from workbench.config import parse_experiment
-    from workbench.runner import plan_experiment, run_experiment
+    from workbench.config.experiment import parse_experiment
+    from workbench.pipeline.runner import plan_experiment, run_experiment
     from workbench.store import Store
 
     exp = parse_experiment(f"""
@@ -116,8 +116,8 @@ grid:
         assert "chunk_ndcg_at_10" in board.columns and "ndcg_at_10" in board.columns
 
     # the report says which metrics are chunk level and which document level, and names the failed file
-    from workbench import reporthtml
-    from workbench.reportdata import load_report
+    from workbench.report import html as reporthtml
+    from workbench.report.data import load_report
 
     data = load_report(workspace_env.store_url, "own_docs_test")
     board_html = reporthtml.leaderboard_html(data)

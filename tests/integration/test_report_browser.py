@@ -88,7 +88,7 @@ class DevTools:
 
 @pytest.fixture(scope="module")
 def report_html(tmp_path_factory) -> Path:
-    from workbench.report import render_report
+    from workbench.report.artifacts import render_report
 
     fx = build_fixture_store(tmp_path_factory.getbasetemp() / "nb-fixture")
     return render_report(fx.experiment, fx.store_url, tmp_path_factory.mktemp("browser-reports"))

@@ -65,8 +65,8 @@ def rerank_api():
 
 def test_rerank_axis_and_gain(tmp_path, workspace_env, rerank_api, monkeypatch):
     from workbench.compare import reranker_gain
-    from workbench.config import load_experiment
-    from workbench.runner import plan_experiment, run_experiment
+    from workbench.config.experiment import load_experiment
+    from workbench.pipeline.runner import plan_experiment, run_experiment
     from workbench.store import Store
 
     monkeypatch.setenv("RERANK_KEY", "test-key")
@@ -122,8 +122,8 @@ grid:
 def test_llm_rerank_through_the_local_server(tmp_path, workspace_env):
     """LlamaIndex LLMRerank over the OpenAI-compatible path with SmolLM2: either a real reordering
     or, when the tiny model answers off-format, a counted fallback to the first-stage order."""
-    from workbench.config import load_experiment
-    from workbench.runner import plan_experiment, run_experiment
+    from workbench.config.experiment import load_experiment
+    from workbench.pipeline.runner import plan_experiment, run_experiment
     from workbench.store import Store
 
     dataset = write_xquad_slice(tmp_path / "data", n_docs=10, n_queries=3)

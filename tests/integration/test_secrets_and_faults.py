@@ -38,7 +38,7 @@ def _all_artifact_bytes(root: Path) -> list[tuple[Path, bytes]]:
 
 
 def test_api_key_never_lands_in_artifacts(tmp_path):
-    from workbench.llm_server import LocalLLMServer
+    from workbench.providers.llm_server import LocalLLMServer
 
     dataset = write_xquad_slice(tmp_path / "data", n_docs=10)
     work = tmp_path / "work"

@@ -103,7 +103,7 @@ def test_same_experiment_on_laptop_and_team_infrastructure(tmp_path, postgres_ur
 
     # The dense index was built on the server (not in the team cache folder), by a Ray worker.
     assert not (tmp_path / "team" / "cache" / "chroma").exists()
-    from workbench import index as index_mod
+    from workbench.stages import index as index_mod
 
     names = [getattr(c, "name", c) for c in index_mod.open_chroma_server(chroma_server).list_collections()]
     assert any(n.startswith("wb-") for n in names) and not any(n.startswith(("tmp-", "lock-")) for n in names)
@@ -122,7 +122,7 @@ def test_same_experiment_on_laptop_and_team_infrastructure(tmp_path, postgres_ur
 
 
 def _chunks(n: int):
-    from workbench.chunking import Chunk
+    from workbench.stages.chunking import Chunk
 
     return [Chunk(f"d{i}#0", f"d{i}", f"passage number {i}", 0, 17, 4) for i in range(n)]
 
@@ -142,7 +142,7 @@ class _HashEmbedder:
 
 
 def test_concurrent_builders_on_a_chroma_server_build_once(tmp_path, chroma_server):
-    from workbench import index as index_mod
+    from workbench.stages import index as index_mod
 
     chunks = _chunks(40)
     name = f"wb-test-{os.getpid()}-{time.time_ns() % 10**8}"
@@ -167,7 +167,7 @@ def test_concurrent_builders_on_a_chroma_server_build_once(tmp_path, chroma_serv
 
 
 def test_a_dead_builders_lock_and_leftovers_are_cleaned_up(tmp_path, chroma_server, monkeypatch):
-    from workbench import index as index_mod
+    from workbench.stages import index as index_mod
 
     client = index_mod.open_chroma_server(chroma_server)
     name = f"wb-stale-{os.getpid()}-{time.time_ns() % 10**8}"
@@ -200,7 +200,7 @@ def test_bad_infrastructure_settings_are_one_line_errors(tmp_path, xquad_slice, 
     no_addr = _cli("run", str(exp), "--executor", "ray", env={k: v for k, v in env.items() if k != "WORKBENCH_RAY_ADDRESS"})
     assert no_addr.returncode == 2 and "needs the cluster address" in no_addr.stderr
     from workbench.errors import ConfigError
-    from workbench.index import parse_chroma_url
+    from workbench.stages.index import parse_chroma_url
 
     assert parse_chroma_url("http://10.0.0.5:8001") == ("10.0.0.5", 8001, False)
     assert parse_chroma_url("chroma.internal") == ("chroma.internal", 8000, False)
@@ -209,8 +209,8 @@ def test_bad_infrastructure_settings_are_one_line_errors(tmp_path, xquad_slice, 
 
 
 def test_index_chroma_in_the_experiment_file_and_the_override(tmp_path, xquad_slice, workspace_env):
-    from workbench.config import load_experiment
-    from workbench.runner import Workspace, plan_experiment
+    from workbench.config.experiment import load_experiment
+    from workbench.pipeline.runner import Workspace, plan_experiment
 
     text = f"name: e\ndataset: {xquad_slice}\ngrid:\n  chunking: [{{splitter: none}}]\n  retrieval: [{{method: bm25}}]\n"
     plain, infra = tmp_path / "plain.yaml", tmp_path / "infra.yaml"

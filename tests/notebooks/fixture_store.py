@@ -73,8 +73,8 @@ def build_fixture_store(root: Path) -> FixtureStore:
     fx = FixtureStore(root, dataset, root / f"{EXPERIMENT}.yaml", f"sqlite:///{root / 'wb.sqlite'}", root / "cache")
     if (root / "done").exists():
         return fx
-    from workbench.config import load_experiment
-    from workbench.runner import Workspace, plan_experiment, run_experiment
+    from workbench.config.experiment import load_experiment
+    from workbench.pipeline.runner import Workspace, plan_experiment, run_experiment
 
     write_xquad_slice(dataset, n_docs=20, n_queries=10)
     _plant_markup(dataset)

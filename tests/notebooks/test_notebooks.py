@@ -28,7 +28,7 @@ from workbench.notebooks import (NOTEBOOKS, SORT_SCRIPT, execute_notebook, noteb
                                  validate_parameters)
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOK_DIR = ROOT / "workbench" / "notebooks"
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import XQUAD
-from workbench.chunking import Chunk, Tokenizer, chunk_documents, chunk_set_key, truncation_rate
-from workbench.config import ChunkingSpec
-from workbench.corpus import Document, load_dataset
+from workbench.stages.chunking import Chunk, Tokenizer, chunk_documents, chunk_set_key, truncation_rate
+from workbench.config.experiment import ChunkingSpec
+from workbench.data.corpus import Document, load_dataset
 
 WHITESPACE = Tokenizer("whitespace", str.split, lambda text: len(text.split()), 60)
 SENTENCE = ChunkingSpec(splitter="sentence", chunk_size=60, chunk_overlap=10)
@@ -112,7 +112,7 @@ def test_chunk_set_key_tracks_config_tokenizer_and_content(docs):
 
 
 def test_chunk_set_on_disk_matches_the_list(docs, tmp_path):
-    from workbench.chunking import ChunkSet, iter_chunks
+    from workbench.stages.chunking import ChunkSet, iter_chunks
 
     spec = ChunkingSpec(splitter="sentence", chunk_size=24, chunk_overlap=4)
     expected = chunk_documents(docs, spec, WHITESPACE)
@@ -138,7 +138,7 @@ def test_chunk_set_on_disk_matches_the_list(docs, tmp_path):
 
 
 def test_chunk_set_write_is_atomic(docs, tmp_path):
-    from workbench.chunking import ChunkSet
+    from workbench.stages.chunking import ChunkSet
 
     def failing():
         yield from chunk_documents(docs[:2], WHOLE, WHITESPACE)
@@ -154,7 +154,7 @@ def test_chunk_set_streams_memory_does_not_grow_with_the_corpus(docs, tmp_path):
     peak of Python memory (a list of chunks would grow 8x)."""
     import tracemalloc
 
-    from workbench.chunking import ChunkSet, iter_chunks
+    from workbench.stages.chunking import ChunkSet, iter_chunks
 
     base = [d.text for d in docs]
 

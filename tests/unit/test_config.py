@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.config import (ChunkingSpec, EmbeddingSpec, GridSpec, RetrievalSpec, expand_grid, load_experiment,
+from workbench.config.experiment import (ChunkingSpec, EmbeddingSpec, GridSpec, RetrievalSpec, expand_grid, load_experiment,
                               parse_experiment)
 from workbench.errors import ConfigError
 

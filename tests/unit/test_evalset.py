@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from workbench.corpus import Span, load_dataset
+from workbench.data.corpus import Span, load_dataset
 from workbench.errors import DatasetError
-from workbench.evalset import FORMAT, EvalQuestion, export_review, find_answer, import_review, read_manifest, write_evalset
-from workbench.ingest import ingest_folder
+from workbench.data.evalset import FORMAT, EvalQuestion, export_review, find_answer, import_review, read_manifest, write_evalset
+from workbench.data.ingest import ingest_folder
 from workbench.questions import Candidate, QuestionFilter, difficulty, sentence_around
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "docs-sample" / "documents"
@@ -205,7 +205,7 @@ def test_questions_file_errors_name_the_line(tmp_path: Path):
 
 
 def test_unanswerable_slice_skips_questions_without_documents(tmp_path: Path):
-    from workbench.corpus import unanswerable_slice
+    from workbench.data.corpus import unanswerable_slice
 
     root = _docs_copy(tmp_path)
     _, doc = _doc(root, "founding/preamble.txt")

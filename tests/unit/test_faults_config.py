@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 
-from workbench.config import load_experiment
+from workbench.config.experiment import load_experiment
 from workbench.errors import ConfigError
-from workbench.resilience import RetryPolicy, _WaitRetryAfterOrBackoff, breaker_for, error_kind, is_transient, retry_after_s
+from workbench.providers.resilience import RetryPolicy, _WaitRetryAfterOrBackoff, breaker_for, error_kind, is_transient, retry_after_s
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = """\
@@ -100,7 +100,7 @@ def test_bad_fault_settings(exp_dir, case):
 
 
 def test_run_ids_ignore_retry_settings_and_unset_features(exp_dir, tmp_path):
-    from workbench.runner import _identity_config
+    from workbench.pipeline.runner import _identity_config
 
     plain = _load(exp_dir, BASE).runs()[0]
     tuned = _load(exp_dir, BASE + "      max_retries: 7\n      breaker_reset_s: 5\n").runs()[0]
@@ -145,7 +145,7 @@ def test_retry_after_is_honoured_and_capped():
 def test_breaker_opens_on_endpoint_faults_only():
     import pybreaker
 
-    from workbench.resilience import call
+    from workbench.providers.resilience import call
 
     policy = RetryPolicy(max_retries=0, breaker_failures=2, breaker_reset_s=60)
     endpoint = "http://unit-test/v1#client-errors"

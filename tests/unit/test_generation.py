@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench.config import GenerationSpec
+from workbench.config.experiment import GenerationSpec
 from workbench.errors import ConfigError, ProviderError
-from workbench.generation import (ContextChunk, cost_usd, format_context, load_prices, load_prompt, make_client, render,
+from workbench.stages.generation import (ContextChunk, cost_usd, format_context, load_prices, load_prompt, make_client, render,
                                   rendered_hash)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +140,7 @@ def test_prices_edge_cases(tmp_path, caplog):
     # a dated snapshot is priced as its undated model; 1M prompt tokens of gpt-4o = 2.50 USD
     assert cost_usd("gpt-4o-2024-08-06", 1_000_000, 0, prices) == pytest.approx(2.50)
     assert cost_usd("gpt-4o-mini", None, 5, prices) is None
-    with caplog.at_level("WARNING", logger="workbench.generation"):
+    with caplog.at_level("WARNING", logger="workbench.stages.generation"):
         assert cost_usd("my-hosted-llm", 10, 10, prices) is None
     assert "my-hosted-llm" in caplog.text and "prices.yaml" in caplog.text
     for text, expected in [("- a\n", "expected a mapping"),
@@ -216,7 +216,7 @@ def _client(spec):
 
 
 def test_generate_uses_streamed_usage_and_sends_sampling_settings(tmp_path):
-    from workbench.generation import generate
+    from workbench.stages.generation import generate
 
     prompt_file = tmp_path / "p.yaml"
     prompt_file.write_text("mode: chat\nuser: '{context} {question}'\nstop: [\"\\n\\n\"]\n")
@@ -237,7 +237,7 @@ def test_generate_uses_streamed_usage_and_sends_sampling_settings(tmp_path):
 
 
 def test_generate_without_stream_options_support_counts_deltas(tmp_path):
-    from workbench.generation import generate
+    from workbench.stages.generation import generate
 
     def respond(path, body):
         if "stream_options" in body:
@@ -256,7 +256,7 @@ def test_generate_without_stream_options_support_counts_deltas(tmp_path):
 
 
 def test_generate_returns_errors_without_the_key(tmp_path):
-    from workbench.generation import generate
+    from workbench.stages.generation import generate
 
     prompt = load_prompt(ROOT / "experiments" / "prompts" / "grounded_qa.yaml")
 
@@ -278,7 +278,7 @@ def test_rate_limiter_spaces_request_starts_across_threads():
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from workbench.generation import RateLimiter
+    from workbench.stages.generation import RateLimiter
 
     limiter = RateLimiter(requests_per_minute=600)  # one start every 0.1 s
     starts = []

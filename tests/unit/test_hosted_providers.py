@@ -8,15 +8,15 @@ import datetime as dt
 import openai
 import pytest
 
-from workbench.config import EmbeddingSpec, GenerationSpec
+from workbench.config.experiment import EmbeddingSpec, GenerationSpec
 from workbench.errors import ConfigError
-from workbench.generation import cost_usd, load_prices, make_client, price_for
+from workbench.stages.generation import cost_usd, load_prices, make_client, price_for
 
 
 def test_price_table_is_dated_and_sourced():
     import yaml
 
-    from workbench.generation import PRICES_PATH
+    from workbench.stages.generation import PRICES_PATH
 
     raw = yaml.safe_load(PRICES_PATH.read_text(encoding="utf-8"))
     assert isinstance(raw["updated"], dt.date) and raw["source"]
@@ -57,7 +57,7 @@ def test_each_provider_gets_its_client(monkeypatch):
 
 
 def test_azure_identity_covers_resource_and_deployment_not_api_version():
-    from workbench.embedding import embedder_fingerprint
+    from workbench.stages.embedding import embedder_fingerprint
 
     base = dict(provider="azure_openai", model="text-embedding-3-small", azure_endpoint="https://a.openai.azure.com",
                 api_version="2024-10-21", deployment="emb")

@@ -11,8 +11,8 @@ import pytest
 
 from tests.htmltags import start_tags
 
-from workbench import reportdata as rd
-from workbench import reporthtml as rh
+from workbench.report import data as rd
+from workbench.report import html as rh
 from workbench.evaluation.stats import holm, paired_difference
 
 XSS = ['<script>alert(1)</script>', '<img src=x onerror=alert(2)>', '"><svg onload=alert(3)>', "' onmouseover='alert(4)"]
@@ -259,7 +259,7 @@ def _generation_store(tmp_path):
 
 
 def test_generation_report_sections(tmp_path):
-    from workbench import charts
+    from workbench.report import charts
 
     store = _generation_store(tmp_path)
     data = rd.load_report(store.url, "gen_exp")
@@ -312,7 +312,7 @@ def test_failure_reasons_and_text():
 
 def test_reliability_section_shows_failures_budget_stops_attacks_and_pii(tmp_path):
     from workbench.evaluation.aggregate import aggregate_rows
-    from workbench.runner import _safety_aggregates
+    from workbench.pipeline.runner import _safety_aggregates
 
     store = _generation_store(tmp_path)
     # a fourth run: hardened prompt, stopped by the budget after 6 of 12 questions, 2 of them failed,

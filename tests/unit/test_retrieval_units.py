@@ -6,9 +6,9 @@ import diskcache
 import numpy as np
 import pytest
 
-from workbench.chunking import Tokenizer
-from workbench.embedding import CachedEmbedder
-from workbench.retrieval import Hit, doc_scores, reciprocal_rank_fusion
+from workbench.stages.chunking import Tokenizer
+from workbench.stages.embedding import CachedEmbedder
+from workbench.stages.retrieval import Hit, doc_scores, reciprocal_rank_fusion
 
 
 def test_rrf_scores_are_sums_of_reciprocal_ranks():
@@ -62,7 +62,7 @@ def test_dense_scores_are_float32_distances():
 
     import numpy as np
 
-    from workbench.retrieval import float32_score
+    from workbench.stages.retrieval import float32_score
 
     d32 = np.float32(0.26965666)
     exact = math.exp(-float(d32))  # embedded: the float32 widened

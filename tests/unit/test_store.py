@@ -165,7 +165,7 @@ def test_password_is_split_off_a_url():
 def test_notebooks_get_the_url_without_its_password(monkeypatch):
     import os
 
-    from workbench.report import notebook_store_url
+    from workbench.report.artifacts import notebook_store_url
 
     monkeypatch.delenv("PGPASSWORD", raising=False)
     assert notebook_store_url("postgresql+psycopg://u:s3cret@h/db") == "postgresql+psycopg://u@h/db"

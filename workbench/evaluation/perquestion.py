@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..corpus import Query
-from ..retrieval import Hit, doc_scores
+from ..data.corpus import Query
+from ..stages.retrieval import Hit, doc_scores
 from .answers import answer_support, citation_metrics, contains_gold, exact_match, is_refusal, parse_citations, token_f1
 from .retrieval import retrieval_metrics
 

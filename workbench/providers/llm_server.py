@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from .errors import ProviderError, unknown_name
+from ..errors import ProviderError, unknown_name
 
 
 def _smollm2() -> Path:

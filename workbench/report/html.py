@@ -13,12 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .evaluation.stats import paired_difference
-from .hashing import hash_obj
+from ..evaluation.stats import paired_difference
+from ..hashing import hash_obj
 from .leaderboard import AXES
-from .reportdata import (ALPHA, MEANINGS, SAFETY_METRICS, ReportData, as_float, axis_tables, esc, fmt, label, lower_is_better,
+from .data import (ALPHA, MEANINGS, SAFETY_METRICS, ReportData, as_float, axis_tables, esc, fmt, label, lower_is_better,
                          metric_values, quality_columns, question_rows, reliability_table, wins_losses)
-from .store import Store, redact_url
+from ..store import Store, redact_url
 
 # -- HTML --------------------------------------------------------------------------------------
 
@@ -376,8 +376,8 @@ def reranker_gain_html(data: ReportData, gain: pd.DataFrame | None = None) -> st
     if gain is None and not _has_reranker(data):
         return ""  # no reranked run: skip importing compare (and the retrieval stack behind it)
     if gain is None:
-        from .compare import reranker_gain
-        from .store import Store
+        from ..compare import reranker_gain
+        from ..store import Store
 
         gain = reranker_gain(Store(data.store_url), data.experiment)
     if gain is None or gain.empty:

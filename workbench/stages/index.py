@@ -32,8 +32,8 @@ from llama_index.core.schema import TextNode  # noqa: E402
 from llama_index.vector_stores.chroma import ChromaVectorStore  # noqa: E402
 
 from .chunking import Chunk  # noqa: E402
-from .errors import ConfigError  # noqa: E402
-from .hashing import hash_obj  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
+from ..hashing import hash_obj  # noqa: E402
 
 ADD_BATCH = 512  # chunks embedded and sent to Chroma per round trip
 # HNSW is approximate and, built with several threads, not reproducible: two builds of the same
@@ -70,7 +70,7 @@ def open_chroma_server(url: str) -> chromadb.ClientAPI:
         client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=ChromaSettings(anonymized_telemetry=False))
         client.heartbeat()
     except Exception as exc:  # chromadb wraps connection failures in several exception types
-        from .errors import WorkbenchError
+        from ..errors import WorkbenchError
 
         raise WorkbenchError(f"Chroma server {url}: not reachable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return client

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ProviderError
+from ..errors import ProviderError
 
 
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "azure_openai": "AZURE_OPENAI_API_KEY"}

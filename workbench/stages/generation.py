@@ -24,17 +24,17 @@ import httpx
 import openai
 import yaml
 
-from .config import LOCAL_LLMS, GenerationSpec
-from .errors import ConfigError, ProviderError, did_you_mean
-from .hashing import canonical_json, sha256_text
-from .yamlfile import read_yaml
+from ..config.experiment import LOCAL_LLMS, GenerationSpec
+from ..errors import ConfigError, ProviderError, did_you_mean
+from ..hashing import canonical_json, sha256_text
+from ..config.yamlfile import read_yaml
 
 PROMPT_KEYS = {"mode", "description", "system", "user", "template", "stop"}
 PLACEHOLDERS = frozenset({"context", "question"})
 JUDGE_PLACEHOLDERS = frozenset({"context", "question", "answer"})  # judge prompts also see the answer
 PRICE_KEYS = {"input_per_1m_usd", "output_per_1m_usd"}
 PRICE_META_KEYS = {"updated", "source"}
-PRICES_PATH = Path(__file__).with_name("prices.yaml")
+PRICES_PATH = Path(__file__).parents[1] / "providers" / "prices.yaml"
 _log = logging.getLogger(__name__)
 
 
@@ -151,14 +151,14 @@ def make_client(spec: GenerationSpec, base_url: str | None) -> openai.OpenAI:
             # Without it the client would fall back to api.openai.com.
             raise ProviderError(f"generation local:{spec.model}: needs the base_url of a running LocalLLMServer")
         return openai.OpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=spec.timeout_s)
-    from .providers import openai_client
+    from ..providers.clients import openai_client
 
     # The client's own retries are off: generate() retries under one policy (workbench/resilience.py).
     return openai_client(spec, f"generation {spec.provider}:{spec.model}", timeout=spec.timeout_s, max_retries=0)
 
 
 def retry_policy(spec: GenerationSpec):
-    from .resilience import RetryPolicy
+    from ..providers.resilience import RetryPolicy
 
     return RetryPolicy(max_retries=spec.max_retries, backoff_s=spec.retry_backoff_s, max_backoff_s=max(20.0, spec.retry_backoff_s),
                        breaker_failures=spec.breaker_failures, breaker_reset_s=spec.breaker_reset_s)
@@ -216,7 +216,7 @@ def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, questi
         common["stop"] = list(prompt.stop)
     from pybreaker import CircuitBreakerError
 
-    from . import resilience
+    from ..providers import resilience
 
     retries = []
 

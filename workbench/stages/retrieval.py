@@ -23,9 +23,9 @@ from llama_index.core.schema import QueryBundle, TextNode
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from .chunking import ChunkSet
-from .config import RetrievalSpec
-from .corpus import Query
-from .hashing import hash_obj, sha256_text
+from ..config.experiment import RetrievalSpec
+from ..data.corpus import Query
+from ..hashing import hash_obj, sha256_text
 
 
 @dataclass(frozen=True, slots=True)

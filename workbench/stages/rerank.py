@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import RerankSpec
-from .errors import ProviderError
-from .hashing import hash_obj, sha256_text
+from ..config.experiment import RerankSpec
+from ..errors import ProviderError
+from ..hashing import hash_obj, sha256_text
 from .retrieval import Hit
 
 

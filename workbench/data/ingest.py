@@ -31,8 +31,8 @@ from llama_index.core.readers.base import BaseReader
 from llama_index.core.schema import Document as LIDocument
 
 from .corpus import Document
-from .errors import DatasetError
-from .hashing import hash_obj, sha256_text
+from ..errors import DatasetError
+from ..hashing import hash_obj, sha256_text
 
 TEXT_SUFFIXES = (".md", ".markdown", ".txt")
 HTML_SUFFIXES = (".html", ".htm")

@@ -18,8 +18,8 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .reportdata import ReportData, label, lower_is_better, pareto_frontier
-from .reporthtml import esc
+from .data import ReportData, label, lower_is_better, pareto_frontier
+from .html import esc
 
 RC = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
 BLUE, GREEN, GREY = "#0b6bcb", "#127a3a", "#9aa5b1"
@@ -183,8 +183,8 @@ def reranker_gain_chart_html(data: ReportData) -> str:
     """Gain of each reranker on each metric with its 95% CI (paired over questions)."""
     if "rerank" not in data.board or not (data.board["rerank"].astype(str) != "-").any():
         return ""
-    from .compare import reranker_gain
-    from .store import Store
+    from ..compare import reranker_gain
+    from ..store import Store
 
     gain = reranker_gain(Store(data.store_url), data.experiment)
     if gain.empty:

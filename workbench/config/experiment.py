@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .errors import ConfigError, did_you_mean, unknown_name
+from ..errors import ConfigError, did_you_mean, unknown_name
 
 SPLITTERS = ("sentence", "token", "none")
 RETRIEVAL_METHODS = ("dense", "bm25", "hybrid")

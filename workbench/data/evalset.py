@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .corpus import Dataset, Query, Span
-from .errors import DatasetError
-from .hashing import file_sha256, hash_obj
+from ..errors import DatasetError
+from ..hashing import file_sha256, hash_obj
 
 FORMAT = "workbench-evalset/1"
 STATUSES = ("accepted", "rejected")
@@ -377,7 +377,7 @@ def import_review(folder: str | Path, csv_path: str | Path) -> dict:
                 raise DatasetError(f"{where}: difficulty {rec['difficulty']!r} must be one of {', '.join(DIFFICULTIES)}")
             q.difficulty = rec["difficulty"] or None
             if q.difficulty is None and not q.unanswerable and q.spans and q.spans[0].doc_id in docs:
-                from .questions import difficulty  # the same measure as for generated questions
+                from ..questions import difficulty  # the same measure as for generated questions
 
                 sp = q.spans[0]
                 q.difficulty = difficulty(q.text, docs[sp.doc_id].text[sp.start:sp.end])

@@ -19,9 +19,9 @@ from pathlib import Path
 from llama_index.core import Document as LIDocument
 from llama_index.core.node_parser import SentenceSplitter, TokenTextSplitter
 
-from .config import ChunkingSpec
-from .corpus import Document
-from .hashing import hash_obj
+from ..config.experiment import ChunkingSpec
+from ..data.corpus import Document
+from ..hashing import hash_obj
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from .config import safe_name
-from .notebooks import SUMMARY_MIME, content_security_policy, execute_notebook, recorded, render_html
-from .store import Store
+from ..config.experiment import safe_name
+from ..notebooks import SUMMARY_MIME, content_security_policy, execute_notebook, recorded, render_html
+from ..store import Store
 
 STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 SUMMARY_FILE = "summary.json"
@@ -83,7 +83,7 @@ def notebook_store_url(url: str) -> str:
     """The store URL as written into an executed notebook: SQLite paths absolute, and never a
     password. A PostgreSQL password moves to ``$PGPASSWORD`` (libpq reads it; the kernel inherits
     it), so executed notebooks and reports can be shared."""
-    from .store import without_password
+    from ..store import without_password
 
     url = _absolute_sqlite(url)
     bare, password = without_password(url)

@@ -30,8 +30,8 @@ from stdnum import iban as std_iban
 from stdnum import luhn
 from stdnum.us import ssn as std_ssn
 
-from .errors import ConfigError, did_you_mean
-from .yamlfile import read_yaml
+from ..errors import ConfigError, did_you_mean
+from ..config.yamlfile import read_yaml
 
 ATTACK_KINDS = ("indirect", "direct")
 ATTACK_KEYS = {"id", "kind", "goal", "text", "success"}

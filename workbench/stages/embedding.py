@@ -17,10 +17,10 @@ import diskcache
 import numpy as np
 
 from .chunking import Tokenizer
-from .config import EmbeddingSpec
-from .errors import ProviderError, unknown_name
-from .hashing import file_sha256, hash_obj, sha256_text, tree_sha256
-from .apikeys import api_key_for
+from ..config.experiment import EmbeddingSpec
+from ..errors import ProviderError, unknown_name
+from ..hashing import file_sha256, hash_obj, sha256_text, tree_sha256
+from ..providers.apikeys import api_key_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -137,7 +137,7 @@ class OpenAIEmbedder:
         import openai
 
         self.spec = spec
-        from .resilience import RetryPolicy
+        from ..providers.resilience import RetryPolicy
 
         # Retries are workbench/resilience.py's (backoff with jitter, Retry-After, a circuit breaker
         # per endpoint), not the client's own.
@@ -170,7 +170,7 @@ class OpenAIEmbedder:
         import openai
         from pybreaker import CircuitBreakerError
 
-        from .resilience import call
+        from ..providers.resilience import call
 
         try:
             return call(lambda: self._client.embeddings.create(model=self.spec.model, input=batch, **kwargs), self._endpoint, self._policy)
@@ -198,7 +198,7 @@ def _e5_fingerprint(memo: diskcache.Cache | None) -> str:
 
 
 def _remote_fingerprint(spec: EmbeddingSpec) -> str:
-    from .providers import identity_fields
+    from ..providers.clients import identity_fields
 
     parts = [f"{spec.provider}:{spec.model}", spec.base_url, spec.dimensions, spec.send_input_type]
     azure = identity_fields(spec)  # empty for other providers: their fingerprints are unchanged

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import WorkbenchError
+from ..errors import WorkbenchError
 
 EXECUTORS = ("local", "ray")
 CPUS_PER_TASK = 1  # default threads (and Ray CPUs) per task; $WORKBENCH_THREADS / --threads sets it
@@ -33,7 +33,7 @@ WORKER_ENV = ("ANONYMIZED_TELEMETRY", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", 
 def check_executor(executor: str, address: str | None) -> None:
     """Validate ``--executor``/``--address`` before any work (one-line errors)."""
     if executor not in EXECUTORS:
-        from .errors import ConfigError, did_you_mean
+        from ..errors import ConfigError, did_you_mean
 
         raise ConfigError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}{did_you_mean(executor, EXECUTORS)}")
     if executor == "ray":
@@ -53,7 +53,7 @@ def task_threads() -> int:
 
 def _portable(workspace):
     """The workspace as a worker must see it: absolute paths, this executor not repeated."""
-    from .report import _absolute_sqlite
+    from ..report.artifacts import _absolute_sqlite
 
     return dataclasses.replace(workspace, store_url=_absolute_sqlite(workspace.store_url), cache_dir=Path(workspace.cache_dir).resolve(),
                                threads=task_threads(), executor="local", ray_address=None)
