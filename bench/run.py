@@ -351,7 +351,7 @@ def measure_embedding(dataset: Path, work: Path, chunking: tuple[int, int], repe
     from workbench.stages import index as index_mod
     from workbench.stages.chunking import chunk_documents
     from workbench.config.experiment import ChunkingSpec
-    from workbench.data.corpus import load_dataset
+    from workbench.data.loader import load_dataset
     from workbench.stages.embedding import CachedEmbedder, MiniLMEmbedder
 
     threads = len(os.sched_getaffinity(0))
@@ -411,7 +411,7 @@ def measure_generation(dataset: Path, work: Path, n_questions: int, repeats: int
     from llama_cpp import Llama
 
     from workbench.config.experiment import GenerationSpec
-    from workbench.data.corpus import load_dataset
+    from workbench.data.loader import load_dataset
     from workbench.stages.generation import ContextChunk, generate, load_prompt, make_client, render
     from workbench.providers.llm_server import LocalLLMServer, local_model_path
 

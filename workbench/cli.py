@@ -113,7 +113,8 @@ def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: in
 
     from filelock import FileLock, Timeout
 
-    from .config.experiment import load_experiment, safe_name
+    from .config.experiment import load_experiment
+    from .settings import safe_name
 
     try:
         # The lock comes first (the file's name is all it needs): a refused run exits in a second,

@@ -20,7 +20,8 @@ from .errors import StoreError, WorkbenchError
 from .evaluation.retrieval import ranked_docs
 from .evaluation.stats import holm, paired_difference
 from .report.leaderboard import LOWER_IS_BETTER, primary_metric
-from .stages.retrieval import Hit, doc_scores
+from .data.types import Hit
+from .evaluation.retrieval import doc_scores
 from .store import Store
 
 ROW_COLUMNS = {"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer", "error",

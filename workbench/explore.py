@@ -73,7 +73,7 @@ class LiveQuery:
 
     def ask(self, run_id: str, experiment: str, text: str) -> dict:
         """A stored-row-shaped dict (question, hits, answer, error, latency) for ``text``."""
-        from .data.corpus import Query
+        from .data.types import Query
 
         plan, stages, planned = self._prepare(run_id, experiment)
         cfg = planned.config

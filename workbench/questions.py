@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.corpus import Document, Span
+from .data.types import Document, Span
 from .errors import ProviderError, WorkbenchError
 from .data.evalset import FORMAT, EvalQuestion, find_answer
 from .evaluation.answers import contains_gold, normalize_answer, token_f1

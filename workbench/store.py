@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import StoreError
+from .settings import redact_url
 
 DEFAULT_URL = "sqlite:///results/workbench.sqlite"
 
@@ -376,30 +377,6 @@ def upgrade(engine: Engine) -> None:
                 conn.rollback()
                 conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_LOCK_KEY})")
                 conn.commit()
-
-
-def without_password(url: str) -> tuple[str, str | None]:
-    """(the URL without its password, the password or None)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return url, None
-    if parsed.password is None:
-        return url, None
-    # URL is a named tuple; URL.set() ignores None, so the password is cleared with _replace
-    return parsed._replace(password=None).render_as_string(hide_password=False), str(parsed.password)
-
-
-def redact_url(url: str) -> str:
-    """A store URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<store url>"
 
 
 def open(url: str = DEFAULT_URL) -> Store:  # noqa: A001 - mirrors `workbench.store.open(url)` in the docs

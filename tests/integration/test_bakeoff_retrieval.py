@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytrec_eval
 
-from workbench.data.corpus import load_dataset
+from workbench.data.loader import load_dataset
 from workbench.store import Store
 
 pytestmark = pytest.mark.integration

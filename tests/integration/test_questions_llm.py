@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from workbench.data.corpus import Span
+from workbench.data.types import Span
 from workbench.data.evalset import find_answer, read_manifest
 from workbench.data.ingest import ingest_folder
 from workbench.providers.llm_server import LocalLLMServer

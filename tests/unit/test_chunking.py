@@ -7,7 +7,8 @@ import pytest
 from tests.conftest import XQUAD
 from workbench.stages.chunking import Chunk, Tokenizer, chunk_documents, chunk_set_key, truncation_rate
 from workbench.config.experiment import ChunkingSpec
-from workbench.data.corpus import Document, load_dataset
+from workbench.data.types import Document
+from workbench.data.loader import load_dataset
 
 WHITESPACE = Tokenizer("whitespace", str.split, lambda text: len(text.split()), 60)
 SENTENCE = ChunkingSpec(splitter="sentence", chunk_size=60, chunk_overlap=10)

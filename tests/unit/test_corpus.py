@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import XQUAD, write_xquad_slice
-from workbench.data.corpus import Dataset, Document, Query, load_dataset, unanswerable_slice
+from workbench.data.corpus import unanswerable_slice
+from workbench.data.types import Dataset, Document, Query
+from workbench.data.loader import load_dataset
 from workbench.errors import DatasetError
 
 
@@ -253,7 +255,7 @@ def _big_text(mb: int) -> bytes:
 def test_50_mb_document_in_a_documents_folder_is_a_clear_error(tmp_path: Path):
     import time
 
-    from workbench.data.corpus import load_dataset
+    from workbench.data.loader import load_dataset
 
     folder = tmp_path / "docs"
     (folder / "documents").mkdir(parents=True)
@@ -278,7 +280,7 @@ def test_50_mb_corpus_line_is_a_clear_error_naming_the_line(tmp_path: Path):
 
 
 def test_document_limit_is_configurable(tmp_path: Path, monkeypatch):
-    from workbench.data.corpus import load_dataset
+    from workbench.data.loader import load_dataset
 
     folder = tmp_path / "docs"
     (folder / "documents").mkdir(parents=True)

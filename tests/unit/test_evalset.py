@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench.data.corpus import Span, load_dataset
+from workbench.data.types import Span
+
+from workbench.data.loader import load_dataset
 from workbench.errors import DatasetError
 from workbench.data.evalset import FORMAT, EvalQuestion, export_review, find_answer, import_review, read_manifest, write_evalset
 from workbench.data.ingest import ingest_folder

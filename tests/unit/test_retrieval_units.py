@@ -8,7 +8,9 @@ import pytest
 
 from workbench.stages.chunking import Tokenizer
 from workbench.stages.embedding import CachedEmbedder
-from workbench.stages.retrieval import Hit, doc_scores, reciprocal_rank_fusion
+from workbench.stages.retrieval import reciprocal_rank_fusion
+from workbench.data.types import Hit
+from workbench.evaluation.retrieval import doc_scores
 
 
 def test_rrf_scores_are_sums_of_reciprocal_ranks():

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from workbench.errors import StoreError
-from workbench.store import Store, redact_url
+from workbench.settings import redact_url
+from workbench.store import Store
 
 AXES = {"chunking": "sentence 128/16", "embedding": "-", "retrieval": "bm25@5", "rerank": "-", "generation": "-"}
 DENSE_AXES = {**AXES, "embedding": "all-MiniLM-L6-v2", "retrieval": "dense@5"}
@@ -156,7 +157,7 @@ def test_closed_postgres_port_is_a_store_error():
 
 
 def test_password_is_split_off_a_url():
-    from workbench.store import without_password
+    from workbench.settings import without_password
 
     assert without_password("postgresql+psycopg://u:pw@h:5432/db") == ("postgresql+psycopg://u@h:5432/db", "pw")
     assert without_password("sqlite:////tmp/x.sqlite") == ("sqlite:////tmp/x.sqlite", None)

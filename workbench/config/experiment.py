@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -675,8 +674,3 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
     return parse_experiment(text, path)
-
-
-def safe_name(name: str) -> str:
-    """A name usable in file paths."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

@@ -18,78 +18,19 @@ from __future__ import annotations
 import csv
 import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..settings import max_document_bytes
+from .types import Dataset, Document, Query, Span
 from ..hashing import file_sha256, hash_obj, sha256_text
 
 DOCUMENT_SUFFIXES = (".md", ".markdown", ".txt")
-DEFAULT_MAX_DOCUMENT_MB = 16.0
-
-
-def max_document_bytes() -> int:
-    """The per-document size limit: 16 MB, or ``$WORKBENCH_MAX_DOCUMENT_MB``.
-
-    Documents are held in memory, chunked and embedded whole; a single document of tens of MB is
-    almost always an export or a dump that belongs split into files, and chunking it would take
-    minutes before any useful error. So an oversized document fails at loading, in one line that
-    names it, before anything is written.
-    """
-    import os
-
-    raw = os.environ.get("WORKBENCH_MAX_DOCUMENT_MB", "")
-    try:
-        mb = float(raw) if raw else DEFAULT_MAX_DOCUMENT_MB
-    except ValueError:
-        raise DatasetError(f"$WORKBENCH_MAX_DOCUMENT_MB: expected a number of megabytes, got {raw!r}") from None
-    return int(mb * 1024 * 1024)
 
 
 def _too_big(size: int, limit: int) -> str:
     return (f"{size / 1024 / 1024:.1f} MB, over the per-document limit of {limit / 1024 / 1024:.0f} MB "
             "(split it into several documents, or raise $WORKBENCH_MAX_DOCUMENT_MB)")
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    doc_id: str
-    title: str
-    text: str
-
-    @property
-    def content_hash(self) -> str:
-        return sha256_text(self.title + "\x00" + self.text)
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    query_id: str
-    text: str
-    answers: tuple[str, ...] = ()
-    answer_starts: tuple[int, ...] = ()
-    # Documents hidden from retrieval for this question: the unanswerable slice withholds the
-    # gold documents, so the right behaviour is to refuse.
-    withheld: tuple[str, ...] = ()
-    # A question whose answer is in no document of the corpus (an evaluation set's
-    # ``unanswerable: true`` question): refusing is the right answer, as for a withheld one.
-    no_answer: bool = False
-
-    @property
-    def unanswerable(self) -> bool:
-        return bool(self.withheld) or self.no_answer
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """Gold evidence as characters ``[start, end)`` of a document's text."""
-
-    doc_id: str
-    start: int
-    end: int
-
-    def as_dict(self) -> dict:
-        return {"doc_id": self.doc_id, "start": self.start, "end": self.end}
 
 
 UNANSWERABLE_SUFFIX = "~unanswerable"
@@ -110,36 +51,7 @@ def unanswerable_slice(queries: list[Query], qrels: dict[str, dict[str, int]], f
     return [Query(qid + UNANSWERABLE_SUFFIX, by_id[qid].text, (), (), tuple(sorted(qrels[qid]))) for qid in picked]
 
 
-@dataclass(slots=True)
-class Dataset:
-    path: Path
-    docs: dict[str, Document]
-    queries: dict[str, Query]
-    qrels: dict[str, dict[str, int]]
-    content_hash: str
-    skipped: list[str] = field(default_factory=list)
-    # Gold character spans per query (SQuAD answer_starts, or an evaluation set's spans): what
-    # makes chunk-level relevance possible for any chunker. Empty for document-level-only data.
-    spans: dict[str, tuple[Span, ...]] = field(default_factory=dict)
-    # Ingestion report of a documents folder read by workbench.ingest (files skipped or failed).
-    ingest: dict | None = None
-
-    def sample_queries(self, limit: int | None, seed: int) -> list[Query]:
-        """A deterministic sample: sorted ids shuffled by ``seed``, first ``limit``, in id order.
-
-        Only queries with at least one relevant document (grade >= 1; 0 is judged non-relevant)
-        are eligible, since retrieval metrics are undefined without one, plus the questions an
-        evaluation set marks as not answerable from the corpus (scored on refusal only).
-        """
-        ids = sorted(q for q, query in self.queries.items()
-                     if query.no_answer or any(g > 0 for g in self.qrels.get(q, {}).values()))
-        if limit is not None and limit < len(ids):
-            rng = random.Random(seed)
-            ids = sorted(rng.sample(ids, limit))
-        return [self.queries[q] for q in ids]
-
-
-def _read_jsonl(path: Path):
+def read_jsonl(path: Path):
     """Yield (line number, object) for each non-blank line, with file:line errors."""
     try:
         fh = open(path, "rb")  # decoded line by line: a text-mode file decodes ahead and loses the line number
@@ -190,7 +102,7 @@ def _query_from(obj: dict, path: Path, lineno: int) -> Query:
 
 def _load_queries(path: Path) -> dict[str, Query]:
     queries: dict[str, Query] = {}
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in read_jsonl(path):
         q = _query_from(obj, path, lineno)
         if q.query_id in queries:
             raise DatasetError(f"{path}:{lineno}: duplicate query id {q.query_id!r}")
@@ -203,7 +115,7 @@ def _load_queries(path: Path) -> dict[str, Query]:
 def load_beir(folder: Path) -> Dataset:
     corpus_path, queries_path, qrels_path = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels.tsv"
     docs: dict[str, Document] = {}
-    for lineno, obj in _read_jsonl(corpus_path):
+    for lineno, obj in read_jsonl(corpus_path):
         doc_id = _req_str(obj, "_id", corpus_path, lineno)
         text = _req_str(obj, "text", corpus_path, lineno)
         title = obj.get("title", "") or ""
@@ -304,7 +216,7 @@ def load_documents_folder(folder: Path) -> Dataset:
         raise DatasetError(f"{doc_root}: no .md/.txt documents")
     queries: dict[str, Query] = {}
     qrels: dict[str, dict[str, int]] = {}
-    for lineno, obj in _read_jsonl(questions_path):
+    for lineno, obj in read_jsonl(questions_path):
         q = _query_from(obj, questions_path, lineno)
         if q.query_id in queries:
             raise DatasetError(f"{questions_path}:{lineno}: duplicate query id {q.query_id!r}")
@@ -321,20 +233,3 @@ def load_documents_folder(folder: Path) -> Dataset:
         raise DatasetError(f"{questions_path}: no questions")
     digest = hash_obj([hashes, file_sha256(questions_path)])
     return Dataset(folder, docs, queries, qrels, digest, skipped)
-
-
-def load_dataset(folder: str | Path) -> Dataset:
-    """Load a dataset folder in either layout (see the module docstring)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: dataset folder not found")
-    if (folder / "evalset.json").exists():
-        from .evalset import load_evalset
-
-        return load_evalset(folder)
-    if (folder / "corpus.jsonl").exists():
-        return load_beir(folder)
-    if (folder / "documents").is_dir():
-        return load_documents_folder(folder)
-    raise DatasetError(f"{folder}: neither a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv), a documents folder "
-                       "(documents/, questions.jsonl) nor an evaluation set (evalset.json)")

@@ -33,9 +33,11 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import Dataset, Query, Span
+from .corpus import read_jsonl
+from .types import Dataset, Query, Span
 from ..errors import DatasetError
 from ..hashing import file_sha256, hash_obj
+from .ingest import ingest_folder
 
 FORMAT = "workbench-evalset/1"
 STATUSES = ("accepted", "rejected")
@@ -186,11 +188,9 @@ def read_manifest(folder: Path) -> dict:
 
 
 def read_questions(folder: Path) -> list[EvalQuestion]:
-    from .corpus import _read_jsonl
-
     path = folder / "questions.jsonl"
     out, seen = [], set()
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in read_jsonl(path):
         q = EvalQuestion.from_json(obj, f"{path}:{lineno}")
         if q.qid in seen:
             raise DatasetError(f"{path}:{lineno}: duplicate question id {q.qid!r}")
@@ -238,8 +238,6 @@ def counts(questions: list[EvalQuestion]) -> dict:
 def load_evalset(folder: str | Path) -> Dataset:
     """An evaluation set as a ``Dataset``: documents from its folder, accepted questions, qrels
     (a span's document is relevant, grade 1) and the gold spans for chunk-level relevance."""
-    from .ingest import ingest_folder
-
     folder = Path(folder)
     manifest = read_manifest(folder)
     docs_root = documents_folder(folder, manifest)
@@ -250,9 +248,7 @@ def load_evalset(folder: str | Path) -> Dataset:
     queries: dict[str, Query] = {}
     qrels: dict[str, dict[str, int]] = {}
     spans: dict[str, tuple[Span, ...]] = {}
-    from .corpus import _read_jsonl
-
-    for lineno, obj in _read_jsonl(questions_path):
+    for lineno, obj in read_jsonl(questions_path):
         where = f"{questions_path}:{lineno}"
         q = EvalQuestion.from_json(obj, where)
         if q.qid in queries:
@@ -289,8 +285,6 @@ def export_review(folder: str | Path, csv_path: str | Path) -> int:
     difficulty and unanswerable as the new values), or empty to keep the question as it is.
     ``span_text`` and ``status`` (with a rejected candidate's reason) are for reading only.
     Returns the number of rows."""
-    from .ingest import ingest_folder
-
     folder = Path(folder)
     manifest = read_manifest(folder)
     docs = ingest_folder(documents_folder(folder, manifest)).docs
@@ -313,8 +307,6 @@ def export_review(folder: str | Path, csv_path: str | Path) -> int:
 def import_review(folder: str | Path, csv_path: str | Path) -> dict:
     """Apply a reviewed CSV: every row is checked first (errors name the CSV line), then the set
     is rewritten with ``revision`` + 1 and a ``history`` entry. Nothing is written on an error."""
-    from .ingest import ingest_folder
-
     folder, csv_path = Path(folder), Path(csv_path)
     manifest = read_manifest(folder)
     docs = ingest_folder(documents_folder(folder, manifest)).docs

@@ -30,7 +30,7 @@ from llama_index.core import SimpleDirectoryReader
 from llama_index.core.readers.base import BaseReader
 from llama_index.core.schema import Document as LIDocument
 
-from .corpus import Document
+from .types import Document
 from ..errors import DatasetError
 from ..hashing import hash_obj, sha256_text
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..data.corpus import Query
-from ..stages.retrieval import Hit, doc_scores
+from ..data.types import Query
+from ..data.types import Hit
+
 from .answers import answer_support, citation_metrics, contains_gold, exact_match, is_refusal, parse_citations, token_f1
-from .retrieval import retrieval_metrics
+from .retrieval import doc_scores, retrieval_metrics
 
 BASE_CUTOFFS = (1, 3, 5, 10)
 

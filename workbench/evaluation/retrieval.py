@@ -148,3 +148,9 @@ def _rename(trec: Mapping[str, float], ks: tuple[int, ...]) -> dict[str, float]:
     }
     out.update({name: float(trec[measure]) for name, measure in _FIXED_MEASURES.items()})
     return out
+
+
+def doc_scores(hits) -> dict[str, float]:
+    """Document-level run of one query's chunk hits (objects with ``doc_id`` and ``score``): each
+    document scores its best chunk (:func:`doc_run_from_chunks`)."""
+    return doc_run_from_chunks((h.doc_id, h.score) for h in hits)

@@ -26,7 +26,9 @@ import diskcache
 from ..stages import index as index_mod
 from ..stages.chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks, truncation_rate
 from ..config.experiment import EmbeddingSpec, Experiment, RunConfig
-from ..data.corpus import Dataset, Query, load_dataset, unanswerable_slice
+from ..data.corpus import unanswerable_slice
+from ..data.types import Dataset, Query
+from ..data.loader import load_dataset
 from ..stages.embedding import CachedEmbedder, default_tokenizer, embedder_fingerprint, make_embedder, tokenizer_name
 from ..errors import ProviderError, WorkbenchError
 from ..evaluation.aggregate import aggregate_rows

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..config.experiment import safe_name
+from ..settings import safe_name
 from ..notebooks import SUMMARY_MIME, content_security_policy, execute_notebook, recorded, render_html
 from ..store import Store
 
@@ -83,7 +83,7 @@ def notebook_store_url(url: str) -> str:
     """The store URL as written into an executed notebook: SQLite paths absolute, and never a
     password. A PostgreSQL password moves to ``$PGPASSWORD`` (libpq reads it; the kernel inherits
     it), so executed notebooks and reports can be shared."""
-    from ..store import without_password
+    from ..settings import without_password
 
     url = _absolute_sqlite(url)
     bare, password = without_password(url)

@@ -22,7 +22,8 @@ from sqlalchemy import select
 from ..errors import StoreError
 from ..evaluation.stats import holm, paired_difference
 from .leaderboard import AXES, HEADLINE, LOWER_IS_BETTER, fmt_value, primary_metric, sort_board
-from ..store import Store, redact_url
+from ..settings import redact_url
+from ..store import Store
 from ..store import questions as questions_table
 
 ALPHA = 0.05

@@ -18,7 +18,8 @@ from ..hashing import hash_obj
 from .leaderboard import AXES
 from .data import (ALPHA, MEANINGS, SAFETY_METRICS, ReportData, as_float, axis_tables, esc, fmt, label, lower_is_better,
                          metric_values, quality_columns, question_rows, reliability_table, wins_losses)
-from ..store import Store, redact_url
+from ..settings import redact_url
+from ..store import Store
 
 # -- HTML --------------------------------------------------------------------------------------
 

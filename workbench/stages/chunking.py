@@ -20,7 +20,7 @@ from llama_index.core import Document as LIDocument
 from llama_index.core.node_parser import SentenceSplitter, TokenTextSplitter
 
 from ..config.experiment import ChunkingSpec
-from ..data.corpus import Document
+from ..data.types import Document
 from ..hashing import hash_obj
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..config.experiment import RerankSpec
 from ..errors import ProviderError
 from ..hashing import hash_obj, sha256_text
-from .retrieval import Hit
+from ..data.types import Hit
 
 
 @dataclass(frozen=True, slots=True)

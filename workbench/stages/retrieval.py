@@ -24,15 +24,8 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from .chunking import ChunkSet
 from ..config.experiment import RetrievalSpec
-from ..data.corpus import Query
+from ..data.types import Hit, Query
 from ..hashing import hash_obj, sha256_text
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    chunk_id: str
-    doc_id: str
-    score: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +49,6 @@ def reciprocal_rank_fusion(rankings: list[tuple[Hit, ...]], k: int, top_k: int) 
             docs[hit.chunk_id] = hit.doc_id
     ordered = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
     return tuple(Hit(cid, docs[cid], score) for cid, score in ordered)
-
-
-def doc_scores(hits: tuple[Hit, ...]) -> dict[str, float]:
-    """Document-level run for one query: each document scores its best chunk."""
-    out: dict[str, float] = {}
-    for h in hits:
-        if h.doc_id not in out or h.score > out[h.doc_id]:
-            out[h.doc_id] = h.score
-    return out
 
 
 def float32_score(score: float) -> float:
