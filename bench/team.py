@@ -51,7 +51,8 @@ THREADS = "1"  # torch rounds matrix products differently with another thread co
 
 # Not compared: what depends on timing or on when/where something ran.
 TIMING = re.compile(r"latency|ttft")  # question columns, metric keys and aggregate names
-QUESTION_SKIP = {"retrieval_latency_s", "rerank_latency_s", "generation_latency_s", "ttft_s"}
+QUESTION_SKIP = {"retrieval_latency_s", "rerank_latency_s", "generation_latency_s", "ttft_s",
+                 "code_version"}  # the code's version rather than a result, like LINEAGE_INFO
 RUN_SKIP = {"timings", "started_at", "finished_at"}
 EXPERIMENT_SKIP = {"updated_at"}
 # The code's version rather than a result (other edits in the working tree between the two runs

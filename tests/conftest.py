@@ -45,12 +45,12 @@ def xquad_slice(tmp_path: Path) -> Path:
 @pytest.fixture
 def workspace_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Point the store, caches and reports at tmp_path for the duration of a test."""
-    from workbench.pipeline.runner import Workspace
+    from workbench.settings import Workspace
 
     monkeypatch.setenv("WORKBENCH_STORE", f"sqlite:///{tmp_path / 'results' / 'wb.sqlite'}")
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "results" / "cache"))
     monkeypatch.setenv("WORKBENCH_REPORTS", str(tmp_path / "reports"))
-    return Workspace.from_env()
+    return Workspace.resolve()
 
 
 # Session-scoped loopback servers (PostgreSQL, Chroma, Ray) for the team-setup tests.

@@ -9,18 +9,24 @@ questions, so widening the grid again recomputes nothing.
 
 from __future__ import annotations
 
-import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
+import diskcache
 import pandas as pd
 from pydantic import ValidationError
 
-from .config.experiment import Experiment, ExperimentSpec, load_experiment
+from .config import Experiment, ExperimentSpec, load_experiment
 from .errors import ConfigError, did_you_mean
+from .notebooks import SUMMARY_MIME, execute_notebook, recorded
+from .pipeline.executors import execute
+from .pipeline.plan import Plan, plan_experiment
+from .pipeline.progress import LineProgress
 from .report.leaderboard import AXES, headline_columns, sort_board
-from .pipeline.runner import Plan, Workspace, plan_experiment, run_experiment
+from .settings import Workspace, env, find_input, without_password
 from .store import Store
 
 
@@ -79,7 +85,27 @@ def select(experiment: Experiment, query_limit: int = 0, axes: Mapping[str, Sequ
 def plan(experiment_path: str | Path, workspace: Workspace, *, query_limit: int = 0,
          axes: Mapping[str, Sequence[str | int]] | None = None) -> Plan:
     """Load, narrow and plan an experiment file; validates everything before any work."""
-    return plan_experiment(select(load_experiment(experiment_path), query_limit, axes), workspace)
+    path = find_input(experiment_path, "experiment file", workspace.root)
+    return plan_experiment(select(load_experiment(path), query_limit, axes), workspace)
+
+
+def prepare(*, experiment_path: str = "", store_url: str = "", cache_dir: str = "", query_limit: int = 0,
+            axes: Mapping[str, Sequence[str | int]] | None = None, plan_path: str = "",
+            workspace: Mapping | None = None) -> tuple[Plan, Workspace]:
+    """The bake-off notebook's first step: the plan and workspace to run.
+
+    ``workbench run`` plans once and passes ``plan_path`` (the saved plan) and ``workspace`` (its
+    settings): the notebook reloads them, checking the dataset's hash, and plans nothing again.
+    Run on its own (papermill, JupyterLab), the notebook plans ``experiment_path`` (default:
+    ``$WORKBENCH_EXPERIMENT_PATH``, else ``experiments/quickstart.yaml`` in the project folder).
+    """
+    if plan_path:
+        ws = Workspace.from_dict(workspace) if workspace else Workspace.resolve(store=store_url or None, cache_dir=cache_dir or None)
+        with diskcache.Cache(str(ws.memo_dir)) as memo:
+            return Plan.load(Path(plan_path), memo), ws
+    ws = Workspace.resolve(store=store_url or None, cache_dir=cache_dir or None)
+    path = experiment_path or env("WORKBENCH_EXPERIMENT_PATH") or "experiments/quickstart.yaml"
+    return plan(path, ws, query_limit=query_limit, axes=axes), ws
 
 
 def describe(p: Plan) -> pd.DataFrame:
@@ -88,22 +114,28 @@ def describe(p: Plan) -> pd.DataFrame:
 
 
 def run(p: Plan, workspace: Workspace, *, rerun: str = "missing", out: Callable[[str], None] | None = None) -> dict:
-    """Run a plan, printing progress; returns a compact, JSON-ready summary."""
-    out = out or (lambda message: print(message, flush=True))
-
-    shown: dict[str, int] = {}
-
-    def progress(run_id: str, n: int, total: int) -> None:
-        # about every quarter of a run (the runner reports per question or per stored batch)
-        if n == total or n >= shown.get(run_id, 0) + max(1, math.ceil(total / 4)):
-            shown[run_id] = n
-            out(f"    {run_id[:10]}: {n}/{total} questions computed")
-
+    """Run a plan where the workspace says (here or on Ray), printing progress; returns a compact,
+    JSON-ready summary."""
     t0 = time.perf_counter()
-    summaries = run_experiment(p, workspace, rerun=rerun, log=out, progress=progress)
+    summaries = execute(p, workspace, rerun=rerun, progress=LineProgress(out))
     elapsed = time.perf_counter() - t0
     return {"experiment": p.experiment.name, "n_runs": len(p.runs), "n_questions": len(p.queries), "elapsed_s": round(elapsed, 3),
             "runs": summaries}
+
+
+def run_bakeoff(plan_path: Path, workspace: Workspace, out_dir: Path, *, rerun: str = "missing",
+                stream: TextIO | None = None) -> dict:
+    """Execute ``bakeoff.ipynb`` on a saved plan into ``out_dir/bakeoff.ipynb``; return the summary
+    it recorded. A PostgreSQL password reaches the kernel in ``$PGPASSWORD`` only (libpq reads it),
+    never in the executed notebook."""
+    _, password = without_password(workspace.store_url)
+    if password is not None and workspace.store_url.startswith("postgresql"):
+        os.environ["PGPASSWORD"] = password
+    nb = execute_notebook("bakeoff", out_dir / "bakeoff.ipynb", {"plan_path": str(Path(plan_path).resolve()),
+                                                                 "workspace": workspace.to_dict(), "rerun": rerun},
+                          cwd=Path.cwd(), stream=stream)
+    found = recorded(nb, SUMMARY_MIME)
+    return found[-1] if found else {}
 
 
 def leaderboard(store_url: str, experiment: str) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import WorkbenchError
+from .settings import Workspace, find_input
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RAG bake-off workbench.")
 console = Console(stderr=True)
@@ -78,27 +79,25 @@ def run(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="threads per run (local: default all cores) or per Ray task (default 1); default: $WORKBENCH_THREADS")] = None,
     lock: Annotated[bool | None, typer.Option("--lock/--no-lock", help="refuse to start (exit 3) while another run of this experiment holds its lock; default: on with --gate or --log-file (scheduled runs)", show_default=False)] = None,
 ) -> None:
-    """Run an experiment's grid (by executing notebooks/bakeoff.ipynb), print the leaderboard, render the report.
+    """Run an experiment's grid (by executing the bake-off notebook), print the leaderboard, render the report.
 
-    The executed notebook and the report land in reports/<experiment>/<timestamp>/. Exit codes:
-    0 done (and gates passed), 1 a gate failed, 2 error, 3 this experiment is already running
+    The executed notebook, the plan and the report land in reports/<experiment>/<timestamp>/. Exit
+    codes: 0 done (and gates passed), 1 a gate failed, 2 error, 3 this experiment is already running
     (another locked `workbench run` holds its lock; scheduled runs -- --gate or --log-file -- lock
     by default, interactive ones do not, so slices of one grid can run side by side).
     """
-    import os
-
-    # Infrastructure settings reach the notebook kernel (and Ray workers) through the environment.
-    for name, value in (("WORKBENCH_EXECUTOR", executor), ("WORKBENCH_RAY_ADDRESS", address), ("WORKBENCH_CHROMA_URL", chroma_url),
-                        ("WORKBENCH_THREADS", None if threads is None else str(threads))):
-        if value is not None:
-            os.environ[name] = value
     with _output_to(log_file, ["workbench", "run", str(experiment)]) as record:
         try:
+            ws = Workspace.resolve(store=store, cache_dir=cache_dir, threads=threads, chroma_url=chroma_url, executor=executor,
+                                   ray_address=address)
             exclusive = lock if lock is not None else bool(gate or log_file)
-            _run(experiment, store, cache_dir, rerun, report, limit, axis, gate, exclusive)
+            _run(experiment, ws, rerun, report, limit, axis, gate, exclusive)
             code = EXIT_OK
         except typer.Exit as exc:
             code = exc.exit_code
+        except WorkbenchError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            code = EXIT_ERROR
         except Exception:  # an unexpected crash must not look like a failed gate (exit 1)
             import traceback
 
@@ -108,79 +107,63 @@ def run(
     raise typer.Exit(code)
 
 
-def _run(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: int, axis, gate: bool, exclusive: bool) -> None:
-    import os
-
+def _run(experiment_path: Path, ws: Workspace, rerun: str, report: bool, limit: int, axis, gate: bool, exclusive: bool) -> None:
+    """Load the experiment once, take its lock (a refused run exits at once, before any model
+    library is imported or anything planned), plan once, run, report, gate."""
     from filelock import FileLock, Timeout
 
-    from .config.experiment import load_experiment
-    from .settings import safe_name
+    from .config import load_experiment
 
+    experiment = load_experiment(find_input(experiment_path, "experiment file", ws.root))
+    lock_path = ws.run_lock(experiment.name)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=0)
     try:
-        # The lock comes first (the file's name is all it needs): a refused run exits in a second,
-        # before the model stack is imported or anything is planned.
-        name = load_experiment(experiment).name
-        cache_root = Path(cache_dir or os.environ.get("WORKBENCH_CACHE") or "results/cache")
-        lock_path = cache_root / "locks" / f"run-{safe_name(name)}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(lock_path), timeout=0)
-        try:
-            if exclusive:
-                lock.acquire()
-        except Timeout:
-            console.print(f"[red]error:[/red] experiment {name!r} is already running (lock {lock_path} is held); not starting a second run",
-                          highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_LOCKED) from None
-        try:
-            failed = _run_planned(experiment, store, cache_dir, rerun, report, limit, axis, gate)
-        finally:
-            if exclusive:
-                lock.release()
-    except WorkbenchError as exc:
-        _fail(exc)
+        if exclusive:
+            lock.acquire()
+    except Timeout:
+        console.print(f"[red]error:[/red] experiment {experiment.name!r} is already running (lock {lock_path} is held); "
+                      "not starting a second run", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_LOCKED) from None
+    try:
+        failed = _run_planned(experiment, ws, rerun, report, limit, axis, gate)
+    finally:
+        if exclusive:
+            lock.release()
     if failed:
         raise typer.Exit(EXIT_GATE_FAILED)
 
 
-def _run_planned(experiment: Path, store, cache_dir, rerun: str, report: bool, limit: int, axis, gate: bool) -> int:
-    from .bakeoff import plan as plan_bakeoff
+def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int, axis, gate: bool) -> int:
+    from .bakeoff import run_bakeoff, select
     from .pipeline.executors import check_executor
-    from .pipeline.runner import Workspace
+    from .pipeline.plan import plan_experiment
+    from .report.artifacts import new_report_dir, render_report, write_index
     from .store import Store
 
-    ws = Workspace.from_env(store, cache_dir)
-    check_executor(ws.executor, ws.ray_address)
-    axes = _parse_axes(axis)
-    plan = plan_bakeoff(experiment, ws, query_limit=limit, axes=axes)  # validate everything before any work
-    Store(ws.store_url)  # fail on an unreachable store before any work
-    return _run_locked(plan, experiment, ws, limit, axes, rerun, report, gate, plan.experiment.name)
-
-
-def _run_locked(plan, experiment: Path, ws, limit: int, axes, rerun: str, report: bool, gate: bool, name: str) -> int:
-    from .report.artifacts import new_report_dir, render_report, run_bakeoff, write_index
-    from .store import Store
-
+    check_executor(ws)
+    plan = plan_experiment(select(experiment, limit, _parse_axes(axis)), ws)  # validate everything before any work
+    st = Store(ws.store_url)  # fail on an unreachable store before any work
+    name = plan.experiment.name
     infra = f", executor {ws.executor}" + (f" at {ws.ray_address}" if ws.executor == "ray" else "")
-    server = ws.chroma_server(plan.experiment)
+    server = ws.chroma_server(plan.experiment.spec.index)
     infra += f", Chroma server {server}" if server else ""
     console.print(f"{name}: {len(plan.runs)} runs x {len(plan.queries)} questions{infra}", highlight=False, soft_wrap=True)
     _print_ingest(plan.dataset)
-    out_dir = new_report_dir(name)
+    out_dir = new_report_dir(name, ws.reports_dir)
     t0 = time.perf_counter()
-    summary = run_bakeoff(experiment, ws.store_url, ws.cache_dir, out_dir, query_limit=limit, axes=axes, rerun=rerun,
-                          stream=sys.stderr)
-    elapsed = time.perf_counter() - t0
-    _print_timings(summary.get("runs", []), elapsed)
-    board = Store(ws.store_url).leaderboard(name)
+    summary = run_bakeoff(plan.save(out_dir / "plan.json"), ws, out_dir, rerun=rerun, stream=sys.stderr)
+    _print_timings(summary.get("runs", []), time.perf_counter() - t0)
+    board = st.leaderboard(name)
     _print_board(board, f"{name} leaderboard")
-    _print_failures(Store(ws.store_url), board)
+    _print_failures(st, board)
     if report:
-        path = render_report(name, ws.store_url, out_dir=out_dir)
+        path = render_report(name, ws.store_url, ws.reports_dir, out_dir=out_dir)
         out.print(f"report: {path}", highlight=False, soft_wrap=True)
     else:
-        write_index()
+        write_index(ws.reports_dir)
         out.print(f"notebook: {out_dir / 'bakeoff.ipynb'}", highlight=False, soft_wrap=True)
-    return _check_gates(Store(ws.store_url), plan.experiment.spec) if gate else 0
+    return _check_gates(st, plan.experiment.spec) if gate else 0
 
 
 @contextlib.contextmanager
@@ -248,11 +231,10 @@ def results(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (one object per run)")] = False,
 ) -> None:
     """Print an experiment's leaderboard: one row per run with its axes and every aggregate metric."""
-    from .pipeline.runner import Workspace
     from .store import Store, to_json_records
 
     try:
-        board = Store(Workspace.from_env(store).store_url).leaderboard(experiment)
+        board = Store(Workspace.resolve(store=store).store_url).leaderboard(experiment)
     except WorkbenchError as exc:
         _fail(exc)
     if as_json:
@@ -264,11 +246,10 @@ def results(
 @app.command(name="ls")
 def list_(store: StoreOpt = None) -> None:
     """List stored experiments and their runs."""
-    from .pipeline.runner import Workspace
     from .store import Store
 
     try:
-        st = Store(Workspace.from_env(store).store_url)
+        st = Store(Workspace.resolve(store=store).store_url)
         names = st.experiment_names()
     except WorkbenchError as exc:
         _fail(exc)
@@ -289,15 +270,11 @@ def report(
     baseline_experiment: Annotated[str, typer.Option("--baseline-experiment", help="compare with this experiment's matching run")] = "",
 ) -> None:
     """(Re)render an experiment's HTML report from the store (no recomputation) into reports/<experiment>/<timestamp>/."""
-    import os
-
     from .report.artifacts import render_report
-    from .store import DEFAULT_URL
 
     try:
-        # the store URL as Workspace.from_env resolves it, without importing the runner's model stack (~3 s)
-        store_url = store or os.environ.get("WORKBENCH_STORE") or DEFAULT_URL
-        path = render_report(experiment, store_url, baseline_run=baseline, baseline_experiment=baseline_experiment)
+        ws = Workspace.resolve(store=store)
+        path = render_report(experiment, ws.store_url, ws.reports_dir, baseline_run=baseline, baseline_experiment=baseline_experiment)
     except WorkbenchError as exc:
         _fail(exc)
     out.print(f"report: {path}", highlight=False, soft_wrap=True)
@@ -419,7 +396,7 @@ def questions_review(
 ) -> None:
     """Export questions to a CSV (decision column: accept, edit, reject), or import the decisions back."""
     from .errors import ConfigError
-    from .data.evalset import export_review, import_review
+    from .review import export_review, import_review
 
     try:
         if (export is None) == (import_ is None):
@@ -448,11 +425,10 @@ def compare(
     """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value, flipped questions."""
     from .compare import compare_runs, flipped_questions
     from .report.leaderboard import primary_metric
-    from .pipeline.runner import Workspace
     from .store import Store, to_json_records
 
     try:
-        st = Store(Workspace.from_env(store).store_url)
+        st = Store(Workspace.resolve(store=store).store_url)
         df = compare_runs(st, run_a, run_b, metric or None)
         qa = st.questions(st.run(run_a)["run_id"])
         flip_metric = flips or primary_metric(qa)
@@ -486,11 +462,10 @@ def export(
 ) -> None:
     """Export a run: TREC run file (qid Q0 docid rank score tag) or per-question rows (jsonl/csv)."""
     from .compare import export_run
-    from .pipeline.runner import Workspace
     from .store import Store
 
     try:
-        text = export_run(Store(Workspace.from_env(store).store_url), run_id, fmt, output)
+        text = export_run(Store(Workspace.resolve(store=store).store_url), run_id, fmt, output)
     except WorkbenchError as exc:
         _fail(exc)
     if output is None:
@@ -506,12 +481,11 @@ def gate(
 ) -> None:
     """Check an experiment's stored runs against its gates; exit 1 if any gate fails."""
     from .config.experiment import load_experiment
-    from .pipeline.runner import Workspace
     from .store import Store
 
     try:
         exp = load_experiment(experiment)
-        failed = _check_gates(Store(Workspace.from_env(store).store_url), exp.spec)
+        failed = _check_gates(Store(Workspace.resolve(store=store).store_url), exp.spec)
     except WorkbenchError as exc:
         _fail(exc)
     raise typer.Exit(1 if failed else 0)

@@ -25,7 +25,7 @@ from .evaluation.retrieval import doc_scores
 from .store import Store
 
 ROW_COLUMNS = {"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer", "error",
-               "tokens_estimated", "trace"}
+               "tokens_estimated", "trace", "code_version"}
 # Per-question columns that are compared like metrics (lower is better).
 PER_QUESTION_COSTS = ["retrieval_latency_s", "rerank_latency_s", "generation_latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "cost_usd"]
 

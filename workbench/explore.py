@@ -9,17 +9,21 @@ from the stage cache. Everything shown is HTML from :mod:`workbench.reporthtml` 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
 import weakref
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from .config import RunConfig, parse_experiment
+from .data.types import Query
 from .errors import StoreError, WorkbenchError
 from .hashing import sha256_text
+from .pipeline.components import Components
+from .pipeline.plan import Plan, plan_experiment
+from .pipeline.question import QuestionPath
+from .settings import Workspace
 from .report.leaderboard import primary_metric, sort_board
 from .notebooks import resolve_cache_dir, resolve_experiment
 from .report.data import enrich_board, label, lower_is_better, question_rows, question_values, wins_losses
@@ -30,27 +34,22 @@ OUTCOME_MARKS = {"win": "▲", "loss": "▼", "tie": "=", "failed": "✗", "n/a"
 
 
 class LiveQuery:
-    """Runs one new question through a stored run's configuration (retrieval, rerank, answer)."""
+    """Runs one new question through a stored run's configuration, on the runner's question path
+    (retrieval, rerank, answer, scores), reusing the run's chunks, index and models from the stage
+    cache. One set of components per experiment: models and the local LLM server start once."""
 
     def __init__(self, store: Store, cache_dir: Path):
         self.store, self.cache_dir = store, cache_dir
-        self._stack = contextlib.ExitStack()
-        self._prepared: dict[str, tuple] = {}
-        weakref.finalize(self, self._stack.close)
+        self._components: dict[str, Components] = {}
+        self._paths: dict[str, tuple[QuestionPath, bool]] = {}
+        weakref.finalize(self, _close_all, self._components)
 
     def close(self) -> None:
-        self._stack.close()
-        self._prepared.clear()
+        _close_all(self._components)
+        self._paths.clear()
 
-    def _prepare(self, run_id: str, experiment: str):
-        """Re-plan the stored experiment (dataset, chunking tokenizer, prompts as they were) and pick
-        the run: same chunks and index as when it was stored, reused from the stage cache."""
-        from .config.experiment import RunConfig, parse_experiment
-        from .pipeline.runner import Workspace, _Stages, plan_experiment
-
-        if run_id in self._prepared:
-            return self._prepared[run_id]
-        run = self.store.run(run_id)
+    def _plan(self, run: dict, experiment: str) -> Plan:
+        """Re-plan the stored experiment (dataset, chunking tokenizer, prompts as they were)."""
         exp_row = self.store.experiment(experiment)
         exp_path = Path(exp_row.get("path") or ".")
         spec = json.loads(json.dumps(exp_row["spec"]))
@@ -60,44 +59,33 @@ class LiveQuery:
                 if entry.get(key) and not Path(entry[key]).is_absolute():
                     entry[key] = str(exp_path.parent / entry[key])
         exp = parse_experiment(yaml.safe_dump(spec), exp_path)
-        workspace = Workspace(store_url=self.store.url, cache_dir=self.cache_dir)
-        plan = plan_experiment(exp, workspace)
-        config = RunConfig.model_validate(run["config"])
-        planned = next((r for r in plan.runs if r.run_id == run_id), None) or next((r for r in plan.runs if r.config == config), None)
-        if planned is None:
-            raise StoreError(f"run {run_id} is no longer part of experiment {experiment!r} as its file now reads")
-        stages = _Stages(plan, workspace, self._stack, log=lambda message: None)
-        self._stack.callback(stages.memo.close)
-        self._prepared[run_id] = (plan, stages, planned)
-        return self._prepared[run_id]
+        return plan_experiment(exp, Workspace.resolve(store=self.store.url, cache_dir=self.cache_dir))
+
+    def _prepare(self, run_id: str, experiment: str) -> tuple[QuestionPath, bool]:
+        """The run's question path, and whether its inputs are still those the run was stored with."""
+        if run_id not in self._paths:
+            run = self.store.run(run_id)
+            plan = self._plan(run, experiment)
+            config = RunConfig.model_validate(run["config"])
+            planned = next((r for r in plan.runs if r.run_id == run_id), None) or next((r for r in plan.runs if r.config == config), None)
+            if planned is None:
+                raise StoreError(f"run {run_id} is no longer part of experiment {experiment!r} as its file now reads")
+            if experiment not in self._components:
+                self._components[experiment] = Components(plan, Workspace.resolve(store=self.store.url, cache_dir=self.cache_dir))
+            self._paths[run_id] = (QuestionPath(planned, plan, self._components[experiment]), planned.run_id == run_id)
+        return self._paths[run_id]
 
     def ask(self, run_id: str, experiment: str, text: str) -> dict:
-        """A stored-row-shaped dict (question, hits, answer, error, latency) for ``text``."""
-        from .data.types import Query
+        """A stored-row-shaped dict (question, hits, answer, error, latencies, metrics) for ``text``."""
+        path, same_inputs = self._prepare(run_id, experiment)
+        row = path.ask(-1, Query("live:" + sha256_text(text)[:12], text))
+        return {**row, "same_inputs": same_inputs}
 
-        plan, stages, planned = self._prepare(run_id, experiment)
-        cfg = planned.config
-        t0 = time.perf_counter()
-        retriever = stages.retriever(planned)
-        _, chunks, _ = stages.chunks(planned)
-        query = Query("live:" + sha256_text(text)[:12], text)
-        result = retriever.retrieve(cfg.first_stage(), query)
-        hit_list = list(result.hits)
-        if cfg.rerank:
-            hit_list = list(stages.reranker(planned, chunks.text).rerank(text, result.hits).hits)
-        retrieval_s = time.perf_counter() - t0
-        hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": chunks.text(h.chunk_id)}
-                for r, h in enumerate(hit_list, start=1)]
-        row = {"query_id": query.query_id, "question": text, "gold_answers": [], "relevant": {}, "hits": hits, "answer": None,
-               "error": None, "retrieval_latency_s": retrieval_s, "generation_latency_s": None, "same_inputs": planned.run_id == run_id}
-        if cfg.generation:
-            from .stages.generation import ContextChunk, generate, load_prompt
 
-            prompt = load_prompt(plan.experiment.prompt_paths[cfg.generation.prompt])
-            context = [ContextChunk(h["rank"], h["doc_id"], plan.dataset.docs[h["doc_id"]].title, h["text"]) for h in hits]
-            res = generate(stages.llm_client(planned), cfg.generation, prompt, text, context)
-            row.update(answer=res.answer if res.error is None else None, error=res.error, generation_latency_s=res.latency_s)
-        return row
+def _close_all(components: dict) -> None:
+    for c in components.values():
+        c.close()
+    components.clear()
 
 
 class Explorer:

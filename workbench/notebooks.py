@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import NotebookError, did_you_mean
+from .settings import Workspace, env, notebooks_dir
 
 NOTEBOOKS = ("bakeoff", "report", "explore")
 TEMPLATE = Path(__file__).parent / "report" / "templates" / "report.html.j2"
@@ -55,12 +56,6 @@ SORT_SCRIPT = """document.querySelectorAll('table.sortable').forEach(function (t
 });"""
 
 
-def notebooks_dir() -> Path:
-    """The folder with the source notebooks: ``$WORKBENCH_NOTEBOOKS``, else ``notebooks/`` of the checkout."""
-    env = os.environ.get("WORKBENCH_NOTEBOOKS")
-    return Path(env) if env else Path(__file__).resolve().parent / "notebooks"
-
-
 def notebook_path(name: str) -> Path:
     if name not in NOTEBOOKS:
         raise NotebookError(f"unknown notebook {name!r}{did_you_mean(name, NOTEBOOKS)}; known: {', '.join(NOTEBOOKS)}")
@@ -70,30 +65,19 @@ def notebook_path(name: str) -> Path:
     return path
 
 
-def project_root() -> Path:
-    """The checkout the notebooks belong to: defaults (store, cache, experiments) are relative to
-    it, not to the kernel's working directory (JupyterLab starts kernels in ``notebooks/``)."""
-    return Path(__file__).resolve().parents[1]
-
-
 def resolve_store_url(store_url: str = "") -> str:
-    """A notebook's ``store_url`` parameter, else ``$WORKBENCH_STORE``, else the checkout's default store."""
-    url = store_url or os.environ.get("WORKBENCH_STORE", "")
-    return url or f"sqlite:///{project_root() / 'results' / 'workbench.sqlite'}"
+    """A notebook's ``store_url`` parameter, else ``$WORKBENCH_STORE``, else the project's default store."""
+    return Workspace.resolve(store=store_url or None).store_url
 
 
 def resolve_cache_dir(cache_dir: str = "") -> Path:
-    return Path(cache_dir or os.environ.get("WORKBENCH_CACHE", "") or project_root() / "results" / "cache")
-
-
-def resolve_experiment_path(path: str = "") -> Path:
-    """A notebook's ``experiment_path``, else ``$WORKBENCH_EXPERIMENT_PATH``, else the quickstart."""
-    return Path(path or os.environ.get("WORKBENCH_EXPERIMENT_PATH", "") or project_root() / "experiments" / "quickstart.yaml")
+    """A notebook's ``cache_dir`` parameter, else ``$WORKBENCH_CACHE``, else the project's cache folder."""
+    return Workspace.resolve(cache_dir=cache_dir or None).cache_dir
 
 
 def resolve_experiment(store, name: str = "") -> str:
     """A notebook's ``experiment`` parameter, else ``$WORKBENCH_EXPERIMENT``, else the store's only experiment."""
-    name = name or os.environ.get("WORKBENCH_EXPERIMENT", "")
+    name = name or env("WORKBENCH_EXPERIMENT") or ""
     if name:
         return name
     names = store.experiment_names()

@@ -24,11 +24,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, DatasetError, did_you_mean
 
 # Every environment variable the workbench reads, with what it sets (shown by `workbench --help`
 # and the README). API keys are read by name from the variables the experiment file names.
@@ -155,7 +155,7 @@ class Workspace:
     store_url: str
     cache_dir: Path
     reports_dir: Path
-    threads: int = field(default_factory=default_threads)
+    threads: int | None = None  # None: every core locally, 1 per Ray task
     chroma_url: str | None = None
     executor: str = "local"
     ray_address: str | None = None
@@ -170,15 +170,13 @@ class Workspace:
         store_url = store or env("WORKBENCH_STORE", environ) or sqlite_url(base / "results" / "workbench.sqlite")
         threads_text = threads or env("WORKBENCH_THREADS", environ)
         try:
-            n_threads = int(threads_text) if threads_text else default_threads()
+            n_threads = int(threads_text) if threads_text else None
         except ValueError:
             raise ConfigError(f"$WORKBENCH_THREADS: expected a whole number, got {threads_text!r}") from None
-        if n_threads < 1:
+        if n_threads is not None and n_threads < 1:
             raise ConfigError(f"threads must be at least 1, got {n_threads}")
         executor = executor or env("WORKBENCH_EXECUTOR", environ) or "local"
         if executor not in EXECUTORS:
-            from .errors import did_you_mean
-
             raise ConfigError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}{did_you_mean(executor, EXECUTORS)}")
         return cls(
             root=base,
@@ -193,6 +191,11 @@ class Workspace:
 
     def replace(self, **changes: Any) -> Workspace:
         return replace(self, **changes)
+
+    @property
+    def local_threads(self) -> int:
+        """Threads a run uses in this process: the setting, else every core."""
+        return self.threads or default_threads()
 
     # -- derived locations -----------------------------------------------------------------------
     @property
@@ -246,8 +249,6 @@ class Workspace:
 
 def max_document_bytes(environ: Mapping[str, str] | None = None) -> int:
     """The per-document size limit: 16 MB, or ``$WORKBENCH_MAX_DOCUMENT_MB``."""
-    from .errors import DatasetError
-
     raw = env("WORKBENCH_MAX_DOCUMENT_MB", environ) or ""
     try:
         mb = float(raw) if raw else DEFAULT_MAX_DOCUMENT_MB

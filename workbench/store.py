@@ -27,9 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import StoreError
-from .settings import redact_url
-
-DEFAULT_URL = "sqlite:///results/workbench.sqlite"
+from .settings import Workspace, redact_url
 
 metadata = MetaData()
 
@@ -63,6 +61,7 @@ runs = Table(
     Column("timings", JSON),  # seconds per stage in the session that computed them
     Column("started_at", String(32)),
     Column("finished_at", String(32)),
+    Column("evidence", JSON),  # why the run stopped early, as data (e.g. a race elimination); migration 0003
 )
 
 questions = Table(
@@ -87,6 +86,7 @@ questions = Table(
     Column("metrics", JSON, nullable=False),  # metric key -> value or null (not applicable)
     # nullable, added for issue 6: {"fallback": {model, primary_error}, "attack": {id, kind, question, answer, ...}}
     Column("trace", JSON),
+    Column("code_version", String(32)),  # code hash that computed the row (migration 0003)
 )
 
 aggregates = Table(
@@ -126,7 +126,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 class Store:
     """A results store at a SQLAlchemy URL."""
 
-    def __init__(self, url: str = DEFAULT_URL):
+    def __init__(self, url: str):
         self.url = url
         try:
             if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -187,11 +187,13 @@ class Store:
                 conn.execute(delete(runs).where(runs.c.run_id == run_id))
                 conn.execute(runs.insert().values(**row))
 
-    def finish_run(self, run_id: str, status: str, n_failed: int, n_chunks: int | None, truncation_rate: float | None, timings: dict) -> None:
+    def finish_run(self, run_id: str, status: str, n_failed: int, n_chunks: int | None, truncation_rate: float | None, timings: dict,
+                   evidence: dict | None = None) -> None:
+        """Record how a run ended; ``evidence`` says why it stopped early (None: it ran to the end)."""
         with self.engine.begin() as conn:
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(
                 status=status, n_failed=n_failed, n_chunks=n_chunks, truncation_rate=truncation_rate,
-                timings=timings, finished_at=now()))
+                timings=timings, finished_at=now(), evidence=evidence))
 
     def write_questions(self, rows: list[dict]) -> None:
         """Upsert per-question rows in one short transaction."""
@@ -379,8 +381,9 @@ def upgrade(engine: Engine) -> None:
                 conn.commit()
 
 
-def open(url: str = DEFAULT_URL) -> Store:  # noqa: A001 - mirrors `workbench.store.open(url)` in the docs
-    return Store(url)
+def open(url: str | None = None) -> Store:  # noqa: A001 - mirrors `workbench.store.open(url)` in the docs
+    """The store at ``url``, else ``$WORKBENCH_STORE``, else the project folder's default store."""
+    return Store(Workspace.resolve(store=url).store_url)
 
 
 def to_json_records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -111,7 +111,8 @@ def upstreams(tmp_path_factory):
 
 def test_azure_openai_embeddings_and_generation(tmp_path, workspace_env, upstreams, monkeypatch):
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.runner import plan_experiment, run_experiment
+    from workbench.pipeline.plan import plan_experiment
+    from workbench.pipeline.runner import run_experiment
     from workbench.store import Store
 
     proxy = AzureProxy(upstreams)
@@ -136,7 +137,7 @@ grid:
 """, encoding="utf-8")
     try:
         plan = plan_experiment(load_experiment(exp), workspace_env)
-        run_experiment(plan, workspace_env, log=lambda m: None)
+        run_experiment(plan, workspace_env)
     finally:
         proxy.close()
     store = Store(workspace_env.store_url)
@@ -194,7 +195,7 @@ def test_azure_settings_are_validated(tmp_path, xquad_slice):
 def test_azure_key_comes_from_its_env_var(tmp_path, xquad_slice, workspace_env, monkeypatch):
     from workbench.config.experiment import load_experiment
     from workbench.errors import ProviderError
-    from workbench.pipeline.runner import plan_experiment
+    from workbench.pipeline.plan import plan_experiment
 
     monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
     exp = tmp_path / "e.yaml"
@@ -208,7 +209,7 @@ def test_azure_key_comes_from_its_env_var(tmp_path, xquad_slice, workspace_env, 
 def test_existing_run_ids_do_not_change(tmp_path, xquad_slice, workspace_env):
     """Adding the Azure fields to the specs must not change the id of any existing run."""
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.runner import _identity_config, plan_experiment
+    from workbench.pipeline.plan import identity_config as _identity_config, plan_experiment
 
     exp = tmp_path / "e.yaml"
     exp.write_text(f"name: e\ndataset: {xquad_slice}\ngrid:\n  chunking: [{{splitter: none}}]\n  embedding:\n"

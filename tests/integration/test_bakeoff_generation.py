@@ -12,7 +12,8 @@ pytestmark = pytest.mark.integration
 
 def test_small_real_grid_with_local_llm(tmp_path, workspace_env):
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.runner import plan_experiment, run_experiment
+    from workbench.pipeline.plan import plan_experiment
+    from workbench.pipeline.runner import run_experiment
     from workbench.store import Store
 
     dataset = write_xquad_slice(tmp_path / "data", n_docs=15)
@@ -29,7 +30,7 @@ judge: {{provider: local, model: smollm2-135m, prompt: {_prompt("judge_faithfuln
 """, encoding="utf-8")
     plan = plan_experiment(load_experiment(exp), workspace_env)
     assert len(plan.runs) == 2 and len(plan.queries) == 6  # 4 answerable + 2 with gold withheld
-    run_experiment(plan, workspace_env, log=lambda m: None)
+    run_experiment(plan, workspace_env)
 
     store = Store(workspace_env.store_url)
     board = store.leaderboard("gen")

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.integration
 
 def test_openai_compatible_embeddings_match_the_local_model(tmp_path, workspace_env, e5_server, monkeypatch):
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.runner import plan_experiment, run_experiment
+    from workbench.pipeline.plan import plan_experiment
+    from workbench.pipeline.runner import run_experiment
     from workbench.store import Store
 
     monkeypatch.setenv("E5_KEY", "not-a-real-key")
@@ -30,7 +31,7 @@ grid:
   retrieval: [{{method: dense, top_k: 5}}]
 """, encoding="utf-8")
     plan = plan_experiment(load_experiment(exp), workspace_env)
-    run_experiment(plan, workspace_env, log=lambda m: None)
+    run_experiment(plan, workspace_env)
     store = Store(workspace_env.store_url)
     board = store.leaderboard("hosted_emb")
     assert list(board["status"]) == ["complete", "complete"]

@@ -49,9 +49,10 @@ grid:
 
 def _run(exp: Path, ws):
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.runner import plan_experiment, run_experiment
+    from workbench.pipeline.plan import plan_experiment
+    from workbench.pipeline.runner import run_experiment
 
-    return run_experiment(plan_experiment(load_experiment(exp), ws), ws, log=lambda m: None)
+    return run_experiment(plan_experiment(load_experiment(exp), ws), ws)
 
 
 def _rows(ws, name):

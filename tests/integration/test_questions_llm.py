@@ -87,7 +87,8 @@ def test_generate_review_and_run_a_chunker_bakeoff(tmp_path: Path, workspace_env
     assert read_manifest(evalset)["revision"] == 2
 
     from workbench.config.experiment import parse_experiment
-    from workbench.pipeline.runner import plan_experiment, run_experiment
+    from workbench.pipeline.plan import plan_experiment
+    from workbench.pipeline.runner import run_experiment
     from workbench.store import Store
 
     exp = parse_experiment(f"""
@@ -103,7 +104,7 @@ grid:
 """, tmp_path / "exp.yaml")
     plan = plan_experiment(exp, workspace_env)
     assert plan.runs[0].lineage["ingest"]["n_errors"] == 1 and plan.runs[0].lineage["relevance"] == {"min_overlap": 0.5, "min_chars": None}
-    run_experiment(plan, workspace_env, log=lambda _: None)
+    run_experiment(plan, workspace_env)
     store = Store(workspace_env.store_url)
     for run in plan.runs:
         rows = store.questions(run.run_id)

@@ -66,7 +66,8 @@ def rerank_api():
 def test_rerank_axis_and_gain(tmp_path, workspace_env, rerank_api, monkeypatch):
     from workbench.compare import reranker_gain
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.runner import plan_experiment, run_experiment
+    from workbench.pipeline.plan import plan_experiment
+    from workbench.pipeline.runner import run_experiment
     from workbench.store import Store
 
     monkeypatch.setenv("RERANK_KEY", "test-key")
@@ -87,7 +88,7 @@ grid:
 """, encoding="utf-8")
     plan = plan_experiment(load_experiment(exp_path), workspace_env)
     assert len(plan.runs) == 4
-    run_experiment(plan, workspace_env, log=lambda m: None)
+    run_experiment(plan, workspace_env)
     store = Store(workspace_env.store_url)
     board = store.leaderboard("rr")
     assert set(board["status"]) == {"complete"}
@@ -115,7 +116,7 @@ grid:
 
     # Rerank results are cached: a re-run calls no reranker again.
     calls = _RerankAPI.calls
-    run_experiment(plan, workspace_env, log=lambda m: None, rerun="all")
+    run_experiment(plan, workspace_env, rerun="all")
     assert _RerankAPI.calls == calls
 
 
@@ -123,7 +124,8 @@ def test_llm_rerank_through_the_local_server(tmp_path, workspace_env):
     """LlamaIndex LLMRerank over the OpenAI-compatible path with SmolLM2: either a real reordering
     or, when the tiny model answers off-format, a counted fallback to the first-stage order."""
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.runner import plan_experiment, run_experiment
+    from workbench.pipeline.plan import plan_experiment
+    from workbench.pipeline.runner import run_experiment
     from workbench.store import Store
 
     dataset = write_xquad_slice(tmp_path / "data", n_docs=10, n_queries=3)
@@ -137,7 +139,7 @@ grid:
 """, encoding="utf-8")
     plan = plan_experiment(load_experiment(exp_path), workspace_env)
     assert plan.runs[0].lineage["reranker_fingerprint"]  # the GGUF's hash is part of the run's identity
-    run_experiment(plan, workspace_env, log=lambda m: None)
+    run_experiment(plan, workspace_env)
     store = Store(workspace_env.store_url)
     run = store.runs("llmrr").iloc[0]
     rows = store.questions(run["run_id"])

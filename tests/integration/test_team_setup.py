@@ -210,17 +210,17 @@ def test_bad_infrastructure_settings_are_one_line_errors(tmp_path, xquad_slice, 
 
 def test_index_chroma_in_the_experiment_file_and_the_override(tmp_path, xquad_slice, workspace_env):
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.runner import Workspace, plan_experiment
+    from workbench.pipeline.plan import plan_experiment
 
     text = f"name: e\ndataset: {xquad_slice}\ngrid:\n  chunking: [{{splitter: none}}]\n  retrieval: [{{method: bm25}}]\n"
     plain, infra = tmp_path / "plain.yaml", tmp_path / "infra.yaml"
     plain.write_text(text, encoding="utf-8")
     infra.write_text(text + "index: {chroma: {host: chroma.team, port: 8001}}\n", encoding="utf-8")
-    ws = Workspace(store_url=workspace_env.store_url, cache_dir=workspace_env.cache_dir, chroma_url=None)
+    ws = workspace_env.replace(chroma_url=None)
     e_plain, e_infra = load_experiment(plain), load_experiment(infra)
-    assert ws.chroma_server(e_plain) is None and ws.chroma_server(e_infra) == "http://chroma.team:8001"
-    override = Workspace(store_url=workspace_env.store_url, cache_dir=workspace_env.cache_dir, chroma_url="http://127.0.0.1:9")
-    assert override.chroma_server(e_infra) == "http://127.0.0.1:9"
+    assert ws.chroma_server(e_plain.spec.index) is None and ws.chroma_server(e_infra.spec.index) == "http://chroma.team:8001"
+    override = workspace_env.replace(chroma_url="http://127.0.0.1:9")
+    assert override.chroma_server(e_infra.spec.index) == "http://127.0.0.1:9"
     # infrastructure never changes what a run is
     assert [r.run_id for r in plan_experiment(e_plain, ws).runs] == [r.run_id for r in plan_experiment(e_infra, ws).runs]
     bad = tmp_path / "bad.yaml"

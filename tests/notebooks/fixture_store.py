@@ -74,12 +74,14 @@ def build_fixture_store(root: Path) -> FixtureStore:
     if (root / "done").exists():
         return fx
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.runner import Workspace, plan_experiment, run_experiment
+    from workbench.pipeline.plan import plan_experiment
+    from workbench.pipeline.runner import run_experiment
+    from workbench.settings import Workspace
 
     write_xquad_slice(dataset, n_docs=20, n_queries=10)
     _plant_markup(dataset)
     write_experiment(fx.experiment_path, dataset)
-    ws = Workspace(store_url=fx.store_url, cache_dir=fx.cache_dir)
-    run_experiment(plan_experiment(load_experiment(fx.experiment_path), ws), ws, log=lambda m: None)
+    ws = Workspace.resolve(store=fx.store_url, cache_dir=fx.cache_dir)
+    run_experiment(plan_experiment(load_experiment(fx.experiment_path), ws), ws)
     (root / "done").write_text("ok", encoding="utf-8")
     return fx

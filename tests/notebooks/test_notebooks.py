@@ -237,7 +237,7 @@ def test_a_failing_bakeoff_cell_fails_workbench_run_with_the_partial_notebook(fi
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     nb = nbformat.read(NOTEBOOK_DIR / "bakeoff.ipynb", as_version=4)
-    plan_cell = next(c for c in nb.cells if c.cell_type == "code" and "bakeoff.plan(" in c.source)
+    plan_cell = next(c for c in nb.cells if c.cell_type == "code" and "bakeoff.prepare(" in c.source)
     plan_cell.source = 'raise RuntimeError("disk full while storing <rows>")'
     nbformat.write(nb, notebooks / "bakeoff.ipynb")
     env = fixture_store.env(WORKBENCH_STORE=f"sqlite:///{tmp_path / 'x.sqlite'}", WORKBENCH_REPORTS=str(tmp_path / "reports"),

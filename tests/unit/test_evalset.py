@@ -13,7 +13,8 @@ from workbench.data.types import Span
 
 from workbench.data.loader import load_dataset
 from workbench.errors import DatasetError
-from workbench.data.evalset import FORMAT, EvalQuestion, export_review, find_answer, import_review, read_manifest, write_evalset
+from workbench.data.evalset import FORMAT, EvalQuestion, find_answer, read_manifest, write_evalset
+from workbench.review import export_review, import_review
 from workbench.data.ingest import ingest_folder
 from workbench.questions import Candidate, QuestionFilter, difficulty, sentence_around
 

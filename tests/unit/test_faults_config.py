@@ -100,7 +100,7 @@ def test_bad_fault_settings(exp_dir, case):
 
 
 def test_run_ids_ignore_retry_settings_and_unset_features(exp_dir, tmp_path):
-    from workbench.pipeline.runner import _identity_config
+    from workbench.pipeline.plan import identity_config as _identity_config
 
     plain = _load(exp_dir, BASE).runs()[0]
     tuned = _load(exp_dir, BASE + "      max_retries: 7\n      breaker_reset_s: 5\n").runs()[0]

@@ -52,8 +52,9 @@ def test_a_store_made_before_migrations_is_upgraded_in_place(url: str):
     metadata.create_all(engine)
     with engine.begin() as conn:
         # as made by an older release: questions without the rerank/ttft columns
-        for col in ("rerank_latency_s", "ttft_s"):
+        for col in ("rerank_latency_s", "ttft_s", "code_version"):  # code_version came with migration 0003
             conn.execute(text(f"ALTER TABLE questions DROP COLUMN {col}"))
+        conn.execute(text("ALTER TABLE runs DROP COLUMN evidence"))
         conn.execute(text("INSERT INTO runs (run_id, config, axes, lineage, status, n_questions, n_failed) "
                           "VALUES ('r1', '{}', '{\"retrieval\": \"bm25@5\"}', '{}', 'complete', 1, 0)"))
         conn.execute(text("INSERT INTO questions (run_id, query_id, position, question, gold_answers, relevant, hits, metrics) "
@@ -63,7 +64,8 @@ def test_a_store_made_before_migrations_is_upgraded_in_place(url: str):
 
     st = Store(url)
     cols = {c["name"] for c in inspect(st.engine).get_columns("questions")}
-    assert {"rerank_latency_s", "ttft_s"} <= cols
+    assert {"rerank_latency_s", "ttft_s", "code_version"} <= cols
+    assert "evidence" in {c["name"] for c in inspect(st.engine).get_columns("runs")}
     with st.engine.connect() as conn:
         assert sorted(MigrationContext.configure(conn).get_current_heads()) == head_revisions()
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []

@@ -312,7 +312,7 @@ def test_failure_reasons_and_text():
 
 def test_reliability_section_shows_failures_budget_stops_attacks_and_pii(tmp_path):
     from workbench.evaluation.aggregate import aggregate_rows
-    from workbench.pipeline.runner import _safety_aggregates
+    from workbench.pipeline.runner import safety_aggregates as _safety_aggregates
 
     store = _generation_store(tmp_path)
     # a fourth run: hardened prompt, stopped by the budget after 6 of 12 questions, 2 of them failed,

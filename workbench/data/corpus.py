@@ -112,7 +112,7 @@ def _load_queries(path: Path) -> dict[str, Query]:
     return queries
 
 
-def load_beir(folder: Path) -> Dataset:
+def load_beir(folder: Path, memo=None) -> Dataset:
     corpus_path, queries_path, qrels_path = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels.tsv"
     docs: dict[str, Document] = {}
     for lineno, obj in read_jsonl(corpus_path):
@@ -128,7 +128,7 @@ def load_beir(folder: Path) -> Dataset:
         raise DatasetError(f"{corpus_path}: empty corpus (no documents)")
     queries = _load_queries(queries_path)
     qrels = _load_qrels(qrels_path, docs, queries)
-    digest = hash_obj([file_sha256(p) for p in (corpus_path, queries_path, qrels_path)])
+    digest = hash_obj([file_sha256(p, memo) for p in (corpus_path, queries_path, qrels_path)])
     return Dataset(folder, docs, queries, qrels, digest, spans=answer_start_spans(queries, qrels, docs))
 
 

@@ -11,15 +11,16 @@ from .evalset import load_evalset
 from .types import Dataset
 
 
-def load_dataset(folder: str | Path) -> Dataset:
-    """Load a dataset folder in either layout (see the module docstring)."""
+def load_dataset(folder: str | Path, memo=None) -> Dataset:
+    """Load a dataset folder in any layout. ``memo`` (a diskcache) remembers file hashes across
+    processes, so a plan's kernel or worker reloading the dataset does not hash it again."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: dataset folder not found")
     if (folder / "evalset.json").exists():
         return load_evalset(folder)
     if (folder / "corpus.jsonl").exists():
-        return load_beir(folder)
+        return load_beir(folder, memo)
     if (folder / "documents").is_dir():
         return load_documents_folder(folder)
     raise DatasetError(f"{folder}: neither a BEIR folder (corpus.jsonl, queries.jsonl, qrels.tsv), a documents folder "

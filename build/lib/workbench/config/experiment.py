@@ -1,0 +1,676 @@
+"""Experiment files: the pydantic schema, loading with file/field/line errors, and grid expansion.
+
+An experiment file declares a dataset, a query sample and a grid of alternatives per stage. The
+grid's cartesian product is the list of runs; stages a run does not use are dropped from its config
+(BM25 needs no embedder) so that equivalent grid points collapse into one run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from ..errors import ConfigError, did_you_mean, unknown_name
+
+SPLITTERS = ("sentence", "token", "none")
+RETRIEVAL_METHODS = ("dense", "bm25", "hybrid")
+EMBEDDING_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
+GENERATION_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
+# Local models that ship inside PyPI packages; see workbench/embedding.py and workbench/llm_server.py.
+LOCAL_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "multilingual-e5-small")
+LOCAL_LLMS = ("smollm2-135m",)
+
+
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """An error from a model validator that belongs to one of its fields (or an unknown key):
+    ``_first_error`` appends ``field`` to the location so the message names its path and line."""
+    return PydanticCustomError("field_error", message, {"field": field})
+
+
+class _Spec(BaseModel):
+    """Base of every spec: unknown keys are errors (with a suggestion), specs are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        # pydantic's own extra="forbid" message has no suggestion; this one names the closest key.
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    raise _field_error(str(key), f"unknown key {key!r}{did_you_mean(key, known)}; allowed: {', '.join(sorted(known))}")
+        return data
+
+
+def _check_azure(spec) -> None:
+    """``provider: azure_openai`` needs its resource, API version and deployment; no other provider takes them."""
+    fields = ("azure_endpoint", "api_version", "deployment")
+    if spec.provider == "azure_openai":
+        for name in fields:
+            if not getattr(spec, name):
+                raise _field_error(name, f"provider 'azure_openai' needs {name}")
+        if spec.base_url:
+            raise _field_error("base_url", "provider 'azure_openai' takes azure_endpoint, not base_url")
+        if not spec.azure_endpoint.startswith(("https://", "http://")):
+            raise _field_error("azure_endpoint", f"expected https://RESOURCE.openai.azure.com, got {spec.azure_endpoint!r}")
+        return
+    for name in fields:
+        if getattr(spec, name) is not None:
+            raise _field_error(name, f"{name} applies to provider 'azure_openai' only")
+
+
+def _check_name(kind: str, value: str, choices: tuple[str, ...], field: str | None = None) -> str:
+    if value not in choices:
+        message = unknown_name(kind, value, choices)
+        raise _field_error(field, message) if field else ValueError(message)
+    return value
+
+
+class ChunkingSpec(_Spec):
+    """How documents become chunks. ``splitter: none`` keeps whole documents."""
+
+    splitter: str
+    chunk_size: int | None = Field(default=None, gt=0)
+    chunk_overlap: int = Field(default=0, ge=0)
+
+    @field_validator("splitter")
+    @classmethod
+    def _splitter(cls, v: str) -> str:
+        return _check_name("splitter", v, SPLITTERS)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ChunkingSpec:
+        if self.splitter == "none":
+            if self.chunk_size is not None or self.chunk_overlap:
+                raise ValueError("splitter 'none' keeps whole documents: remove chunk_size/chunk_overlap")
+        elif self.chunk_size is None:
+            raise ValueError(f"splitter {self.splitter!r} needs chunk_size")
+        elif self.chunk_overlap >= self.chunk_size:
+            raise _field_error("chunk_overlap", f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+        return self
+
+    def label(self) -> str:
+        return "whole documents" if self.splitter == "none" else f"{self.splitter} {self.chunk_size}/{self.chunk_overlap}"
+
+
+class EmbeddingSpec(_Spec):
+    """An embedding model: a bundled local one, OpenAI, or any OpenAI-compatible endpoint."""
+
+    provider: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    batch_size: int = Field(default=32, gt=0)
+    dimensions: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, description="input limit of a hosted model")
+    send_input_type: bool = Field(default=False, description="send input_type query/passage (e5-style endpoints)")
+    timeout_s: float = Field(default=60.0, gt=0, description="per-request timeout of a remote endpoint")
+    max_retries: int = Field(default=3, ge=0, le=20, description="retries on 429/5xx/timeouts/connection errors")
+    azure_endpoint: str | None = Field(default=None, description="azure_openai: https://RESOURCE.openai.azure.com")
+    api_version: str | None = Field(default=None, description="azure_openai: the API version, e.g. 2024-10-21")
+    deployment: str | None = Field(default=None, description="azure_openai: the deployment name")
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        return _check_name("embedding provider", v, EMBEDDING_PROVIDERS)
+
+    @model_validator(mode="after")
+    def _model(self) -> EmbeddingSpec:
+        if self.provider == "local":
+            _check_name("local embedding model", self.model, LOCAL_EMBEDDING_MODELS, "model")
+            if self.base_url or self.api_key_env:
+                raise ValueError("a local embedding model takes no base_url/api_key_env")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
+        _check_azure(self)
+        return self
+
+    def label(self) -> str:
+        return self.model if self.provider == "local" else f"{self.provider}:{self.model}"
+
+
+class RetrievalSpec(_Spec):
+    """First-stage retrieval. Hybrid fuses dense and BM25 rankings by reciprocal rank fusion."""
+
+    method: str
+    top_k: int = Field(default=5, gt=0)
+    candidates: int | None = Field(default=None, gt=0, description="hybrid: depth taken from each retriever")
+    rrf_k: int = Field(default=60, gt=0, description="hybrid: the k in 1/(k + rank)")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return _check_name("retrieval method", v, RETRIEVAL_METHODS)
+
+    @model_validator(mode="after")
+    def _hybrid_only(self) -> RetrievalSpec:
+        if self.method != "hybrid" and (self.candidates is not None or self.rrf_k != 60):
+            raise ValueError("candidates/rrf_k apply to method 'hybrid' only")
+        if self.candidates is not None and self.candidates < self.top_k:
+            raise ValueError(f"candidates ({self.candidates}) must be at least top_k ({self.top_k})")
+        return self
+
+    @property
+    def needs_embedding(self) -> bool:
+        return self.method in ("dense", "hybrid")
+
+    def label(self) -> str:
+        return f"{self.method}@{self.top_k}"
+
+
+RERANK_METHODS = ("none", "embedding", "cross_encoder", "llm", "hosted")
+
+
+class RerankSpec(_Spec):
+    """A second stage: re-score the first stage's ``candidates`` hits and keep the best ``top_n``.
+
+    - ``embedding``: a second local embedder (``model``), e.g. e5-small over MiniLM/BM25 candidates;
+    - ``cross_encoder``: a sentence-transformers cross-encoder in a local folder (``path``);
+    - ``llm``: listwise LLM reranking (``provider``/``model``, as for generation);
+    - ``hosted``: a Cohere/Jina-style ``/rerank`` API (``base_url``, ``model``, ``api_key_env``).
+    """
+
+    method: str
+    candidates: int = Field(default=20, gt=0)
+    top_n: int = Field(default=5, gt=0)
+    model: str | None = None
+    provider: str | None = None
+    path: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return _check_name("rerank method", v, RERANK_METHODS)
+
+    @model_validator(mode="after")
+    def _fields(self) -> RerankSpec:
+        allowed = {"none": set(), "embedding": {"model"}, "cross_encoder": {"path"},
+                   "llm": {"provider", "model", "base_url", "api_key_env"}, "hosted": {"model", "base_url", "api_key_env"}}[self.method]
+        for name in ("model", "provider", "path", "base_url", "api_key_env"):
+            if getattr(self, name) is not None and name not in allowed:
+                raise ValueError(f"rerank method {self.method!r} takes no {name!r}")
+        if self.method == "none":
+            return self
+        if self.top_n > self.candidates:
+            raise ValueError(f"top_n ({self.top_n}) must not exceed candidates ({self.candidates})")
+        if self.method == "embedding":
+            _check_name("local embedding model", self.model or "", LOCAL_EMBEDDING_MODELS)
+        elif self.method == "cross_encoder" and not self.path:
+            raise ValueError("rerank method 'cross_encoder' needs path (a local folder with the model)")
+        elif self.method == "llm":
+            _check_name("generation provider", self.provider or "", GENERATION_PROVIDERS)
+            if self.provider == "local":
+                _check_name("local LLM", self.model or "", LOCAL_LLMS)
+            elif not self.model or (self.provider == "openai_compatible" and not self.base_url):
+                raise ValueError("rerank method 'llm' needs model (and base_url for openai_compatible)")
+        elif self.method == "hosted" and not (self.base_url and self.model):
+            raise ValueError("rerank method 'hosted' needs base_url and model")
+        return self
+
+    def label(self) -> str:
+        if self.method == "none":
+            return "-"
+        what = {"embedding": self.model, "cross_encoder": Path(self.path or "").name, "llm": self.model, "hosted": self.model}[self.method]
+        return f"{self.method}:{what} {self.candidates}->{self.top_n}"
+
+
+class FallbackSpec(_Spec):
+    """A second model asked when the primary one still fails after its retries (or its circuit
+    breaker is open). It uses the primary's prompt, temperature, seed and max_tokens; a row answered
+    by it records ``fallback_used`` and the model in its trace."""
+
+    provider: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        return _check_name("generation provider", v, GENERATION_PROVIDERS)
+
+    @model_validator(mode="after")
+    def _model(self) -> FallbackSpec:
+        if self.provider == "local":
+            _check_name("local LLM", self.model, LOCAL_LLMS, "model")
+            if self.base_url or self.api_key_env:
+                raise ValueError("a local LLM takes no base_url/api_key_env (the workbench starts its own server)")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
+        return self
+
+
+# Fault-handling settings of a generation entry: they change how a run copes with a bad endpoint,
+# not what a working endpoint answers, so they stay out of the run id (see runner.plan_experiment).
+RESILIENCE_FIELDS = ("max_retries", "retry_backoff_s", "breaker_failures", "breaker_reset_s")
+
+
+class GenerationSpec(_Spec):
+    """An LLM and a prompt file. Every provider is reached through the OpenAI API."""
+
+    provider: str
+    model: str
+    prompt: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    temperature: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    max_tokens: int = Field(default=128, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    concurrency: int = Field(default=1, ge=1, le=64, description="parallel requests to a remote endpoint")
+    requests_per_minute: float | None = Field(default=None, gt=0, description="rate limit for a remote endpoint")
+    max_retries: int = Field(default=3, ge=0, le=20, description="retries on 429/5xx/timeouts/connection errors")
+    retry_backoff_s: float = Field(default=0.5, gt=0, le=60, description="first backoff; doubles per retry, with jitter")
+    breaker_failures: int = Field(default=5, ge=1, description="failed attempts in a row that open the endpoint's circuit breaker")
+    breaker_reset_s: float = Field(default=30.0, gt=0, description="seconds an open breaker waits before a trial call")
+    fallback: FallbackSpec | None = None
+    azure_endpoint: str | None = Field(default=None, description="azure_openai: https://RESOURCE.openai.azure.com")
+    api_version: str | None = Field(default=None, description="azure_openai: the API version, e.g. 2024-10-21")
+    deployment: str | None = Field(default=None, description="azure_openai: the deployment name")
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        return _check_name("generation provider", v, GENERATION_PROVIDERS)
+
+    def fallback_spec(self) -> GenerationSpec | None:
+        """The fallback as a generation spec (the primary's prompt and sampling), or None."""
+        fb = self.fallback
+        if fb is None:
+            return None
+        return self.model_copy(update={"provider": fb.provider, "model": fb.model, "base_url": fb.base_url,
+                                       "api_key_env": fb.api_key_env, "timeout_s": fb.timeout_s, "fallback": None,
+                                       "concurrency": 1, "requests_per_minute": None})
+
+    @model_validator(mode="after")
+    def _model(self) -> GenerationSpec:
+        if self.provider == "local":
+            _check_name("local LLM", self.model, LOCAL_LLMS, "model")
+            if self.base_url or self.api_key_env:
+                raise ValueError("a local LLM takes no base_url/api_key_env (the workbench starts its own server)")
+            if self.concurrency > 1:
+                # llama.cpp answers one request at a time with every core; parallel requests only queue
+                raise _field_error("concurrency", "the local LLM serves one request at a time: concurrency must be 1")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
+        _check_azure(self)
+        return self
+
+    def label(self) -> str:
+        name = self.model if self.provider == "local" else f"{self.provider}:{self.model}"
+        return f"{name} / {Path(self.prompt).stem}"
+
+
+class JudgeSpec(_Spec):
+    """An optional LLM-as-judge of faithfulness, reached like any generation model."""
+
+    provider: str
+    model: str
+    prompt: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    seed: int = 0
+    max_tokens: int = Field(default=8, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> JudgeSpec:
+        self.as_generation()  # same rules as a generation model
+        return self
+
+    def as_generation(self) -> GenerationSpec:
+        return GenerationSpec(provider=self.provider, model=self.model, prompt=self.prompt, base_url=self.base_url,
+                              api_key_env=self.api_key_env, temperature=0.0, seed=self.seed, max_tokens=self.max_tokens,
+                              timeout_s=self.timeout_s)
+
+
+class QuerySpec(_Spec):
+    """A deterministic sample of the dataset's queries (all of them when ``limit`` is omitted).
+
+    ``unanswerable`` adds that fraction of the sample again with its gold documents withheld from
+    retrieval, to measure refusal when the answer is not in the corpus.
+    """
+
+    limit: int | None = Field(default=None, gt=0)
+    seed: int = 0
+    unanswerable: float = Field(default=0.0, ge=0, le=1)
+
+
+class RelevanceSpec(_Spec):
+    """When a chunk counts as relevant to a question with gold character spans (chunk-level metrics).
+
+    ``min_overlap``: the shared characters must be at least this share of the shorter of the gold
+    span and the chunk; ``min_chars``: instead, at least this many shared characters.
+    """
+
+    min_overlap: float = Field(default=0.5, gt=0, le=1)
+    min_chars: int | None = Field(default=None, gt=0)
+
+
+class GridSpec(_Spec):
+    chunking: list[ChunkingSpec] = Field(min_length=1)
+    embedding: list[EmbeddingSpec] = Field(default_factory=list)
+    retrieval: list[RetrievalSpec] = Field(min_length=1)
+    rerank: list[RerankSpec] | None = None
+    generation: list[GenerationSpec] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GridSpec:
+        if any(r.needs_embedding for r in self.retrieval) and not self.embedding:
+            raise ValueError("retrieval methods 'dense'/'hybrid' need at least one entry under 'embedding'")
+        if self.generation is not None and not self.generation:
+            raise ValueError("generation: give at least one model, or omit the axis for a retrieval-only experiment")
+        if self.rerank is not None and not self.rerank:
+            raise ValueError("rerank: give at least one entry (use {method: none} for no reranking), or omit the axis")
+        for axis in ("chunking", "embedding", "retrieval", "rerank", "generation"):
+            values = getattr(self, axis) or []
+            seen = set()
+            for i, v in enumerate(values):
+                if v in seen:
+                    raise ValueError(f"{axis}[{i}] repeats an earlier entry")
+                seen.add(v)
+        return self
+
+
+class BaselineSpec(_Spec):
+    """What a gate compares against: a stored run, or a stored experiment (its run with the same
+    axes, else its best run)."""
+
+    run_id: str | None = None
+    experiment: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> BaselineSpec:
+        if (self.run_id is None) == (self.experiment is None):
+            raise ValueError("give exactly one of run_id or experiment")
+        return self
+
+
+class GateSpec(_Spec):
+    """A regression gate on one aggregate metric.
+
+    ``min``/``max`` bound the run's value; ``max_drop`` (higher-is-better metrics) and
+    ``max_increase`` (latency, cost) bound the change from the baseline. With ``significant: true``
+    a change beyond the bound fails only if a paired test finds it significant at ``alpha``.
+    """
+
+    min: float | None = None
+    max: float | None = None
+    max_drop: float | None = Field(default=None, ge=0)
+    max_increase: float | None = Field(default=None, ge=0)
+    significant: bool = False
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> GateSpec:
+        if all(v is None for v in (self.min, self.max, self.max_drop, self.max_increase)):
+            raise ValueError("a gate needs at least one of min, max, max_drop, max_increase")
+        return self
+
+
+class BudgetSpec(_Spec):
+    """Spending limits of one ``workbench run`` invocation. When one is reached the run stops
+    cleanly: the questions answered so far are stored, the run's status is ``stopped: budget``, and
+    a later ``workbench run`` resumes where it stopped (with a fresh budget)."""
+
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, description="prompt + completion tokens of the LLM calls made")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetSpec:
+        if self.max_cost_usd is None and self.max_tokens is None:
+            raise ValueError("a budget needs max_cost_usd or max_tokens")
+        return self
+
+
+class InjectionSpec(_Spec):
+    """The prompt-injection suite: ``n`` attack trials per run (the suite's attacks in turn, each
+    planted into a different question's retrieved passages or into the question itself)."""
+
+    suite: str
+    n: int | None = Field(default=None, gt=0, description="trials per run (default: every attack once)")
+
+
+class PIISpec(_Spec):
+    """PII detection in retrieved context and answers; ``store_redaction`` replaces detected PII in
+    the stored question rows (hits text, answer, question) and hence in every report."""
+
+    store_redaction: bool = False
+
+
+class SafetySpec(_Spec):
+    injection: InjectionSpec | None = None
+    pii: PIISpec | None = None
+class ChromaServerSpec(_Spec):
+    """A Chroma server (``chroma run --host H --port P``) holding the vector indexes."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=8000, gt=0, lt=65536)
+    ssl: bool = False
+
+    def url(self) -> str:
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
+
+
+class IndexSpec(_Spec):
+    """Where vector indexes live: a Chroma server (``chroma``), else the embedded Chroma folder in
+    the cache. Infrastructure only: it never changes run ids or results, and ``--chroma-url`` /
+    ``$WORKBENCH_CHROMA_URL`` override it."""
+
+    chroma: ChromaServerSpec | None = None
+
+
+class ExperimentSpec(_Spec):
+    """One bake-off: a dataset, a query sample, and the grid of alternatives to compare."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    description: str = ""
+    dataset: str
+    queries: QuerySpec = QuerySpec()
+    grid: GridSpec
+    baseline: BaselineSpec | None = None
+    gates: dict[str, GateSpec] = Field(default_factory=dict)
+    limits: dict[str, float] = Field(default_factory=dict, description="the recommendation must stay within these (e.g. latency_p95 or cost)")
+    judge: JudgeSpec | None = None
+    budget: BudgetSpec | None = None
+    safety: SafetySpec | None = None
+    relevance: RelevanceSpec = RelevanceSpec()
+    index: IndexSpec | None = None
+
+    @model_validator(mode="after")
+    def _gates_need_baseline(self) -> ExperimentSpec:
+        for metric, gate in self.gates.items():
+            if (gate.max_drop is not None or gate.max_increase is not None) and self.baseline is None:
+                raise ValueError(f"gate {metric!r} compares with a baseline: add 'baseline'")
+        return self
+
+
+class RunConfig(_Spec):
+    """One point of the grid. ``embedding`` is None when the retriever needs none (BM25)."""
+
+    chunking: ChunkingSpec
+    embedding: EmbeddingSpec | None
+    retrieval: RetrievalSpec
+    generation: GenerationSpec | None
+    rerank: RerankSpec | None = None
+
+    @property
+    def final_k(self) -> int:
+        """How many chunks reach the answer and the metrics."""
+        return self.rerank.top_n if self.rerank else self.retrieval.top_k
+
+    def first_stage(self) -> RetrievalSpec:
+        """The first-stage retrieval: ``candidates`` deep when a reranker follows."""
+        if self.rerank is None:
+            return self.retrieval
+        update = {"top_k": self.rerank.candidates}
+        if self.retrieval.candidates is not None and self.retrieval.candidates < self.rerank.candidates:
+            update["candidates"] = self.rerank.candidates
+        return self.retrieval.model_copy(update=update)
+
+    def axes(self) -> dict[str, str]:
+        """Human-readable axis values, used as leaderboard columns."""
+        return {
+            "chunking": self.chunking.label(),
+            "embedding": self.embedding.label() if self.embedding else "-",
+            "retrieval": self.retrieval.label(),
+            "rerank": self.rerank.label() if self.rerank else "-",
+            "generation": self.generation.label() if self.generation else "-",
+        }
+
+
+class Experiment(BaseModel):
+    """A validated experiment file with its paths resolved."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    spec: ExperimentSpec
+    path: Path
+    dataset_path: Path
+    prompt_paths: dict[str, Path]  # GenerationSpec.prompt as written -> resolved file
+    model_paths: dict[str, Path] = {}  # RerankSpec.path as written -> resolved folder
+    attack_suite_path: Path | None = None  # safety.injection.suite, resolved
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def runs(self) -> list[RunConfig]:
+        return expand_grid(self.spec.grid)
+
+
+def expand_grid(grid: GridSpec) -> list[RunConfig]:
+    """Cartesian product of the axes, with unused stages dropped and duplicates removed, in order."""
+    runs: list[RunConfig] = []
+    seen: set[RunConfig] = set()
+    embeddings = grid.embedding or [None]
+    for chunking, embedding, retrieval, rerank, generation in itertools.product(
+        grid.chunking, embeddings, grid.retrieval, grid.rerank or [None], grid.generation or [None]
+    ):
+        run = RunConfig(
+            chunking=chunking,
+            embedding=embedding if retrieval.needs_embedding else None,
+            retrieval=retrieval,
+            rerank=None if rerank is None or rerank.method == "none" else rerank,
+            generation=generation,
+        )
+        if run not in seen:
+            seen.add(run)
+            runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _yaml_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (the deepest one that exists)."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    line, node = key_node.start_mark.line + 1, value_node
+                    break
+            else:
+                break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _first_error(path: Path, err: ValidationError, root: yaml.Node | None) -> ConfigError:
+    e = err.errors()[0]
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    if e["type"] == "field_error":
+        loc += (e["ctx"]["field"],)
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        msg = "required field is missing"
+    elif e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    line = _yaml_line(root, loc)
+    where = f"{path}:{line}" if line else str(path)
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return ConfigError(f"{where}: {_format_loc(loc)}: {msg}{more}")
+
+
+def resolve_path(value: str, experiment_path: Path, field: str) -> Path:
+    """Resolve a path from an experiment file: relative to the file's folder, then to the cwd."""
+    p = Path(value).expanduser()
+    candidates = [p] if p.is_absolute() else [experiment_path.parent / p, Path.cwd() / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    tried = " or ".join(str(c) for c in candidates)
+    raise ConfigError(f"{experiment_path}: {field}: {value!r} not found (looked for {tried})")
+
+
+def parse_experiment(text: str, path: Path) -> Experiment:
+    """Validate experiment YAML ``text`` (read from ``path``) and resolve the files it names."""
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of experiment fields, got {type(data).__name__}")
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(path, exc, root) from None
+    dataset_path = resolve_path(spec.dataset, path, "dataset")
+    prompt_paths: dict[str, Path] = {}
+    for i, g in enumerate(spec.grid.generation or []):
+        prompt_paths[g.prompt] = resolve_path(g.prompt, path, f"grid.generation[{i}].prompt")
+    if spec.judge is not None:
+        prompt_paths[spec.judge.prompt] = resolve_path(spec.judge.prompt, path, "judge.prompt")
+    model_paths: dict[str, Path] = {}
+    for i, r in enumerate(spec.grid.rerank or []):
+        if r.path is not None:
+            model_paths[r.path] = resolve_path(r.path, path, f"grid.rerank[{i}].path")
+    attack_suite_path = None
+    if spec.safety is not None and spec.safety.injection is not None:
+        attack_suite_path = resolve_path(spec.safety.injection.suite, path, "safety.injection.suite")
+    return Experiment(spec=spec, path=path.resolve(), dataset_path=dataset_path, prompt_paths=prompt_paths, model_paths=model_paths,
+                      attack_suite_path=attack_suite_path)
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Read and validate an experiment file; every problem is a one-line ``ConfigError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
+    return parse_experiment(text, path)

@@ -1,0 +1,209 @@
+"""Components: the stage objects one execution needs, built once and shared by its runs.
+
+Models are loaded once, the local LLM server is started once per model, a chunk set is written
+once, an index built once, whatever number of grid points use them. Nothing below the runner builds
+a model or a client itself: they all come from here, and every kind of model comes from a factory
+that a caller can replace. ``workbench.testing.fake_components`` swaps in a seeded fake embedder and
+a fake LLM that way, so the whole run core is exercised in a unit test without a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import diskcache
+
+from ..config import EmbeddingSpec, GenerationSpec, RerankSpec
+from ..errors import WorkbenchError
+from ..providers.apikeys import api_key_for
+from ..providers.llm_server import LocalLLMServer
+from ..settings import Workspace, apply_offline_defaults
+from ..stages import index as index_mod
+from ..stages import rerank as rr
+from ..stages.chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks
+from ..stages.embedding import CachedEmbedder, Embedder, load_tokenizer, make_embedder
+from ..stages.generation import GenerationResult, Prompt, generate, make_client
+from ..stages.retrieval import Retriever
+from .plan import Plan, PlannedRun
+
+
+class Generator(Protocol):
+    """Anything that answers a rendered prompt: an OpenAI-compatible endpoint, or a fake."""
+
+    spec: GenerationSpec
+
+    def generate(self, prompt: Prompt, question: str, context: list, answer: str | None = None) -> GenerationResult: ...
+
+
+@dataclass
+class ClientGenerator:
+    """A generation spec served through the ``openai`` client (local llama.cpp server or hosted)."""
+
+    spec: GenerationSpec
+    client: object
+
+    def generate(self, prompt: Prompt, question: str, context: list, answer: str | None = None) -> GenerationResult:
+        return generate(self.client, self.spec, prompt, question, context, answer=answer)
+
+
+@dataclass(frozen=True)
+class ChunkSource:
+    """A run's chunk set: its content address, the chunks on disk, and the embedder's input limit."""
+
+    key: str
+    chunks: ChunkSet
+    max_tokens: int | None
+
+
+EmbedderFactory = Callable[[EmbeddingSpec], Embedder]
+TokenizerFactory = Callable[[EmbeddingSpec | None], Tokenizer]
+GeneratorFactory = Callable[[GenerationSpec], Generator]
+RerankerFactory = Callable[[RerankSpec], Callable]
+
+
+class Components:
+    """Builds and memoises every stage object of one execution; close it (or use ``with``) to stop
+    servers and close caches.
+
+    Args:
+        plan: What is executed (chunking tokenizers and model files are the plan's).
+        workspace: Cache folders, threads, the Chroma server.
+        embedders, tokenizers, generators, rerankers: factories replacing the live ones (tests).
+        log: Where one-line notes go (an index built or reused).
+    """
+
+    def __init__(self, plan: Plan, workspace: Workspace, *, embedders: EmbedderFactory | None = None,
+                 tokenizers: TokenizerFactory | None = None, generators: GeneratorFactory | None = None,
+                 rerankers: RerankerFactory | None = None, log: Callable[[str], None] | None = None):
+        apply_offline_defaults()
+        self.plan, self.workspace = plan, workspace
+        self.log = log or (lambda message: None)
+        self._stack = contextlib.ExitStack()
+        self.cache = self._stack.enter_context(diskcache.Cache(str(workspace.stages_dir), size_limit=2**34))
+        self.memo = self._stack.enter_context(diskcache.Cache(str(workspace.memo_dir)))
+        self._factories = {"embedder": embedders or self._live_embedder, "tokenizer": tokenizers or self._live_tokenizer,
+                           "generator": generators or self._live_generator, "reranker": rerankers or self._live_reranker}
+        self._built: dict[tuple, object] = {}
+        self._chroma = None
+        self.timings: dict[str, float] = defaultdict(float)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._stack.close()
+        self._built.clear()
+
+    def __enter__(self) -> Components:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _once(self, key: tuple, build: Callable[[], object], timing: str | None = "model_load_s"):
+        """``build()`` the first time ``key`` is asked for (timed under ``timing``), then reuse it."""
+        if key not in self._built:
+            t0 = time.perf_counter()
+            self._built[key] = build()
+            if timing:
+                self.timings[timing] += time.perf_counter() - t0
+        return self._built[key]
+
+    # -- models ------------------------------------------------------------------------------------
+    def embedder(self, spec: EmbeddingSpec) -> CachedEmbedder:
+        return self._once(("embedder", spec), lambda: CachedEmbedder(self._factories["embedder"](spec), self.cache))
+
+    def tokenizer(self, spec: EmbeddingSpec | None) -> Tokenizer:
+        return self._once(("tokenizer", spec), lambda: self._factories["tokenizer"](spec))
+
+    def generator(self, spec: GenerationSpec) -> Generator:
+        return self._once(("generator", spec), lambda: self._factories["generator"](spec))
+
+    def local_server(self, model: str) -> LocalLLMServer:
+        def start() -> LocalLLMServer:
+            self.workspace.logs_dir.mkdir(parents=True, exist_ok=True)
+            server = LocalLLMServer(model, n_threads=self.workspace.local_threads, log_dir=self.workspace.logs_dir)
+            return self._stack.enter_context(server)
+
+        return self._once(("server", model), start)
+
+    def _live_embedder(self, spec: EmbeddingSpec) -> Embedder:
+        return make_embedder(spec, threads=self.workspace.local_threads, memo=self.memo)
+
+    def _live_tokenizer(self, spec: EmbeddingSpec | None) -> Tokenizer:
+        built = self._built.get(("embedder", spec))  # a loaded model's own tokenizer costs nothing more
+        return built.tokenizer if built is not None else load_tokenizer(spec, self.memo)
+
+    def _live_generator(self, spec: GenerationSpec) -> Generator:
+        base_url = self.local_server(spec.model).base_url if spec.provider == "local" else None
+        return ClientGenerator(spec, make_client(spec, base_url))
+
+    def _live_reranker(self, spec: RerankSpec) -> Callable:
+        if spec.method == "embedding":
+            return rr.EmbeddingReranker(self.embedder(EmbeddingSpec(provider="local", model=spec.model)))
+        if spec.method == "cross_encoder":
+            return rr.CrossEncoderReranker(str(self.plan.experiment.model_paths[spec.path]), threads=self.workspace.local_threads)
+        if spec.method == "llm":
+            if spec.provider == "local":
+                return rr.LLMReranker(self.local_server(spec.model).base_url, "local", spec.model)
+            key = api_key_for(spec.provider, spec.api_key_env, f"{spec.provider}:{spec.model}")
+            return rr.LLMReranker(spec.base_url or "https://api.openai.com/v1", key, spec.model)
+        key = api_key_for("openai_compatible", spec.api_key_env, f"rerank {spec.model}")
+        return rr.HostedReranker(spec.base_url, key, spec.model)
+
+    # -- data stages -------------------------------------------------------------------------------
+    def tokenizer_spec(self, run: PlannedRun) -> EmbeddingSpec | None:
+        """The embedder whose tokenizer sizes the run's chunks (BM25 runs: the grid's first)."""
+        grid = self.plan.experiment.spec.grid
+        return run.config.embedding or (grid.embedding[0] if grid.embedding else None)
+
+    def chunk_source(self, run: PlannedRun) -> ChunkSource:
+        """The run's chunk set. Chunks stream from the splitter into a SQLite file in the cache,
+        keyed by the chunk set's content address; a cache hit loads no model."""
+        key = chunk_set_key(self.plan.dataset.docs.values(), run.config.chunking, run.tokenizer)
+        return self._once(("chunks", key), lambda: self._build_chunks(run, key), timing="chunking_s")
+
+    def _build_chunks(self, run: PlannedRun, key: str) -> ChunkSource:
+        path = self.workspace.chunksets_dir / f"{key}.sqlite"
+        found = self.cache.get(f"chunks:v3:{key}")
+        if found is None or not path.exists():
+            tok = self.tokenizer(self.tokenizer_spec(run))
+            if tok.name != run.tokenizer:
+                raise WorkbenchError(f"run {run.run_id}: planned with tokenizer {run.tokenizer}, but {tok.name} was loaded; plan again")
+            ChunkSet.write(path, iter_chunks(self.plan.dataset.docs.values(), run.config.chunking, tok))
+            found = {"max_tokens": tok.max_tokens}
+            self.cache.set(f"chunks:v3:{key}", found)
+        return ChunkSource(key, ChunkSet(path), found["max_tokens"])
+
+    def retriever(self, run: PlannedRun) -> Retriever:
+        source = self.chunk_source(run)
+        spec = run.config.embedding
+        return self._once(("retriever", source.key, spec), lambda: self._build_retriever(run, source), timing=None)
+
+    def _build_retriever(self, run: PlannedRun, source: ChunkSource) -> Retriever:
+        spec = run.config.embedding
+        if spec is None:
+            return Retriever(source.chunks, source.key, self.cache)
+        name = index_mod.collection_name(source.key, run.lineage["embedding_fingerprint"])
+        t0 = time.perf_counter()
+        collection, built = index_mod.ensure_collection(self._chroma_client(), name, source.chunks, lambda: self.embedder(spec),
+                                                        self.workspace.locks_dir)
+        self.timings["embed_index_s"] += time.perf_counter() - t0
+        self.log(f"index {name} ({len(source.chunks)} chunks, {spec.model}): {'built' if built else 'reused'}")
+        return Retriever(source.chunks, source.key, self.cache, collection, name, lambda: self.embedder(spec))
+
+    def _chroma_client(self):
+        if self._chroma is None:
+            server = self.workspace.chroma_server(self.plan.experiment.spec.index)
+            self._chroma = index_mod.open_chroma_server(server) if server else index_mod.open_chroma(self.workspace.chroma_dir)
+        return self._chroma
+
+    def reranker(self, run: PlannedRun) -> rr.CachedReranker | None:
+        spec = run.config.rerank
+        if spec is None:
+            return None
+        impl = self._once(("reranker", spec), lambda: self._factories["reranker"](spec))
+        return rr.CachedReranker(spec, impl, self.cache, self.chunk_source(run).chunks.text)

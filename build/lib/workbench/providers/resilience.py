@@ -1,0 +1,158 @@
+"""Provider faults: retries with exponential backoff and jitter, a circuit breaker per endpoint.
+
+Every call to an OpenAI-compatible endpoint (generation and embedding) goes through ``call``:
+
+* the ``openai`` client's own timeout applies to each request (``timeout_s`` in the spec), and its
+  built-in retries are switched off so that one policy, tenacity's, decides;
+* tenacity retries 429, 5xx, timeouts and connection errors with exponential backoff and full
+  jitter, honouring a ``Retry-After`` header when the server sends one (capped at the maximum wait);
+* a ``pybreaker`` circuit breaker per endpoint (base URL + model) counts failed attempts; once open
+  it fails calls at once (``CircuitBreakerError``) until ``breaker_reset_s`` has passed, so a dead
+  provider costs one timeout per question at most instead of every retry, and the caller can go to
+  its fallback model immediately.
+
+Client errors (400, 401, 404, ...) are neither retried nor counted by the breaker: they are the
+request's fault, not the endpoint's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+import openai
+import pybreaker
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3  # attempts after the first
+    backoff_s: float = 0.5  # first backoff; doubles per attempt, with jitter
+    max_backoff_s: float = 20.0
+    breaker_failures: int = 5  # consecutive failed attempts that open the breaker
+    breaker_reset_s: float = 30.0  # how long it stays open before one trial call
+
+
+def is_transient(exc: BaseException) -> bool:
+    """429, 5xx, timeouts, connection errors (and a stream cut mid-way): worth another try."""
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):
+        return True  # e.g. an error event or a malformed chunk in a stream
+    return isinstance(exc, (httpx.TransportError, json.JSONDecodeError))
+
+
+def _not_endpoint_fault(exc: BaseException) -> bool:
+    return not is_transient(exc)
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """The server's ``Retry-After`` (seconds form) on a 429/503, if any."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # the HTTP-date form: fall back to the exponential backoff
+
+
+class _WaitRetryAfterOrBackoff:
+    """tenacity wait: the server's Retry-After when given, else exponential backoff with jitter."""
+
+    def __init__(self, policy: RetryPolicy):
+        self.backoff = wait_exponential_jitter(initial=policy.backoff_s, max=policy.max_backoff_s, jitter=policy.backoff_s)
+        self.cap = policy.max_backoff_s
+
+    def __call__(self, retry_state) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        hinted = retry_after_s(exc) if exc is not None else None
+        return min(hinted, self.cap) if hinted is not None else self.backoff(retry_state)
+
+
+_BREAKERS: dict[str, pybreaker.CircuitBreaker] = {}
+_BREAKERS_LOCK = threading.Lock()
+_LAST_FAILURE: dict[str, str] = {}
+
+
+class _RememberLastFailure(pybreaker.CircuitBreakerListener):
+    """Keeps each endpoint's last counted failure, so "circuit open" errors say what opened it."""
+
+    def failure(self, cb, exc) -> None:
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        _LAST_FAILURE[cb.name] = f"{type(exc).__name__}: {msg}"[:200]
+
+
+def breaker_for(endpoint: str, policy: RetryPolicy) -> pybreaker.CircuitBreaker:
+    """The process-wide breaker of one endpoint (shared by every run and thread using it)."""
+    with _BREAKERS_LOCK:
+        if endpoint not in _BREAKERS:
+            _BREAKERS[endpoint] = pybreaker.CircuitBreaker(
+                fail_max=policy.breaker_failures, reset_timeout=policy.breaker_reset_s, exclude=[_not_endpoint_fault],
+                listeners=[_RememberLastFailure()], name=endpoint)
+        return _BREAKERS[endpoint]
+
+
+def reset_breakers() -> None:
+    """Forget every breaker's state (tests; a new process starts with closed breakers anyway)."""
+    with _BREAKERS_LOCK:
+        _BREAKERS.clear()
+        _LAST_FAILURE.clear()
+
+
+def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Callable[[BaseException], None] | None = None) -> T:
+    """Run ``fn`` (one complete request, a consumed stream included) under the retry policy and the
+    endpoint's circuit breaker. Raises the last error, or ``pybreaker.CircuitBreakerError`` while
+    the breaker is open (not retried: the breaker exists to stop hammering a dead endpoint)."""
+    breaker = breaker_for(endpoint, policy)
+
+    def _before_sleep(state) -> None:
+        exc = state.outcome.exception()
+        _log.info("%s: attempt %d failed (%s: %s); retrying", endpoint, state.attempt_number, type(exc).__name__,
+                  str(exc).splitlines()[0] if str(exc) else "")
+        if on_retry is not None:
+            on_retry(exc)
+
+    retrying = Retrying(stop=stop_after_attempt(policy.max_retries + 1), wait=_WaitRetryAfterOrBackoff(policy),
+                        retry=retry_if_exception(is_transient), reraise=True, before_sleep=_before_sleep)
+    try:
+        return retrying(breaker.call, fn)
+    except pybreaker.CircuitBreakerError:
+        last = _LAST_FAILURE.get(endpoint)
+        raise pybreaker.CircuitBreakerError(
+            f"circuit open after {breaker.fail_counter or policy.breaker_failures} failed attempts in a row"
+            + (f" (last: {last})" if last else "")) from None
+
+
+def error_kind(error: str | None) -> str | None:
+    """A short reason for a stored error text, for counts in the report ("timeout", "rate limit", ...)."""
+    if not error:
+        return None
+    # "<Class>: message", or "<what failed>: <Class>: message" (embedding errors name the endpoint first)
+    names = re.findall(r"\b([A-Z][A-Za-z]*(?:Error|Exception|Timeout))\b:", error)
+    name = names[0] if names else error.split(":", 1)[0].strip()
+    kinds = {
+        "APITimeoutError": "timeout", "ReadTimeout": "timeout", "ConnectTimeout": "timeout", "TimeoutException": "timeout",
+        "RateLimitError": "rate limit (429)", "InternalServerError": "server error (5xx)",
+        "APIConnectionError": "connection error", "ConnectError": "connection error", "RemoteProtocolError": "connection error",
+        "CircuitBreakerError": "circuit open", "AuthenticationError": "authentication", "BadRequestError": "bad request",
+        "NotFoundError": "not found", "ProviderError": "provider error",
+    }
+    if name in kinds:
+        return kinds[name]
+    if name == "APIStatusError":
+        return "server error (5xx)" if "5" == error.split("Error code: ")[-1][:1] else "http error"
+    return name or "error"

@@ -1,0 +1,242 @@
+"""Chunking: LlamaIndex node parsers behind one function, counting tokens with the embedder's tokenizer.
+
+LlamaIndex's splitters count tiktoken tokens by default, while MiniLM truncates at 256 of *its own*
+word pieces: at ``chunk_size: 256`` most chunks would be silently cut. So the splitter is given the
+embedding model's tokenizer, and every chunk records its length in that tokenizer so the run can
+report its truncation rate.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from llama_index.core import Document as LIDocument
+from llama_index.core.node_parser import SentenceSplitter, TokenTextSplitter
+
+from ..config.experiment import ChunkingSpec
+from ..data.types import Document
+from ..hashing import hash_obj
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    chunk_id: str  # "<doc_id>#<n>", unique within a chunk set
+    doc_id: str
+    text: str
+    start_char: int  # offsets into the document's text; -1 when the parser could not place it
+    end_char: int
+    n_tokens: int  # length in the chunking tokenizer, specials included
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """A named token counter. ``split_fn`` is what the LlamaIndex splitter counts with."""
+
+    name: str
+    split_fn: Callable[[str], list]
+    count_fn: Callable[[str], int]  # the model's own count, special tokens included
+    max_tokens: int | None  # the model's input limit; None when unknown
+
+
+def chunk_set_key(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokenizer | str) -> str:
+    """Content address of a chunk set: documents' content hashes, chunker config, tokenizer (name)."""
+    name = tokenizer if isinstance(tokenizer, str) else tokenizer.name
+    return hash_obj({"docs": sorted((d.doc_id, d.content_hash) for d in docs), "chunking": spec.model_dump(), "tokenizer": name})
+
+
+def _parser(spec: ChunkingSpec, tokenizer: Tokenizer):
+    if spec.splitter == "sentence":
+        return SentenceSplitter(chunk_size=spec.chunk_size, chunk_overlap=spec.chunk_overlap, tokenizer=tokenizer.split_fn)
+    if spec.splitter == "token":
+        return TokenTextSplitter(chunk_size=spec.chunk_size, chunk_overlap=spec.chunk_overlap, tokenizer=tokenizer.split_fn)
+    raise ValueError(spec.splitter)
+
+
+def chunk_documents(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokenizer) -> list[Chunk]:
+    """Split every document; chunk ids are stable (document id + position)."""
+    return list(iter_chunks(docs, spec, tokenizer))
+
+
+def iter_chunks(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokenizer) -> Iterator[Chunk]:
+    """Split documents one at a time, yielding chunks as they come (nothing accumulates)."""
+    parser = None if spec.splitter == "none" else _parser(spec, tokenizer)
+    for doc in docs:
+        if parser is None:
+            pieces = [(doc.text, 0, len(doc.text))]
+        else:
+            nodes = parser.get_nodes_from_documents([LIDocument(text=doc.text, id_=doc.doc_id)])
+            pieces = [
+                (n.get_content(), -1 if n.start_char_idx is None else n.start_char_idx,
+                 -1 if n.end_char_idx is None else n.end_char_idx)
+                for n in nodes
+            ]
+        cursor = 0
+        for i, (text, start, end) in enumerate(pieces):
+            start, end = _place(doc.text, text, start, end, cursor)
+            if start >= 0:
+                cursor = start
+            if text.strip():
+                yield Chunk(f"{doc.doc_id}#{i}", doc.doc_id, text, start, end, tokenizer.count_fn(text))
+
+
+def _place(doc_text: str, text: str, start: int, end: int, cursor: int) -> tuple[int, int]:
+    """The chunk's exact (start, end) in its document, or (-1, -1) when it is not a verbatim slice.
+
+    Gold spans are matched against these offsets, so they must be exact. LlamaIndex's splitters
+    set ``start_char_idx``/``end_char_idx`` by searching the chunk text in the document (verified
+    exact for the sentence and token splitters in tests/unit/test_spans.py); a parser that leaves
+    them unset or wrong is located here by searching from the previous chunk's start.
+    """
+    if 0 <= start <= end and doc_text[start:end] == text:
+        return start, end
+    found = doc_text.find(text, cursor)
+    if found < 0:
+        found = doc_text.find(text)
+    return (found, found + len(text)) if found >= 0 else (-1, -1)
+
+
+def truncation_rate(chunks: list[Chunk], max_tokens: int | None) -> float | None:
+    """Share of chunks longer than the embedder's input limit (they are embedded cut short)."""
+    if isinstance(chunks, ChunkSet):
+        return chunks.truncation_rate(max_tokens)
+    if max_tokens is None or not chunks:
+        return None
+    return sum(c.n_tokens > max_tokens for c in chunks) / len(chunks)
+
+
+class ChunkSet(Sequence[Chunk]):
+    """A chunk set kept on disk (one SQLite file) and read in batches, so a 100k-chunk corpus never
+    sits in Python lists: the index build streams it, a question looks up only its hits by id.
+
+    Files are written once under a temporary name and renamed into place (atomic), so a killed or
+    concurrent writer never leaves a half-written set; finished sets never change. A ``ChunkSet``
+    pickles as its path (a worker process reopens the file).
+    """
+
+    BATCH = 2000
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._len = self._query("SELECT COUNT(*) FROM chunks")[0][0]
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def write(cls, path: Path, chunks: Iterable[Chunk]) -> ChunkSet:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            con = sqlite3.connect(tmp)
+            con.execute("CREATE TABLE chunks (pos INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, "
+                        "text TEXT NOT NULL, start_char INTEGER, end_char INTEGER, n_tokens INTEGER)")
+            batch: list[tuple] = []
+            for c in chunks:
+                batch.append((c.chunk_id, c.doc_id, c.text, c.start_char, c.end_char, c.n_tokens))
+                if len(batch) >= cls.BATCH:
+                    con.executemany("INSERT INTO chunks (chunk_id, doc_id, text, start_char, end_char, n_tokens) VALUES (?,?,?,?,?,?)", batch)
+                    batch.clear()
+            con.executemany("INSERT INTO chunks (chunk_id, doc_id, text, start_char, end_char, n_tokens) VALUES (?,?,?,?,?,?)", batch)
+            con.execute("CREATE INDEX chunks_doc ON chunks (doc_id)")
+            con.commit()
+            con.close()
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cls(path)
+
+    # -- reading -------------------------------------------------------------------------------
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:  # one read-only connection per thread (sqlite3 connections are per thread)
+            con = self._local.con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        return con
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self._con().execute(sql, args).fetchall()
+
+    _COLS = "chunk_id, doc_id, text, start_char, end_char, n_tokens"
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self._len)
+            if step != 1:
+                return [self[j] for j in range(start, stop, step)]
+            return [Chunk(*r) for r in self._query(f"SELECT {self._COLS} FROM chunks WHERE pos > ? AND pos <= ? ORDER BY pos", (start, stop))]
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        return Chunk(*self._query(f"SELECT {self._COLS} FROM chunks WHERE pos = ?", (i + 1,))[0])
+
+    def batches(self, size: int = BATCH) -> Iterator[list[Chunk]]:
+        for start in range(0, self._len, size):
+            yield self[start:start + size]
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for batch in self.batches():
+            yield from batch
+
+    def get(self, chunk_id: str) -> Chunk:
+        rows = self._query(f"SELECT {self._COLS} FROM chunks WHERE chunk_id = ?", (chunk_id,))
+        if not rows:
+            raise KeyError(chunk_id)
+        return Chunk(*rows[0])
+
+    def text(self, chunk_id: str) -> str:
+        return self.get(chunk_id).text
+
+    def in_doc(self, doc_id: str) -> list[Chunk]:
+        return [Chunk(*r) for r in self._query(f"SELECT {self._COLS} FROM chunks WHERE doc_id = ? ORDER BY pos", (doc_id,))]
+
+    def by_doc(self) -> Mapping[str, list[Chunk]]:
+        """A read-only ``{doc_id: [chunks]}`` view answered from the file (one query per lookup)."""
+        return _ChunksByDoc(self)
+
+    def count_in_docs(self, doc_ids: Iterable[str]) -> int:
+        ids = list(set(doc_ids))
+        total = 0
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[start:start + 500]
+            total += self._query(f"SELECT COUNT(*) FROM chunks WHERE doc_id IN ({','.join('?' * len(part))})", tuple(part))[0][0]
+        return total
+
+    def truncation_rate(self, max_tokens: int | None) -> float | None:
+        if max_tokens is None or not self._len:
+            return None
+        return self._query("SELECT AVG(n_tokens > ?) FROM chunks", (max_tokens,))[0][0]
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def __repr__(self) -> str:
+        return f"ChunkSet({self.path.name}, {self._len} chunks)"
+
+
+class _ChunksByDoc(Mapping):
+    def __init__(self, chunk_set: ChunkSet):
+        self._set = chunk_set
+
+    def __getitem__(self, doc_id: str) -> list[Chunk]:
+        found = self._set.in_doc(doc_id)
+        if not found:
+            raise KeyError(doc_id)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return (r[0] for r in self._set._query("SELECT DISTINCT doc_id FROM chunks ORDER BY doc_id"))
+
+    def __len__(self) -> int:
+        return self._set._query("SELECT COUNT(DISTINCT doc_id) FROM chunks")[0][0]
