@@ -10,7 +10,7 @@ finding the line in the YAML node tree that :func:`parse_yaml` keeps next to the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -21,6 +21,7 @@ from ..errors import ConfigError, did_you_mean
 # The context key of field_error(). pydantic substitutes "{<key>}" in error messages with the
 # context's value, so the key must be a name no message (a prompt placeholder, say) would contain.
 _FIELD_KEY = "workbench_field_path"
+M = TypeVar("M", bound=BaseModel)
 
 
 def field_error(field: str | tuple[str | int, ...], message: str) -> PydanticCustomError:
@@ -126,3 +127,16 @@ def validation_error(path: Path, err: ValidationError, root: yaml.Node | None) -
     where = f"{path}:{line}" if line else str(path)
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return ConfigError(f"{where}: {format_loc(loc)}: {msg}{more}")
+
+
+def load_yaml_model(model: type[M], path: Path, what: str, shape: str, context: dict | None = None) -> tuple[bytes, M]:
+    """``(raw bytes, validated model)`` of the YAML mapping in ``path``; ``shape`` completes the
+    error for a file that is not a mapping (``x.yaml: expected a mapping <shape>``) and ``context``
+    reaches the model's validators (a prompt's allowed placeholders)."""
+    raw, data, root = read_yaml(path, what)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping {shape}")
+    try:
+        return raw, model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise validation_error(path, exc, root) from None
