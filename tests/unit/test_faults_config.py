@@ -124,6 +124,11 @@ def test_what_is_retried():
     assert not is_transient(_status_error(openai.BadRequestError, 400))
     assert not is_transient(_status_error(openai.AuthenticationError, 401))
     assert not is_transient(ValueError("a bug is not a provider fault"))
+    # plain httpx clients (the hosted rerank API) raise HTTPStatusError from raise_for_status()
+    for status, transient in ((503, True), (429, True), (400, False), (401, False)):
+        response = httpx.Response(status, request=httpx.Request("POST", "http://x/v1/rerank"))
+        error = httpx.HTTPStatusError("status", request=response.request, response=response)
+        assert is_transient(error) is transient
 
 
 def test_retry_after_is_honoured_and_capped():

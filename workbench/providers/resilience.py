@@ -1,9 +1,10 @@
 """Provider faults: retries with exponential backoff and jitter, a circuit breaker per endpoint.
 
-Every call to an OpenAI-compatible endpoint (generation and embedding) goes through ``call``:
+Every call to a model API (generation, embedding, LLM and hosted rerankers) goes through ``call``:
 
-* the ``openai`` client's own timeout applies to each request (``timeout_s`` in the spec), and its
-  built-in retries are switched off so that one policy, tenacity's, decides;
+* the client's own timeout applies to each request (``timeout_s`` in the spec), and its built-in
+  retries are switched off (``providers/clients.py`` makes every client) so that one policy,
+  tenacity's, decides;
 * tenacity retries 429, 5xx, timeouts and connection errors with exponential backoff and full
   jitter, honouring a ``Retry-After`` header when the server sends one (capped at the maximum wait);
 * a ``pybreaker`` circuit breaker per endpoint (base URL + model) counts failed attempts; once open
@@ -51,6 +52,8 @@ def is_transient(exc: BaseException) -> bool:
         return exc.status_code == 429 or exc.status_code >= 500
     if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):
         return True  # e.g. an error event or a malformed chunk in a stream
+    if isinstance(exc, httpx.HTTPStatusError):  # plain httpx clients (a hosted rerank API)
+        return exc.response.status_code == 429 or exc.response.status_code >= 500
     return isinstance(exc, (httpx.TransportError, json.JSONDecodeError))
 
 

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 
 import httpx
 import openai
+from pybreaker import CircuitBreakerError
 
 from ..config.experiment import GenerationSpec
 from ..config.files import Prompt
-from ..errors import ProviderError
 from ..hashing import canonical_json, sha256_text
+from ..providers import resilience
+from ..providers.clients import openai_client
+from ..providers.resilience import RetryPolicy
 
 # Moved: prompt files to workbench/config/files.py, prices to workbench/providers/prices.py. These
 # names stay importable from here only for workbench/pipeline/runner.py and workbench/explore.py,
@@ -72,22 +75,17 @@ def rendered_hash(rendered) -> str:
     return sha256_text(canonical_json(rendered))
 
 
-def make_client(spec: GenerationSpec, base_url: str | None) -> openai.OpenAI:
-    """An OpenAI client for the spec; ``base_url`` is the running local server for provider local."""
-    if spec.provider == "local":
-        if not base_url:
-            # Without it the client would fall back to api.openai.com.
-            raise ProviderError(f"generation local:{spec.model}: needs the base_url of a running LocalLLMServer")
-        return openai.OpenAI(base_url=base_url, api_key="local", max_retries=0, timeout=spec.timeout_s)
-    from ..providers.clients import openai_client
+def make_client(spec: GenerationSpec, base_url: str | None, *, http_client: httpx.Client | None = None) -> openai.OpenAI:
+    """The client of a generation (judge, fallback) spec, made by ``providers/clients.py``: its own
+    retries are off because ``generate`` retries under one policy (``providers/resilience.py``).
 
-    # The client's own retries are off: generate() retries under one policy (workbench/resilience.py).
-    return openai_client(spec, f"generation {spec.provider}:{spec.model}", timeout=spec.timeout_s, max_retries=0)
+    ``base_url`` is the running local server for provider local; ``http_client`` carries the traffic
+    when given (tests, recording).
+    """
+    return openai_client(spec, f"generation {spec.provider}:{spec.model}", base_url=base_url, http_client=http_client)
 
 
 def retry_policy(spec: GenerationSpec):
-    from ..providers.resilience import RetryPolicy
-
     return RetryPolicy(max_retries=spec.max_retries, backoff_s=spec.retry_backoff_s, max_backoff_s=max(20.0, spec.retry_backoff_s),
                        breaker_failures=spec.breaker_failures, breaker_reset_s=spec.breaker_reset_s)
 
@@ -142,10 +140,6 @@ def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, questi
               "stream": True, "stream_options": {"include_usage": True}}
     if prompt.stop:
         common["stop"] = list(prompt.stop)
-    from pybreaker import CircuitBreakerError
-
-    from ..providers import resilience
-
     retries = []
 
     def once():

@@ -11,12 +11,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
 import numpy as np
+import openai
+from pybreaker import CircuitBreakerError
 
 from ..config.experiment import RerankSpec
+from ..data.types import Hit
 from ..errors import ProviderError
 from ..hashing import hash_obj, sha256_text
-from ..data.types import Hit
+from ..providers import resilience
+from ..providers.clients import Endpoint, openai_like_settings, rerank_client
+from ..providers.resilience import RetryPolicy
+
+LLM_TIMEOUT_S = 120.0  # per request of the LLM reranker
+HOSTED_POLICY = RetryPolicy(backoff_s=0.2, max_backoff_s=5.0)  # a rerank API answers in well under a second
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +76,19 @@ class LLMReranker:
     """Listwise LLM reranking with LlamaIndex's ``LLMRerank`` over an OpenAI-compatible endpoint.
 
     Small local models often answer off-format; then LlamaIndex's parser finds no choices and the
-    first-stage order is kept, flagged as a fallback so the report can count it.
+    first-stage order is kept, flagged as a fallback so the report can count it. Provider faults
+    are retried by ``providers/resilience.py`` (the client made for ``OpenAILike`` retries nothing).
     """
 
-    def __init__(self, base_url: str, api_key: str, model: str, batch_size: int = 5):
+    def __init__(self, base_url: str, api_key: str, model: str, batch_size: int = 5, *, http_client: httpx.Client | None = None):
         from llama_index.core.postprocessor import LLMRerank
         from llama_index.llms.openai_like import OpenAILike
 
-        llm = OpenAILike(model=model, api_base=base_url, api_key=api_key, is_chat_model=True, temperature=0.0,
-                         max_tokens=64, timeout=120, context_window=2048)
+        endpoint = Endpoint(base_url, api_key, timeout_s=LLM_TIMEOUT_S)
+        llm = OpenAILike(model=model, is_chat_model=True, temperature=0.0, max_tokens=64, context_window=2048,
+                         **openai_like_settings(endpoint, http_client=http_client))
         self._rerank = LLMRerank(llm=llm, choice_batch_size=batch_size, top_n=1)
+        self._endpoint = f"{base_url.rstrip('/')}#{model}"  # the breaker generation uses for this model too
 
     def __call__(self, query: str, hits: list[Hit], texts: list[str], top_n: int) -> tuple[list[Hit], bool]:
         from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
@@ -85,9 +97,12 @@ class LLMReranker:
         nodes = [NodeWithScore(node=TextNode(id_=h.chunk_id, text=t, metadata={"doc_id": h.doc_id}), score=h.score)
                  for h, t in zip(hits, texts)]
         try:
-            out = self._rerank.postprocess_nodes(nodes, query_bundle=QueryBundle(query))
+            out = resilience.call(lambda: self._rerank.postprocess_nodes(nodes, query_bundle=QueryBundle(query)),
+                                  self._endpoint, RetryPolicy())
         except (ValueError, IndexError, KeyError):  # unparseable LLM output
             out = []
+        except (openai.OpenAIError, CircuitBreakerError) as exc:
+            raise ProviderError(f"rerank LLM {self._endpoint}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]) from None
         if not out:
             return list(hits[:top_n]), True
         return [Hit(n.node.node_id, n.node.metadata["doc_id"], float(n.score or 0.0)) for n in out], False
@@ -95,33 +110,19 @@ class LLMReranker:
 
 class HostedReranker:
     """A Cohere/Jina-style ``POST {base_url}/rerank`` API: {model, query, documents, top_n} ->
-    {results: [{index, relevance_score}]}. Retries transient failures with tenacity."""
+    {results: [{index, relevance_score}]}. Transient failures (429, 5xx, no answer) are retried by
+    ``providers/resilience.py``, with a circuit breaker per endpoint as for every other provider."""
 
-    def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float = 60.0):
-        import httpx
-
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
-                                    headers={"Authorization": f"Bearer {api_key}"})
+    def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float = 60.0, *, http_client: httpx.Client | None = None):
+        self._api = rerank_client(Endpoint(base_url, api_key, timeout_s), http_client=http_client)
         self.model = model
 
     def __call__(self, query: str, hits: list[Hit], texts: list[str], top_n: int) -> tuple[list[Hit], bool]:
-        import httpx
-        from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
-
-        def transient(exc: BaseException) -> bool:
-            return isinstance(exc, httpx.TransportError) or (
-                isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (429, 500, 502, 503, 504))
-
-        @retry(retry=retry_if_exception(transient), stop=stop_after_attempt(4), wait=wait_exponential_jitter(0.2, 5), reraise=True)
-        def call() -> dict:
-            resp = self._client.post("/rerank", json={"model": self.model, "query": query, "documents": texts, "top_n": top_n})
-            resp.raise_for_status()
-            return resp.json()
-
+        payload = {"model": self.model, "query": query, "documents": texts, "top_n": top_n}
         try:
-            data = call()
-        except httpx.HTTPError as exc:
-            raise ProviderError(f"rerank API {self._client.base_url}: {type(exc).__name__}: {exc}") from None
+            data = resilience.call(lambda: self._api.rerank(payload), f"{self._api.url}#{self.model}", HOSTED_POLICY)
+        except (httpx.HTTPError, CircuitBreakerError) as exc:
+            raise ProviderError(f"rerank API {self._api.url}: {type(exc).__name__}: {exc}") from None
         results = sorted(data["results"], key=lambda r: -r["relevance_score"])[:top_n]
         return [Hit(hits[r["index"]].chunk_id, hits[r["index"]].doc_id, float(r["relevance_score"])) for r in results], False
 
