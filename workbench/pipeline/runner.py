@@ -34,7 +34,7 @@ from ..errors import ProviderError, WorkbenchError
 from ..evaluation.aggregate import aggregate_rows
 from ..evaluation.perquestion import cutoffs_for, question_metrics
 from ..evaluation.spans import chunk_level_metrics, relevant_chunks
-from ..hashing import canonical_json, file_sha256, hash_obj, sha256_text, tree_sha256
+from ..hashing import canonical_json, file_sha256, hash_obj, sha256_text
 from ..stages.retrieval import Retriever
 from ..providers.apikeys import api_key_for
 from ..store import Store
@@ -244,21 +244,9 @@ def _safety_identity(experiment: Experiment) -> dict:
 
 def _reranker_fingerprint(spec, experiment: Experiment, memo) -> str | None:
     """Identity of a reranker's model: weights hash for local ones, endpoint and name otherwise."""
-    from ..config.experiment import EmbeddingSpec as _E
+    from ..stages.rerank import reranker_fingerprint
 
-    if spec.method == "embedding":
-        return embedder_fingerprint(_E(provider="local", model=spec.model), memo)
-    if spec.method == "cross_encoder":
-        return tree_sha256(experiment.model_paths[spec.path], memo)
-    if spec.method == "llm" and spec.provider == "local":
-        from ..providers.llm_server import local_model_path
-
-        return file_sha256(local_model_path(spec.model), memo)
-    if spec.method in ("llm", "hosted"):
-        if spec.provider != "local":
-            api_key_for(spec.provider or "openai_compatible", spec.api_key_env, f"rerank {spec.method}:{spec.model}")
-        return hash_obj([spec.method, spec.provider, spec.model, spec.base_url])
-    return None
+    return reranker_fingerprint(spec, experiment.model_paths, memo)
 
 
 class _Stages:
@@ -349,7 +337,7 @@ class _Stages:
                 impl = rr.HostedReranker(spec.base_url, api_key_for("openai_compatible", spec.api_key_env, f"rerank {spec.model}"), spec.model)
             self._rerankers[spec] = impl
             self.timings["model_load_s"] += time.perf_counter() - t0
-        return rr.CachedReranker(spec, self._rerankers[spec], self.cache, chunk_text)
+        return rr.CachedReranker(spec, run.lineage["reranker_fingerprint"], self._rerankers[spec], self.cache, chunk_text)
 
     def _local_server(self, model: str):
         from ..providers.llm_server import LocalLLMServer

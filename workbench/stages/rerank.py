@@ -1,28 +1,33 @@
 """Second-stage rerankers: a second embedder, a local cross-encoder, an LLM, or a hosted rerank API.
 
 Every reranker takes the first stage's ``candidates`` hits for a query and returns the best
-``top_n`` with new scores. They share one cache (key: first-stage result, rerank config, query) and
-record their own latency, so a bake-off can weigh reranker gain against its cost.
+``top_n`` with new scores. They share one cache (key: first-stage result, rerank config, the
+reranker model's fingerprint, query) and record their own latency, so a bake-off can weigh reranker
+gain against its cost.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
 import openai
 from pybreaker import CircuitBreakerError
 
-from ..config.experiment import RerankSpec
+from ..config.experiment import EmbeddingSpec, RerankSpec
 from ..data.types import Hit
 from ..errors import ProviderError
-from ..hashing import hash_obj, sha256_text
+from ..hashing import file_sha256, hash_obj, sha256_text, tree_sha256
 from ..providers import resilience
+from ..providers.apikeys import api_key_for
 from ..providers.clients import Endpoint, openai_like_settings, rerank_client
+from ..providers.llm_server import local_model_path
 from ..providers.resilience import RetryPolicy
+from .embedding import embedder_fingerprint
 
 LLM_TIMEOUT_S = 120.0  # per request of the LLM reranker
 HOSTED_POLICY = RetryPolicy(backoff_s=0.2, max_backoff_s=5.0)  # a rerank API answers in well under a second
@@ -128,13 +133,20 @@ class HostedReranker:
 
 
 class CachedReranker:
-    """Cache and time a reranker: key = (first-stage hits, rerank config, query text)."""
+    """Cache and time a reranker: key = (rerank config, the reranker model's fingerprint, query
+    text, first-stage hits).
 
-    def __init__(self, spec: RerankSpec, impl: Callable, cache, texts: Callable[[str], str]):
-        self.spec, self.impl, self.cache, self.texts = spec, impl, cache, texts
+    The fingerprint (:func:`reranker_fingerprint`: a local model's weights hash) is in the key
+    because the config alone names a cross-encoder by its folder: a model retrained at the same
+    path must have its scores recomputed, not served from the cache.
+    """
+
+    def __init__(self, spec: RerankSpec, fingerprint: str, impl: Callable, cache, texts: Callable[[str], str]):
+        self.spec, self.fingerprint, self.impl, self.cache, self.texts = spec, fingerprint, impl, cache, texts
 
     def rerank(self, query: str, first_stage: tuple[Hit, ...]) -> RerankResult:
-        key = "rerank:" + hash_obj([self.spec.model_dump(), sha256_text(query), [(h.chunk_id, h.score) for h in first_stage]])
+        key = "rerank:" + hash_obj([self.spec.model_dump(), self.fingerprint, sha256_text(query),
+                                    [(h.chunk_id, h.score) for h in first_stage]])
         found = self.cache.get(key)
         if found is not None:
             return found
@@ -144,3 +156,29 @@ class CachedReranker:
         result = RerankResult(tuple(out), time.perf_counter() - t0, fallback)
         self.cache.set(key, result)
         return result
+
+
+def reranker_fingerprint(spec: RerankSpec, model_paths: Mapping[str, Path], memo=None) -> str | None:
+    """Identity of a reranker's model, without loading it: the weights' hash for local ones (a
+    second embedder, a cross-encoder folder, the local LLM's GGUF file), endpoint and name for
+    remote ones. It goes into run ids and into :class:`CachedReranker`'s key.
+
+    Args:
+        spec: a rerank spec (``method: none`` has no model: None).
+        model_paths: the experiment's resolved model folders by the path written in the file
+            (``Experiment.model_paths``).
+        memo: a diskcache of file hashes (model files are hashed once per size and mtime).
+
+    Raises:
+        ProviderError: a remote reranker's API key variable is not set (so planning fails before any work).
+    """
+    if spec.method == "embedding":
+        return embedder_fingerprint(EmbeddingSpec(provider="local", model=spec.model), memo)
+    if spec.method == "cross_encoder":
+        return tree_sha256(model_paths[spec.path], memo)
+    if spec.method == "llm" and spec.provider == "local":
+        return file_sha256(local_model_path(spec.model), memo)
+    if spec.method == "none":
+        return None
+    api_key_for(spec.provider or "openai_compatible", spec.api_key_env, f"rerank {spec.method}:{spec.model}")
+    return hash_obj([spec.method, spec.provider, spec.model, spec.base_url])
