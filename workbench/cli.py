@@ -303,10 +303,6 @@ def report(
     out.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
-def main() -> None:  # pragma: no cover
-    app()
-
-
 def _print_ingest(dataset) -> None:
     """A documents folder's ingestion report: counts, and every skipped or failed file by name."""
     ing = getattr(dataset, "ingest", None)

@@ -13,7 +13,7 @@ import pytest
 
 from workbench.config.experiment import load_experiment
 from workbench.errors import ConfigError
-from workbench.providers.resilience import RetryPolicy, _WaitRetryAfterOrBackoff, breaker_for, error_kind, is_transient, retry_after_s
+from workbench.providers.resilience import RetryPolicy, WaitRetryAfterOrBackoff, breaker_for, error_kind, is_transient, retry_after_s
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = """\
@@ -133,7 +133,7 @@ def test_what_is_retried():
 
 def test_retry_after_is_honoured_and_capped():
     policy = RetryPolicy(backoff_s=0.5, max_backoff_s=20)
-    wait = _WaitRetryAfterOrBackoff(policy)
+    wait = WaitRetryAfterOrBackoff(policy)
 
     def state(exc, attempt=1):
         return SimpleNamespace(outcome=SimpleNamespace(exception=lambda: exc), attempt_number=attempt)

@@ -72,6 +72,8 @@ def render(prompt: Prompt, question: str, chunks: list[ContextChunk], answer: st
 
 
 def rendered_hash(rendered) -> str:
+    """The identity of a rendered prompt (chat messages or text) in cache keys: the sha256 of its
+    canonical JSON, so the same request always hits the same cached answer or verdict."""
     return sha256_text(canonical_json(rendered))
 
 
