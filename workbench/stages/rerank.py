@@ -27,6 +27,7 @@ from ..providers.apikeys import api_key_for
 from ..providers.clients import Endpoint, openai_like_settings, rerank_client
 from ..providers.llm_server import local_model_path
 from ..providers.resilience import RetryPolicy
+from ..settings import apply_offline_defaults
 from .embedding import embedder_fingerprint
 
 LLM_TIMEOUT_S = 120.0  # per request of the LLM reranker
@@ -59,6 +60,7 @@ class CrossEncoderReranker:
     ``SentenceTransformerRerank``."""
 
     def __init__(self, path: str, threads: int | None = None):
+        apply_offline_defaults()  # before torch and the HF libraries read the environment on import
         from llama_index.core.postprocessor import SentenceTransformerRerank
 
         if threads:
