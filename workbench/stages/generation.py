@@ -29,8 +29,9 @@ from ..providers.resilience import RetryPolicy
 # Moved: prompt files to workbench/config/files.py, prices to workbench/providers/prices.py. These
 # names stay importable from here only for workbench/pipeline/runner.py and workbench/explore.py,
 # until they import them from their new homes; new code should not.
-from ..config.files import JUDGE_PLACEHOLDERS, load_prompt  # noqa: E402,F401
-from ..providers.prices import cost_usd, load_prices  # noqa: E402,F401
+from ..config.files import JUDGE_PLACEHOLDERS, load_prompt  # noqa: F401
+from ..providers.prices import cost_usd, load_prices  # noqa: F401
+
 
 @dataclass(frozen=True, slots=True)
 class ContextChunk:

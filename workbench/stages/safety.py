@@ -33,7 +33,7 @@ from ..config.files import Attack
 
 # Moved to workbench/config/files.py: importable from here only for workbench/pipeline/runner.py
 # until it imports it from there; new code should not.
-from ..config.files import load_attack_suite  # noqa: E402,F401
+from ..config.files import load_attack_suite  # noqa: F401
 
 
 def plant(attack: Attack, question: str, passages: list[str]) -> tuple[str, list[str]]:
