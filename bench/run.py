@@ -412,7 +412,8 @@ def measure_generation(dataset: Path, work: Path, n_questions: int, repeats: int
 
     from workbench.config.experiment import GenerationSpec
     from workbench.data.loader import load_dataset
-    from workbench.stages.generation import ContextChunk, generate, load_prompt, make_client, render
+    from workbench.config.files import load_prompt
+    from workbench.stages.generation import ContextChunk, generate, make_client, render
     from workbench.providers.llm_server import LocalLLMServer, local_model_path
 
     from llama_cpp.server.types import repeat_penalty_field

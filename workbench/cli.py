@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import WorkbenchError
-from .settings import Workspace, find_input
+from .settings import Workspace, apply_offline_defaults, find_input
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RAG bake-off workbench.")
 console = Console(stderr=True)
@@ -22,6 +22,14 @@ out = Console(width=None if sys.stdout.isatty() else 240)
 
 StoreOpt = Annotated[str | None, typer.Option("--store", help="results store URL (default: $WORKBENCH_STORE or sqlite:///results/workbench.sqlite)")]
 CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="stage cache folder (default: $WORKBENCH_CACHE or results/cache)")]
+
+
+@app.callback()
+def _before_any_command() -> None:
+    """RAG bake-off workbench."""
+    # The model libraries read these on import, and every command may reach one (a notebook
+    # kernel or the LLM server inherits them): offline, no telemetry, passive OpenMP waiting.
+    apply_offline_defaults()
 
 
 def _fail(exc: WorkbenchError) -> None:
@@ -278,10 +286,6 @@ def report(
     except WorkbenchError as exc:
         _fail(exc)
     out.print(f"report: {path}", highlight=False, soft_wrap=True)
-
-
-def main() -> None:  # pragma: no cover
-    app()
 
 
 def _print_ingest(dataset) -> None:

@@ -257,9 +257,10 @@ def max_document_bytes(environ: Mapping[str, str] | None = None) -> int:
     return int(mb * 1024 * 1024)
 
 
-def prices_path() -> Path:
-    """The price table: ``$WORKBENCH_PRICES``, else the one shipped with the package."""
-    return Path(env("WORKBENCH_PRICES") or Path(__file__).parent / "providers" / "prices.yaml")
+def prices_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The price table: ``$WORKBENCH_PRICES``, else the one shipped with the package
+    (``prices_path(environ={})`` is always the shipped one)."""
+    return Path(env("WORKBENCH_PRICES", environ) or Path(__file__).parent / "providers" / "prices.yaml")
 
 
 def notebooks_dir() -> Path:

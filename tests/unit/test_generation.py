@@ -8,8 +8,9 @@ import pytest
 
 from workbench.config.experiment import GenerationSpec
 from workbench.errors import ConfigError, ProviderError
-from workbench.stages.generation import (ContextChunk, cost_usd, format_context, load_prices, load_prompt, make_client, render,
-                                  rendered_hash)
+from workbench.config.files import load_prompt
+from workbench.providers.prices import cost_usd, load_prices
+from workbench.stages.generation import ContextChunk, format_context, make_client, render, rendered_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNKS = [ContextChunk(1, "d1", "Paris", "Paris is in France."), ContextChunk(2, "d2", "", "Berlin is in Germany.")]
@@ -140,7 +141,7 @@ def test_prices_edge_cases(tmp_path, caplog):
     # a dated snapshot is priced as its undated model; 1M prompt tokens of gpt-4o = 2.50 USD
     assert cost_usd("gpt-4o-2024-08-06", 1_000_000, 0, prices) == pytest.approx(2.50)
     assert cost_usd("gpt-4o-mini", None, 5, prices) is None
-    with caplog.at_level("WARNING", logger="workbench.stages.generation"):
+    with caplog.at_level("WARNING", logger="workbench.providers.prices"):
         assert cost_usd("my-hosted-llm", 10, 10, prices) is None
     assert "my-hosted-llm" in caplog.text and "prices.yaml" in caplog.text
     for text, expected in [("- a\n", "expected a mapping"),

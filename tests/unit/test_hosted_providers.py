@@ -10,19 +10,19 @@ import pytest
 
 from workbench.config.experiment import EmbeddingSpec, GenerationSpec
 from workbench.errors import ConfigError
-from workbench.stages.generation import cost_usd, load_prices, make_client, price_for
+from workbench.providers.prices import cost_usd, load_prices, price_for
+from workbench.settings import prices_path
+from workbench.stages.generation import make_client
 
 
 def test_price_table_is_dated_and_sourced():
     import yaml
 
-    from workbench.stages.generation import PRICES_PATH
-
-    raw = yaml.safe_load(PRICES_PATH.read_text(encoding="utf-8"))
+    raw = yaml.safe_load(prices_path(environ={}).read_text(encoding="utf-8"))
     assert isinstance(raw["updated"], dt.date) and raw["source"]
     prices = load_prices()
     hosted = {k: v for k, v in prices.items() if not k.startswith("local:")}
-    assert hosted and all(isinstance(v.get("updated"), dt.date) for v in hosted.values())
+    assert hosted and all(isinstance(v.updated, dt.date) for v in hosted.values())
 
 
 def test_azure_prices_fall_back_to_the_openai_list_price():

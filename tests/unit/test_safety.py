@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from workbench.errors import ConfigError
-from workbench.stages.safety import attack_succeeded, find_pii, load_attack_suite, pii_metrics, plant, prompt_instruction_text, redact
+from workbench.config.files import load_attack_suite
+from workbench.stages.safety import attack_succeeded, find_pii, pii_metrics, plant, prompt_instruction_text, redact
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANTED = ("Contact jane.doe@example.org or call +1 650-253-0000 (UK office: +44 20 7946 0958). "

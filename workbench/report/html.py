@@ -144,7 +144,7 @@ def leaderboard_html(data: ReportData) -> str:
     table = _table(header, rows, "sortable leaderboard", ["recommended" if x else "" for x in b["recommended"]])
     note = ("Quality: mean over questions, with its 95% bootstrap interval below. ↓ marks metrics where lower is better. "
             "Latency: end-to-end per question (retrieval, reranking and generation). Click a column header to sort.")
-    return (f'<h2>Leaderboard</h2>' + (f'<p class="muted">Same in every run: {esc("; ".join(fixed))}</p>' if fixed else "")
+    return ('<h2>Leaderboard</h2>' + (f'<p class="muted">Same in every run: {esc("; ".join(fixed))}</p>' if fixed else "")
             + table + f'<p class="muted">{esc(note)}</p>' + _levels_note(data, quality))
 
 
