@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .registry import metric_columns as row_metric_columns
 from .stats import bootstrap_ci, percentile
 
 N_RESAMPLES = 1000
@@ -23,7 +24,8 @@ LATENCY_COLUMNS = {"retrieval_latency_s": "retrieval_latency", "rerank_latency_s
 MEAN_COLUMNS = {"prompt_tokens": "prompt_tokens", "completion_tokens": "completion_tokens", "cost_usd": "cost_per_question_usd"}
 
 
-def _clean(values) -> list[float]:
+def clean_values(values) -> list[float]:
+    """The measured values of a column as floats: ``None`` (not applicable) and NaN dropped."""
     return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
 
@@ -42,27 +44,30 @@ def _row(metric: str, values: list[float], fn) -> dict:
 
 
 def aggregate_rows(rows: pd.DataFrame, metric_columns: list[str] | None = None) -> list[dict]:
-    """Aggregate a run's per-question DataFrame (``Store.questions``) into metric rows."""
+    """Aggregate a run's per-question DataFrame (``Store.questions``) into metric rows.
+
+    Raises:
+        MetricError: a column is not a known metric (see :mod:`.registry`).
+    """
     if rows.empty:
         return []
-    fixed = {"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer", "error",
-             "tokens_estimated", "trace", *LATENCY_COLUMNS, *MEAN_COLUMNS}
-    metric_columns = metric_columns or [c for c in rows.columns if c not in fixed]
+    # latency, tokens and cost are summarised below, under their own names
+    metric_columns = metric_columns or [c for c in row_metric_columns(rows.columns) if c not in LATENCY_COLUMNS and c not in MEAN_COLUMNS]
     mean = lambda v: bootstrap_ci(v, n_resamples=N_RESAMPLES, seed=SEED)  # noqa: E731
     out = []
     for col in metric_columns:
-        values = _clean(rows[col])
+        values = clean_values(rows[col])
         if values:
             out.append(_row(col, values, mean))
     for col, name in LATENCY_COLUMNS.items():
         if col in rows:
-            values = _clean(rows[col])
+            values = clean_values(rows[col])
             if values:
                 out.append(_row(f"{name}_p50_s", values, lambda v: _percentile_ci(v, 50)))
                 out.append(_row(f"{name}_p95_s", values, lambda v: _percentile_ci(v, 95)))
     for col, name in MEAN_COLUMNS.items():
         if col in rows:
-            values = _clean(rows[col])
+            values = clean_values(rows[col])
             if values:
                 out.append(_row(name, values, mean))
     out.append(_row("error_rate", [float(e is not None and e == e) for e in rows["error"]], mean))

@@ -645,7 +645,7 @@ def _safety_aggregates(rows) -> list[dict]:
     out of 16 would claim the interval [0, 0]; Wilson gives [0, 0.19]."""
     from scipy.stats import binomtest
 
-    from ..evaluation.aggregate import _clean
+    from ..evaluation.aggregate import clean_values as _clean
 
     out = []
     for col, name in (("attack_success", "attack_success_rate"), ("pii_leakage", "pii_leakage_rate"),
