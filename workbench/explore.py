@@ -20,10 +20,11 @@ import yaml
 
 from .errors import StoreError, WorkbenchError
 from .hashing import sha256_text
-from .report.leaderboard import primary_metric, sort_board
+from .evaluation.registry import label, lower_is_better, primary_metric
 from .notebooks import resolve_cache_dir, resolve_experiment
-from .report.data import enrich_board, label, lower_is_better, question_rows, question_values, wins_losses
+from .report.data import enrich_board, question_rows, question_values, wins_losses
 from .report.html import esc, question_detail_html
+from .report.leaderboard import sort_board
 from .store import Store
 
 OUTCOME_MARKS = {"win": "▲", "loss": "▼", "tie": "=", "failed": "✗", "n/a": "·", "": "·"}
