@@ -1,4 +1,5 @@
-"""What ``notebooks/bakeoff.ipynb`` does, as functions: narrow an experiment, plan it, run it.
+"""What ``notebooks/bakeoff.ipynb`` does, as functions: narrow an experiment, plan it, run it;
+and :func:`run_bakeoff`, which executes that notebook for ``workbench run``.
 
 The notebook (and ``workbench run``, which executes it with papermill) can run a subset of an
 experiment file: fewer questions (``query_limit``) and some values of some axes (``axes``, e.g.
@@ -10,15 +11,19 @@ questions, so widening the grid again recomputes nothing.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import pandas as pd
 from pydantic import ValidationError
 
 from .config.experiment import Experiment, ExperimentSpec, load_experiment
 from .errors import ConfigError, did_you_mean
+from .notebooks import SUMMARY_MIME, execute_notebook, recorded
+from .report.artifacts import notebook_store_url
 from .report.leaderboard import AXES, headline_columns, sort_board
 from .pipeline.runner import Plan, Workspace, plan_experiment, run_experiment
 from .store import Store
@@ -114,3 +119,18 @@ def leaderboard(store_url: str, experiment: str) -> pd.DataFrame:
     out = board[cols].copy()
     out["run_id"] = out["run_id"].str[:10]
     return out.round(4)
+
+
+def run_bakeoff(experiment_path: str | os.PathLike, store_url: str, cache_dir: str | os.PathLike, out_dir: Path, *,
+                query_limit: int = 0, axes: Mapping[str, Sequence[str | int]] | None = None, rerun: str = "missing",
+                stream: TextIO | None = None) -> dict:
+    """Execute ``bakeoff.ipynb`` into ``out_dir/bakeoff.ipynb``; return the summary it recorded.
+
+    Paths are made absolute so the notebook sees what the caller meant whatever its directory.
+    """
+    nb = execute_notebook("bakeoff", out_dir / "bakeoff.ipynb", {
+        "experiment_path": str(Path(experiment_path).resolve()), "store_url": notebook_store_url(store_url),
+        "cache_dir": str(Path(cache_dir).resolve()), "query_limit": int(query_limit), "axes": {k: list(v) for k, v in (axes or {}).items()},
+        "rerun": rerun}, cwd=Path.cwd(), stream=stream)
+    found = recorded(nb, SUMMARY_MIME)
+    return found[-1] if found else {}

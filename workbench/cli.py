@@ -158,7 +158,8 @@ def _run_planned(experiment: Path, store, cache_dir, rerun: str, report: bool, l
 
 
 def _run_locked(plan, experiment: Path, ws, limit: int, axes, rerun: str, report: bool, gate: bool, name: str) -> int:
-    from .report.artifacts import new_report_dir, render_report, run_bakeoff, write_index
+    from .bakeoff import run_bakeoff
+    from .report.artifacts import new_report_dir, render_report, write_index
     from .store import Store
 
     infra = f", executor {ws.executor}" + (f" at {ws.ray_address}" if ws.executor == "ray" else "")

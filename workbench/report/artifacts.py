@@ -1,7 +1,8 @@
 """Run artifacts and reports: ``reports/<experiment>/<UTC timestamp>/`` and ``reports/index.html``.
 
-A bake-off (``workbench run``) executes ``notebooks/bakeoff.ipynb`` into its report folder, then
-renders the report there; ``workbench report`` renders into a new folder. Rendering executes
+A bake-off (``workbench run``, :func:`workbench.bakeoff.run_bakeoff`) executes
+``notebooks/bakeoff.ipynb`` into its report folder, then renders the report there; ``workbench
+report`` renders into a new folder. Rendering executes
 ``notebooks/report.ipynb`` (which reads the store only) and converts it to one self-contained
 HTML page. The index lists every folder, newest first by its timestamp name (not by mtime).
 """
@@ -12,12 +13,10 @@ import datetime as dt
 import html
 import json
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
 
-from ..settings import safe_name
 from ..notebooks import SUMMARY_MIME, content_security_policy, execute_notebook, recorded, render_html
+from ..settings import safe_name, without_password
 from ..store import Store
 
 STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
@@ -39,21 +38,6 @@ def new_report_dir(experiment: str, reports_dir: str | os.PathLike | None = None
             return path
         except FileExistsError:
             continue
-
-
-def run_bakeoff(experiment_path: str | os.PathLike, store_url: str, cache_dir: str | os.PathLike, out_dir: Path, *,
-                query_limit: int = 0, axes: Mapping[str, Sequence[str | int]] | None = None, rerun: str = "missing",
-                stream: TextIO | None = None) -> dict:
-    """Execute ``bakeoff.ipynb`` into ``out_dir/bakeoff.ipynb``; return the summary it recorded.
-
-    Paths are made absolute so the notebook sees what the caller meant whatever its directory.
-    """
-    nb = execute_notebook("bakeoff", out_dir / "bakeoff.ipynb", {
-        "experiment_path": str(Path(experiment_path).resolve()), "store_url": notebook_store_url(store_url),
-        "cache_dir": str(Path(cache_dir).resolve()), "query_limit": int(query_limit), "axes": {k: list(v) for k, v in (axes or {}).items()},
-        "rerun": rerun}, cwd=Path.cwd(), stream=stream)
-    found = recorded(nb, SUMMARY_MIME)
-    return found[-1] if found else {}
 
 
 def render_report(experiment: str, store_url: str, reports_dir: str | os.PathLike | None = None, *, out_dir: Path | None = None,
@@ -83,8 +67,6 @@ def notebook_store_url(url: str) -> str:
     """The store URL as written into an executed notebook: SQLite paths absolute, and never a
     password. A PostgreSQL password moves to ``$PGPASSWORD`` (libpq reads it; the kernel inherits
     it), so executed notebooks and reports can be shared."""
-    from ..settings import without_password
-
     url = _absolute_sqlite(url)
     bare, password = without_password(url)
     if password is not None and bare.startswith("postgresql"):
