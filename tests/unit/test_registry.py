@@ -55,6 +55,13 @@ def test_metric_columns_name_every_unknown_column():
         reg.metric_columns(["query_id", "f1", "answer_quality"])
 
 
+def test_every_stored_question_column_is_a_row_field_or_a_metric():
+    """A column added to the questions table must be declared one or the other, or every
+    aggregation would refuse it as an unknown metric."""
+    columns = [c.name for c in questions_table.columns if c.name != "metrics"]
+    assert [c for c in columns if c not in reg.ROW_FIELDS and not reg.is_metric(c)] == []
+
+
 def test_aggregation_refuses_an_undeclared_metric():
     rows = pd.DataFrame({"query_id": ["a"], "error": [None], "f1": [1.0], "answer_quality": [0.5]})
     with pytest.raises(MetricError, match="unknown metric 'answer_quality'"):

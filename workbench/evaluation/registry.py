@@ -163,7 +163,7 @@ HEADLINE: tuple[str, ...] = (
 # Columns of a stored question row (``Store.questions``) that are not metrics. Everything else in
 # a row is a metric and must be in this registry.
 ROW_FIELDS: frozenset[str] = frozenset({"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer",
-                                        "error", "tokens_estimated", "trace"})
+                                        "error", "tokens_estimated", "trace", "code_version"})
 
 PRIMARY_METRICS = ("f1", "ndcg_at_10", "mrr")
 COST_KINDS = frozenset({Kind.LATENCY, Kind.TOKENS, Kind.COST})  # what a question costs, not what it is worth
