@@ -60,6 +60,16 @@ def test_limits_explicit_min_max_missing_values_and_unknown_metrics():
     assert any("'nope' ignored" in n for n in notes) and any("'bad' ignored" in n for n in notes)
 
 
+def test_limits_on_unknown_or_directionless_metrics_are_not_guessed():
+    board = _board(f1=[0.5, 0.9], citation_count=[1.0, 4.0], latency_p95_s=[1.0, 2.0])
+    violations, notes = rd.limit_violations(board, {"latency_p59_s": 1.5, "citation_count": 3, "f1": 0.6})
+    assert violations == {"r0": ["Answer F1 0.500 < 0.600"]}
+    assert any("'latency_p59_s' ignored: unknown metric 'latency_p59_s' (did you mean 'latency_p95_s'?)" in n for n in notes)
+    assert any("'citation_count' ignored" in n and "{min: ...} or {max: ...}" in n for n in notes)
+    violations, _ = rd.limit_violations(board, {"citation_count": {"max": 3}})
+    assert violations == {"r1": ["Citations 4.000 > 3.000"]}
+
+
 def test_no_run_within_limits_recommends_nothing_and_says_so():
     board = _board(ndcg_at_10=[0.5, 0.9], latency_p95_s=[3.0, 4.0])
     rec = rd.recommend(board, "ndcg_at_10", {"latency_p95_s": 1})
@@ -467,3 +477,13 @@ def test_the_report_and_the_gates_resolve_the_same_baseline(tmp_path):
     # named on the command line, a baseline run wins over the file's baseline experiment
     named = rd.load_report(store.url, "new", baseline_run="b_rrf1")
     assert named.baseline_id == "b_rrf10" and named.baseline_reason == "given as baseline_run"
+
+
+def test_headline_states_the_applied_limits_and_skips_unknown_ones(tmp_path):
+    store = _generation_store(tmp_path)
+    spec = {**store.experiment("gen_exp")["spec"], "limits": {"latency_p95_s": 5, "cost_per_question_usd": 0.002, "latncy": 1}}
+    store.save_experiment("gen_exp", spec, "h" * 64, "/tmp/gen_exp.yaml", ["g_fast", "g_best", "g_slow"])
+    data = rd.load_report(store.url, "gen_exp")
+    head = rh.headline_html(data)
+    assert "within the experiment&#x27;s limits (Latency P95 ≤ 5.00 s, Cost / question ≤ $0.00200)" in head
+    assert "limit &#x27;latncy&#x27; ignored: unknown metric" in head and data.recommendation.run_id == "g_best"

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ..compare import ALPHA, metric_values, reranker_gain, ties_with_best
-from ..errors import StoreError
-from ..evaluation.registry import COST_KINDS, HEADLINE, Kind, best_first, is_metric, label, lower_is_better, metric_info, primary_metric
+from ..errors import MetricError, StoreError
+from ..evaluation.registry import COST_KINDS, HEADLINE, Direction, Kind, best_first, label, lower_is_better, metric_info, primary_metric
 from ..evaluation.stats import PairedResult, paired_difference
 from ..gates import resolve_baseline
 from ..providers.resilience import error_kind
@@ -173,26 +173,44 @@ def enrich_board(board: pd.DataFrame, values: Mapping[str, pd.DataFrame]) -> pd.
 
 # -- recommendation ----------------------------------------------------------------------------
 
-def limit_violations(board: pd.DataFrame, limits: Mapping[str, Any] | None) -> tuple[dict[str, list[str]], list[str]]:
-    """Which runs break the experiment's limits, and notes on limits that could not be applied.
+def _limit_bounds(metric: str, bound) -> tuple[float | None, float | None] | str:
+    """(min, max) of one limit, or why it cannot be applied."""
+    try:
+        info = metric_info(metric)
+    except MetricError as exc:
+        return str(exc)
+    if isinstance(bound, Mapping):
+        return as_float(bound.get("min")), as_float(bound.get("max"))
+    if as_float(bound) is None:
+        return f"{bound!r} is not a number"
+    if info.direction is Direction.NONE:
+        return f"{info.label} is neither better high nor low; write {{min: ...}} or {{max: ...}}"
+    return (None, as_float(bound)) if info.lower_is_better else (as_float(bound), None)
 
-    ``limits`` maps a leaderboard column to a bound: a number is a maximum for lower-is-better
-    columns (latency, cost, tokens) and a minimum otherwise; ``{"max": x}``/``{"min": x}`` is
-    explicit. An unmeasured value (no cost in a retrieval-only run) does not break a limit.
+
+def applied_limits(limits: Mapping[str, Any] | None) -> tuple[dict[str, tuple[float | None, float | None]], list[str]]:
+    """The experiment's limits as ``{metric: (min, max)}``, and notes on those that cannot apply.
+
+    A number is a maximum for lower-is-better metrics (latency, cost, tokens) and a minimum for
+    higher-is-better ones (the registry's direction); ``{"max": x}``/``{"min": x}`` is explicit,
+    and required for a metric without a direction. An unknown metric is never guessed.
     """
-    violations: dict[str, list[str]] = {r: [] for r in board["run_id"]}
-    notes: list[str] = []
+    bounds, notes = {}, []
     for metric, bound in (limits or {}).items():
-        if not is_metric(metric):
-            notes.append(f"limit {metric!r} ignored: not a known metric")
-            continue
-        if isinstance(bound, Mapping):
-            lo, hi = as_float(bound.get("min")), as_float(bound.get("max"))
-        elif as_float(bound) is not None:
-            lo, hi = (None, as_float(bound)) if lower_is_better(metric) else (as_float(bound), None)
+        parsed = _limit_bounds(metric, bound)
+        if isinstance(parsed, str):
+            notes.append(f"limit {metric!r} ignored: {parsed}")
         else:
-            notes.append(f"limit {metric!r} ignored: {bound!r} is not a number")
-            continue
+            bounds[metric] = parsed
+    return bounds, notes
+
+
+def limit_violations(board: pd.DataFrame, limits: Mapping[str, Any] | None) -> tuple[dict[str, list[str]], list[str]]:
+    """Which runs break the experiment's limits (:func:`applied_limits`), and notes on limits that
+    could not be applied. An unmeasured value (no cost in a retrieval-only run) breaks no limit."""
+    violations: dict[str, list[str]] = {r: [] for r in board["run_id"]}
+    bounds, notes = applied_limits(limits)
+    for metric, (lo, hi) in bounds.items():
         if metric not in board:
             notes.append(f"limit {metric!r} ignored: no run reports it")
             continue

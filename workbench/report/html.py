@@ -19,7 +19,7 @@ from typing import Any
 from ..evaluation.registry import description, label, lower_is_better
 from ..hashing import hash_obj
 from ..settings import redact_url
-from .data import ALPHA, SAFETY_METRICS, Drilldown, ReportData, axis_tables, quality_columns, reliability_table
+from .data import ALPHA, SAFETY_METRICS, Drilldown, ReportData, applied_limits, axis_tables, quality_columns, reliability_table
 from .leaderboard import AXES, as_float, fmt
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -67,10 +67,8 @@ def title_html(data: ReportData) -> str:
             + f'<p class="muted">{" · ".join(esc(f) for f in facts)}</p>')
 
 
-def _limit_text(metric: str, bound) -> str:
-    if isinstance(bound, Mapping):
-        return ", ".join(f"{label(metric)} {op} {fmt(metric, bound[k])}" for k, op in (("min", "≥"), ("max", "≤")) if k in bound)
-    return f"{label(metric)} {'≤' if lower_is_better(metric) else '≥'} {fmt(metric, bound)}"
+def _limit_text(metric: str, lo: float | None, hi: float | None) -> str:
+    return ", ".join(f"{label(metric)} {op} {fmt(metric, v)}" for v, op in ((lo, "≥"), (hi, "≤")) if v is not None)
 
 
 def why(data: ReportData) -> list[str]:
@@ -81,8 +79,8 @@ def why(data: ReportData) -> list[str]:
         return [f"No run meets the experiment's limits; the best {label(m)} overall is #{best['rank']} {best['label']} "
                 f"({fmt(m, best[m])})."] + rec.notes
     r = data.row(rec.run_id)
-    limits = data.spec.get("limits") if isinstance(data.spec, dict) else None
-    within = f" within the experiment's limits ({', '.join(_limit_text(k, v) for k, v in limits.items())})" if limits else ""
+    limits, _ = applied_limits(data.spec.get("limits") if isinstance(data.spec, dict) else None)
+    within = f" within the experiment's limits ({', '.join(_limit_text(k, *v) for k, v in limits.items())})" if limits else ""
     out = [f"It has the highest {label(m)}{within} among {len(data.board)} runs: {fmt(m, r[m])}"
            + (f" (95% CI {fmt(m, r.get(m + '_ci_low'))} to {fmt(m, r.get(m + '_ci_high'))})." if as_float(r.get(m + "_ci_low")) is not None else ".")]
     out[-1] += f" {label(m)} measures {description(m)}."
