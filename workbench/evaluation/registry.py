@@ -2,9 +2,9 @@
 
 The leaderboard sorts by it, the report picks the best run and draws ↓ arrows with it, ``compare``
 says which way a paired difference is good with it, and aggregation and exports use it to tell
-metric columns from the other columns of a stored question row. These used to be four lists that
-disagreed; now a metric that is not here is an error (:class:`~workbench.errors.MetricError`, with
-a suggestion), never a silent "higher is better".
+metric columns from the other columns of a stored question row. These used to be lists in four
+modules that disagreed; now a metric that is not here is an error
+(:class:`~workbench.errors.MetricError`, with a suggestion), never a silent "higher is better".
 
 Adding a metric is one line in :data:`METRICS` (a fixed name) or :data:`FAMILIES` (a name pattern
 such as ``hit_at_{k}``). Two rules derive names from others, so they need no line of their own:
@@ -132,7 +132,6 @@ DOC_UNITS = {"unit": "relevant document", "units": "documents holding the answer
 CHUNK_UNITS = {"unit": "chunk overlapping the gold evidence span", "units": "chunks overlapping the gold evidence span"}
 
 
-
 class Family(NamedTuple):
     """Metrics named by a pattern: ``build`` makes the entry from the regex match of a name."""
 
@@ -167,7 +166,7 @@ ROW_FIELDS: frozenset[str] = frozenset({"run_id", "query_id", "position", "quest
 
 PRIMARY_METRICS = ("f1", "ndcg_at_10", "mrr")
 COST_KINDS = frozenset({Kind.LATENCY, Kind.TOKENS, Kind.COST})  # what a question costs, not what it is worth
-CHUNK_PREFIX = "chunk_"
+CHUNK_PREFIX = "chunk_"  # chunk-level retrieval metrics (evaluation/spans.py)
 _PERCENTILE = re.compile(r"(?P<base>\w+)_p(?P<q>50|95)_s")
 
 
