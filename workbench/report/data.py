@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..compare import ALPHA, metric_values, reranker_gain, ties_with_best
+from ..compare import metric_values, reranker_gain, ties_with_best
 from ..errors import MetricError, StoreError
 from ..evaluation.registry import COST_KINDS, HEADLINE, Direction, Kind, best_first, label, lower_is_better, metric_info, primary_metric
 from ..evaluation.stats import PairedResult, paired_difference

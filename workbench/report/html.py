@@ -16,10 +16,11 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..compare import ALPHA
 from ..evaluation.registry import description, label, lower_is_better
 from ..hashing import hash_obj
 from ..settings import redact_url
-from .data import ALPHA, SAFETY_METRICS, Drilldown, ReportData, applied_limits, axis_tables, quality_columns, reliability_table
+from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, axis_tables, quality_columns, reliability_table
 from .leaderboard import AXES, as_float, fmt
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def leaderboard_html(data: ReportData) -> str:
     table = _table(header, rows, "sortable leaderboard", ["recommended" if x else "" for x in b["recommended"]])
     note = ("Quality: mean over questions, with its 95% bootstrap interval below. ↓ marks metrics where lower is better. "
             "Latency: end-to-end per question (retrieval, reranking and generation). Click a column header to sort.")
-    return (f'<h2>Leaderboard</h2>' + (f'<p class="muted">Same in every run: {esc("; ".join(fixed))}</p>' if fixed else "")
+    return ('<h2>Leaderboard</h2>' + (f'<p class="muted">Same in every run: {esc("; ".join(fixed))}</p>' if fixed else "")
             + table + f'<p class="muted">{esc(note)}</p>' + _levels_note(data, quality))
 
 
