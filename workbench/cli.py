@@ -38,7 +38,8 @@ def _fail(exc: WorkbenchError) -> None:
 
 
 def _print_board(board, title: str) -> None:
-    from .report.leaderboard import AXES, fmt_with_ci, headline_columns, sort_board
+    from .evaluation.registry import headline_columns
+    from .report.leaderboard import AXES, fmt_with_ci, sort_board
 
     board = sort_board(board)
     table = Table(title=title)
@@ -428,7 +429,7 @@ def compare(
 ) -> None:
     """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value, flipped questions."""
     from .compare import compare_runs, flipped_questions
-    from .report.leaderboard import primary_metric
+    from .evaluation.registry import Direction, direction, primary_metric
     from .store import Store, to_json_records
 
     try:
@@ -451,8 +452,11 @@ def compare(
         table.add_row(r["metric"], str(r["n"]), f"{r['mean_a']:.4g}", f"{r['mean_b']:.4g}", f"{sig}{r['diff']:+.4g}",
                       f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", f"{r['p_value']:.3g}", r["test"])
     out.print(table)
-    out.print(f"{len(flipped)} questions changed {flip_metric} "
-              f"({int((flipped['change'] > 0).sum())} better, {int((flipped['change'] < 0).sum())} worse)")
+    if direction(flip_metric) is Direction.NONE:
+        counts = f"{int((flipped['change'] > 0).sum())} up, {int((flipped['change'] < 0).sum())} down"
+    else:  # better and worse in the metric's direction: fewer hallucinations are better
+        counts = f"{int(flipped['better'].astype(bool).sum())} better, {int((~flipped['better'].astype(bool)).sum())} worse"
+    out.print(f"{len(flipped)} questions changed {flip_metric} ({counts})")
     for _, r in flipped.head(20).iterrows():
         out.print(f"  {r['change']:+.3g}  {r['query_id']}  {r['question']}", highlight=False, markup=False)
 
@@ -465,7 +469,7 @@ def export(
     store: StoreOpt = None,
 ) -> None:
     """Export a run: TREC run file (qid Q0 docid rank score tag) or per-question rows (jsonl/csv)."""
-    from .compare import export_run
+    from .export import export_run
     from .store import Store
 
     try:
@@ -496,7 +500,7 @@ def gate(
 
 
 def _check_gates(st, spec) -> int:
-    from .compare import evaluate_gates
+    from .gates import evaluate_gates
 
     results = evaluate_gates(st, spec)
     for r in results:

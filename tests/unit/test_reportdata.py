@@ -11,8 +11,10 @@ import pytest
 
 from tests.htmltags import start_tags
 
+from workbench import compare
 from workbench.report import data as rd
 from workbench.report import html as rh
+from workbench.report import leaderboard as lb
 from workbench.evaluation.stats import holm, paired_difference
 
 XSS = ['<script>alert(1)</script>', '<img src=x onerror=alert(2)>', '"><svg onload=alert(3)>', "' onmouseover='alert(4)"]
@@ -58,6 +60,16 @@ def test_limits_explicit_min_max_missing_values_and_unknown_metrics():
     assert any("'nope' ignored" in n for n in notes) and any("'bad' ignored" in n for n in notes)
 
 
+def test_limits_on_unknown_or_directionless_metrics_are_not_guessed():
+    board = _board(f1=[0.5, 0.9], citation_count=[1.0, 4.0], latency_p95_s=[1.0, 2.0])
+    violations, notes = rd.limit_violations(board, {"latency_p59_s": 1.5, "citation_count": 3, "f1": 0.6})
+    assert violations == {"r0": ["Answer F1 0.500 < 0.600"]}
+    assert any("'latency_p59_s' ignored: unknown metric 'latency_p59_s' (did you mean 'latency_p95_s'?)" in n for n in notes)
+    assert any("'citation_count' ignored" in n and "{min: ...} or {max: ...}" in n for n in notes)
+    violations, _ = rd.limit_violations(board, {"citation_count": {"max": 3}})
+    assert violations == {"r1": ["Citations 4.000 > 3.000"]}
+
+
 def test_no_run_within_limits_recommends_nothing_and_says_so():
     board = _board(ndcg_at_10=[0.5, 0.9], latency_p95_s=[3.0, 4.0])
     rec = rd.recommend(board, "ndcg_at_10", {"latency_p95_s": 1})
@@ -82,7 +94,7 @@ def test_ties_with_best_pairs_by_query_id_and_applies_holm():
     best = _values(qids, ndcg_at_10=[1.0] * 40)
     same = _values(qids[::-1], ndcg_at_10=[1.0] * 39 + [0.0])  # shuffled order: pairing is by id
     worse = _values(qids, ndcg_at_10=[0.0] * 20 + [1.0] * 20)
-    ties = rd.ties_with_best({"best": best, "same": same, "worse": worse}, "best", "ndcg_at_10").set_index("run_id")
+    ties = compare.ties_with_best({"best": best, "same": same, "worse": worse}, "best", "ndcg_at_10").set_index("run_id")
     assert ties.loc["same", "tie"] and not ties.loc["worse", "tie"]
     assert ties.loc["same", "diff"] == pytest.approx(-1 / 40) and ties.loc["worse", "diff"] == pytest.approx(-20 / 40)
     raw = [paired_difference([1.0] * 40, list(same.set_index("query_id").loc[qids, "ndcg_at_10"])).p_value,
@@ -94,12 +106,12 @@ def test_ties_with_best_pairs_by_query_id_and_applies_holm():
 def test_ties_skip_questions_where_the_metric_does_not_apply():
     best = _values(["a", "b", "c"], f1=[1.0, 0.5, None])
     other = _values(["a", "b", "c"], f1=[1.0, None, 0.0])
-    ties = rd.ties_with_best({"best": best, "other": other}, "best", "f1")
+    ties = compare.ties_with_best({"best": best, "other": other}, "best", "f1")
     assert ties.iloc[0]["n"] == 1  # only "a" has f1 in both runs
 
 
 def test_ties_without_common_questions_are_not_ties():
-    ties = rd.ties_with_best({"best": _values(["a"], f1=[1.0]), "other": _values(["b"], f1=[1.0])}, "best", "f1")
+    ties = compare.ties_with_best({"best": _values(["a"], f1=[1.0]), "other": _values(["b"], f1=[1.0])}, "best", "f1")
     assert ties.iloc[0]["n"] == 0 and not ties.iloc[0]["tie"]
 
 
@@ -216,12 +228,12 @@ def test_leaderboard_and_headline_escape_labels_and_reasons():
 
 
 def test_latency_format():
-    assert [rd.fmt("latency_p95_s", v) for v in (0.0004, 0.025, 1.5, None)] == ["0.4 ms", "25 ms", "1.50 s", "-"]
-    assert rd.fmt("tokens_per_question", 519.6) == "520" and rd.fmt("ndcg_at_10", 0.5) == "0.500" and rd.fmt("cost_per_question_usd", 0.001) == "$0.00100"
+    assert [lb.fmt("latency_p95_s", v) for v in (0.0004, 0.025, 1.5, None)] == ["0.4 ms", "25 ms", "1.50 s", "-"]
+    assert lb.fmt("tokens_per_question", 519.6) == "520" and lb.fmt("ndcg_at_10", 0.5) == "0.500" and lb.fmt("cost_per_question_usd", 0.001) == "$0.00100"
 
 
 def test_esc_quotes_attributes():
-    assert rd.esc('"><b>') == "&quot;&gt;&lt;b&gt;" and rd.esc(None) == ""
+    assert rh.esc('"><b>') == "&quot;&gt;&lt;b&gt;" and rh.esc(None) == ""
 
 
 # -- a generation experiment end to end, from a store written through the Store API --------------
@@ -262,7 +274,7 @@ def test_generation_report_sections(tmp_path):
     from workbench.report import charts
 
     store = _generation_store(tmp_path)
-    data = rd.load_report(store.url, "gen_exp")
+    data = rd.load_report(store.url, "gen_exp", drilldown_limit=3)
     assert data.metric == "f1"
     # g_slow has the best F1 but breaks the latency limit: g_best is recommended
     assert data.recommendation.run_id == "g_best" and list(data.recommendation.violations) == ["g_slow"]
@@ -277,7 +289,7 @@ def test_generation_report_sections(tmp_path):
     assert "Cost / question" in board_html and "over limit" in board_html and "1 / 12" in board_html
     trade = charts.tradeoffs_html(data)
     assert trade.count("data:image/png;base64,") == 1 and "Cost per question" in trade
-    drill = rh.drilldown_html(data, limit=3)
+    drill = rh.drilldown_html(data)
     assert "Failed questions (1)" in drill and "APITimeoutError: &lt;timeout&gt;" in drill and "<mark>gold" in drill
     assert "&lt;script&gt;x&lt;/script&gt;" in drill and "<script>x" not in drill
     for fragment in (rh.title_html(data), head, board_html, charts.quality_by_axis_html(data), charts.distributions_html(data),
@@ -350,3 +362,128 @@ def test_reliability_section_shows_failures_budget_stops_attacks_and_pii(tmp_pat
     clean = rd.load_report(_generation_store(tmp_path / "clean").url, "gen_exp")
     clean.board = clean.board[clean.board["run_id"] != "g_best"]
     assert "Every run is complete" in rh.reliability_html(clean)
+
+
+# -- layers: the report computes in data.py, formats in html.py/charts.py, and needs no retrieval stack --
+
+def test_report_modules_do_not_import_the_retrieval_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import workbench.report.data, workbench.report.html, workbench.report.charts\n"
+            "import workbench.compare, workbench.gates, workbench.export\n"
+            "heavy = ('llama_index', 'chromadb', 'torch', 'sentence_transformers', 'transformers')\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def _reranked_store(tmp_path):
+    from workbench.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'rr.sqlite'}")
+    chunking = {"splitter": "sentence", "chunk_size": 128, "chunk_overlap": 16}
+    bm25 = {"method": "bm25", "top_k": 5}
+    rerank = {"method": "cross_encoder", "path": "models/ce", "candidates": 20, "top_n": 5}
+    runs = {"plain": (None, [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]), "reranked": (rerank, [1.0, 1.0, 1.0, 0.0, 1.0, 1.0])}
+    store.save_experiment("rr", {"name": "rr"}, "h" * 64, "/x/rr.yaml", list(runs))
+    for run_id, (rr, ndcg) in runs.items():
+        axes = {"chunking": "sentence 128/16", "embedding": "-", "retrieval": "bm25@5", "rerank": "-" if rr is None else "cross_encoder:ce 20->5",
+                "generation": "-"}
+        store.start_run(run_id, {"chunking": chunking, "embedding": None, "retrieval": bm25, "rerank": rr, "generation": None}, axes,
+                        {"dataset_path": "/data/x"}, len(ndcg))
+        store.write_questions([{"run_id": run_id, "query_id": f"q{i}", "position": i, "question": f"Q{i}", "gold_answers": [],
+                                "relevant": {f"d{i}": 1}, "hits": [{"rank": 1, "chunk_id": f"d{i}#0", "doc_id": f"d{i}", "score": 1.0, "text": "t"}],
+                                "answer": None, "error": None, "retrieval_latency_s": 0.01 if rr is None else 0.05,
+                                "rerank_latency_s": None if rr is None else 0.04, "metrics": {"ndcg_at_10": v, "mrr": v}}
+                               for i, v in enumerate(ndcg)])
+        from workbench.evaluation.aggregate import aggregate_rows
+
+        store.write_aggregates(run_id, aggregate_rows(store.questions(run_id)))
+        store.finish_run(run_id, "complete", 0, 6, 0.0, {})
+    return store
+
+
+def test_reranker_gain_is_computed_with_the_report_data(tmp_path):
+    from workbench import compare
+    from workbench.report import charts
+
+    store = _reranked_store(tmp_path)
+    data = rd.load_report(store.url, "rr")
+    expected = compare.reranker_gain(store, "rr")
+    assert not data.reranker_gain.empty
+    pd.testing.assert_frame_equal(data.reranker_gain, expected)
+    assert set(data.reranker_gain["baseline_run_id"]) == {"plain"}
+    assert data.reranker_gain.set_index("metric").loc["ndcg_at_10", "gain"] == pytest.approx(0.5)
+    assert "Reranker gain" in rh.reranker_gain_html(data) and "+0.500" in rh.reranker_gain_html(data)
+    assert charts.reranker_gain_chart_html(data).count("data:image/png;base64,") == 1
+    # without a reranked run there is nothing to compute or show
+    plain = rd.load_report(_generation_store(tmp_path).url, "gen_exp")
+    assert plain.reranker_gain.empty and rh.reranker_gain_html(plain) == "" and charts.reranker_gain_chart_html(plain) == ""
+
+
+def test_html_and_charts_never_open_the_store(tmp_path, monkeypatch):
+    from workbench.report import charts
+    from workbench.store import Store
+
+    data = rd.load_report(_reranked_store(tmp_path).url, "rr", drilldown_limit=2)
+    gen = rd.load_report(_generation_store(tmp_path).url, "gen_exp", drilldown_limit=2)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("the report's formatting opened the store")
+
+    monkeypatch.setattr(Store, "__init__", refuse)
+    for d in (data, gen):
+        page = "".join(f(d) for f in (rh.title_html, rh.headline_html, rh.leaderboard_html, rh.axis_tables_html, rh.reliability_html,
+                                      rh.reranker_gain_html, rh.drilldown_html, rh.lineage_html, charts.quality_by_axis_html,
+                                      charts.tradeoffs_html, charts.distributions_html, charts.reranker_gain_chart_html))
+        assert "Per-question drill-down" in page
+    assert data.drilldown.baseline == "plain" and data.drilldown.best == "reranked"
+    assert [s[0] for s in data.drilldown.sections] == ["win", "tie"] and len(data.drilldown.sections[1][2]) == 2  # capped at the limit
+    assert set(data.drilldown.rows) == {"plain", "reranked"} and all(len(r) == 4 for r in data.drilldown.rows.values())
+
+
+def test_drilldown_without_a_baseline_shows_the_weakest_questions(tmp_path):
+    store = _generation_store(tmp_path)
+    data = rd.load_report(store.url, "gen_exp")
+    values = data.values
+    drill = rd.drilldown(store, values, "g_best", None, "f1", limit=3)
+    (section, total, ids), = drill.sections
+    # the failed question (no f1) comes first, then the lowest F1s
+    assert section == "weakest" and ids[0] == "q0" and len(ids) == 3 and set(drill.rows["g_best"]) == set(ids)
+    assert ids[1] == "q11" and [values["g_best"].set_index("query_id").loc[q, "f1"] for q in ids[1:]] == [0.0, 1.0]
+
+
+def test_the_report_and_the_gates_resolve_the_same_baseline(tmp_path):
+    from tests.unit.test_compare import CHUNKING, _config, _store
+    from workbench.config.experiment import ExperimentSpec
+    from workbench.gates import baseline_run_for
+
+    hybrid = {"method": "hybrid", "top_k": 5, "rrf_k": 60}
+    # two baseline runs labelled alike ("hybrid@5"); only the stored config tells them apart
+    store = _store(tmp_path, "base", {"b_rrf10": (_config({**hybrid, "rrf_k": 10}), {"ndcg_at_10": [1.0, 1.0]}),
+                                      "b_rrf60": (_config(hybrid), {"ndcg_at_10": [0.5, 0.5]})})
+    _store(tmp_path, "new", {"n1": (_config(hybrid), {"ndcg_at_10": [0.5, 1.0]}),
+                             "n2": (_config({"method": "dense", "top_k": 5}), {"ndcg_at_10": [0.0, 0.5]})}, store)
+    spec = ExperimentSpec.model_validate({"name": "new", "dataset": "d", "grid": {"chunking": [CHUNKING], "retrieval": [hybrid],
+                                          "embedding": [{"provider": "local", "model": "all-MiniLM-L6-v2"}]}, "baseline": {"experiment": "base"}})
+    store.save_experiment("new", spec.model_dump(exclude_unset=True), "h" * 64, "/x/new.yaml", ["n1", "n2"])
+    data = rd.load_report(store.url, "new")
+    assert data.recommendation.run_id == "n1" and data.baseline_id == baseline_run_for(store, spec, "n1") == "b_rrf60"
+    assert data.baseline_reason == "the run with the same configuration in experiment 'base'"
+    assert data.name("b_rrf60").endswith("(baseline, b_rrf60)")
+    # named on the command line, a baseline run wins over the file's baseline experiment
+    named = rd.load_report(store.url, "new", baseline_run="b_rrf1")
+    assert named.baseline_id == "b_rrf10" and named.baseline_reason == "given as baseline_run"
+
+
+def test_headline_states_the_applied_limits_and_skips_unknown_ones(tmp_path):
+    store = _generation_store(tmp_path)
+    spec = {**store.experiment("gen_exp")["spec"], "limits": {"latency_p95_s": 5, "cost_per_question_usd": 0.002, "latncy": 1}}
+    store.save_experiment("gen_exp", spec, "h" * 64, "/tmp/gen_exp.yaml", ["g_fast", "g_best", "g_slow"])
+    data = rd.load_report(store.url, "gen_exp")
+    head = rh.headline_html(data)
+    assert "within the experiment&#x27;s limits (Latency P95 ≤ 5.00 s, Cost / question ≤ $0.00200)" in head
+    assert "limit &#x27;latncy&#x27; ignored: unknown metric" in head and data.recommendation.run_id == "g_best"

@@ -54,6 +54,25 @@ def test_questions_are_upserted_by_run_and_query(store: Store):
     assert store.questions("aab222").empty
 
 
+def test_question_values_are_light_rows_with_metrics_expanded(store: Store):
+    fill(store)
+    store.write_questions([question("aaa111", "q2", 1, error="timeout", recall=None), question("aaa111", "q1", 0)])
+    values = store.question_values("aaa111")
+    assert values["query_id"].tolist() == ["q1", "q2"] and values["recall_at_5"].tolist()[0] == 1.0
+    assert not {"hits", "answer", "gold_answers", "relevant", "metrics"} & set(values.columns)
+    assert values.loc[1, "error"] == "timeout"
+    empty = store.question_values("aab222")
+    assert empty.empty and {"query_id", "error", "retrieval_latency_s"} <= set(empty.columns)
+
+
+def test_question_rows_by_query_id(store: Store):
+    fill(store)
+    store.write_questions([question("aaa111", "q1", 0), question("aaa111", "q2", 1)])
+    rows = store.question_rows("aaa111", ["q2", "nope"])
+    assert list(rows) == ["q2"] and rows["q2"]["hits"][0]["doc_id"] == "d1" and rows["q2"]["recall_at_5"] == 1.0
+    assert "metrics" not in rows["q2"] and store.question_rows("aaa111", []) == {}
+
+
 def test_rows_with_an_error_are_not_done(store: Store):
     fill(store)
     assert store.done_query_ids("aaa111") == set()
@@ -166,7 +185,7 @@ def test_password_is_split_off_a_url():
 def test_notebooks_get_the_url_without_its_password(monkeypatch):
     import os
 
-    from workbench.report.artifacts import notebook_store_url
+    from workbench.settings import kernel_store_url as notebook_store_url
 
     monkeypatch.delenv("PGPASSWORD", raising=False)
     assert notebook_store_url("postgresql+psycopg://u:s3cret@h/db") == "postgresql+psycopg://u@h/db"
