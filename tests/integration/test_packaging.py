@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,6 +35,10 @@ def _venv_with(wheel: Path, tmp_path: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    # ...and the data files their installs put under the environment's share/jupyter (nbconvert's
+    # base templates), but not this environment's kernelspec, which would run the checkout's code
+    templates = Path(sys.prefix) / "share" / "jupyter" / "nbconvert"
+    shutil.copytree(templates, venv / "share" / "jupyter" / "nbconvert")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, text=True, timeout=300)
     return venv / "bin" / "python"

@@ -1,4 +1,5 @@
-"""What ``notebooks/bakeoff.ipynb`` does, as functions: narrow an experiment, plan it, run it.
+"""What ``notebooks/bakeoff.ipynb`` does, as functions: narrow an experiment, plan it, run it;
+and :func:`run_bakeoff`, which executes that notebook for ``workbench run``.
 
 The notebook (and ``workbench run``, which executes it with papermill) can run a subset of an
 experiment file: fewer questions (``query_limit``) and some values of some axes (``axes``, e.g.
@@ -9,7 +10,6 @@ questions, so widening the grid again recomputes nothing.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +26,7 @@ from .pipeline.executors import execute
 from .pipeline.plan import Plan, plan_experiment
 from .pipeline.progress import LineProgress
 from .report.leaderboard import AXES, headline_columns, sort_board
-from .settings import Workspace, env, find_input, without_password
+from .settings import Workspace, env, find_input, kernel_store_url
 from .store import Store
 
 
@@ -128,9 +128,7 @@ def run_bakeoff(plan_path: Path, workspace: Workspace, out_dir: Path, *, rerun: 
     """Execute ``bakeoff.ipynb`` on a saved plan into ``out_dir/bakeoff.ipynb``; return the summary
     it recorded. A PostgreSQL password reaches the kernel in ``$PGPASSWORD`` only (libpq reads it),
     never in the executed notebook."""
-    _, password = without_password(workspace.store_url)
-    if password is not None and workspace.store_url.startswith("postgresql"):
-        os.environ["PGPASSWORD"] = password
+    kernel_store_url(workspace.store_url)  # the password, if any, goes to $PGPASSWORD; to_dict() drops it
     nb = execute_notebook("bakeoff", out_dir / "bakeoff.ipynb", {"plan_path": str(Path(plan_path).resolve()),
                                                                  "workspace": workspace.to_dict(), "rerun": rerun},
                           cwd=Path.cwd(), stream=stream)

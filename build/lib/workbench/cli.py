@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import WorkbenchError
-from .settings import Workspace, find_input
+from .settings import Workspace, apply_offline_defaults, find_input
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RAG bake-off workbench.")
 console = Console(stderr=True)
@@ -24,13 +24,22 @@ StoreOpt = Annotated[str | None, typer.Option("--store", help="results store URL
 CacheOpt = Annotated[str | None, typer.Option("--cache-dir", help="stage cache folder (default: $WORKBENCH_CACHE or results/cache)")]
 
 
+@app.callback()
+def _before_any_command() -> None:
+    """RAG bake-off workbench."""
+    # The model libraries read these on import, and every command may reach one (a notebook
+    # kernel or the LLM server inherits them): offline, no telemetry, passive OpenMP waiting.
+    apply_offline_defaults()
+
+
 def _fail(exc: WorkbenchError) -> None:
     console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _print_board(board, title: str) -> None:
-    from .report.leaderboard import AXES, fmt_with_ci, headline_columns, sort_board
+    from .evaluation.registry import headline_columns
+    from .report.leaderboard import AXES, fmt_with_ci, sort_board
 
     board = sort_board(board)
     table = Table(title=title)
@@ -280,10 +289,6 @@ def report(
     out.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
-def main() -> None:  # pragma: no cover
-    app()
-
-
 def _print_ingest(dataset) -> None:
     """A documents folder's ingestion report: counts, and every skipped or failed file by name."""
     ing = getattr(dataset, "ingest", None)
@@ -424,7 +429,7 @@ def compare(
 ) -> None:
     """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value, flipped questions."""
     from .compare import compare_runs, flipped_questions
-    from .report.leaderboard import primary_metric
+    from .evaluation.registry import Direction, direction, primary_metric
     from .store import Store, to_json_records
 
     try:
@@ -447,8 +452,11 @@ def compare(
         table.add_row(r["metric"], str(r["n"]), f"{r['mean_a']:.4g}", f"{r['mean_b']:.4g}", f"{sig}{r['diff']:+.4g}",
                       f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", f"{r['p_value']:.3g}", r["test"])
     out.print(table)
-    out.print(f"{len(flipped)} questions changed {flip_metric} "
-              f"({int((flipped['change'] > 0).sum())} better, {int((flipped['change'] < 0).sum())} worse)")
+    if direction(flip_metric) is Direction.NONE:
+        counts = f"{int((flipped['change'] > 0).sum())} up, {int((flipped['change'] < 0).sum())} down"
+    else:  # better and worse in the metric's direction: fewer hallucinations are better
+        counts = f"{int(flipped['better'].astype(bool).sum())} better, {int((~flipped['better'].astype(bool)).sum())} worse"
+    out.print(f"{len(flipped)} questions changed {flip_metric} ({counts})")
     for _, r in flipped.head(20).iterrows():
         out.print(f"  {r['change']:+.3g}  {r['query_id']}  {r['question']}", highlight=False, markup=False)
 
@@ -461,7 +469,7 @@ def export(
     store: StoreOpt = None,
 ) -> None:
     """Export a run: TREC run file (qid Q0 docid rank score tag) or per-question rows (jsonl/csv)."""
-    from .compare import export_run
+    from .export import export_run
     from .store import Store
 
     try:
@@ -492,7 +500,7 @@ def gate(
 
 
 def _check_gates(st, spec) -> int:
-    from .compare import evaluate_gates
+    from .gates import evaluate_gates
 
     results = evaluate_gates(st, spec)
     for r in results:

@@ -1,129 +1,179 @@
-"""Comparisons between runs: paired differences with intervals and p-values, flipped questions,
-regression gates, and exports that let anyone re-score a run with their own tools.
+"""Paired comparisons between runs: differences with intervals and p-values, flipped questions,
+the runs that tie with the best one, and the gain a reranker brings.
 
 Two runs are only compared on the questions both answered (paired by ``query_id``); a metric that
-is ``None`` for a question in either run drops that question from that metric's comparison.
+is ``None`` for a question in either run drops that question from that metric's comparison. Which
+way a difference is good comes from the metric registry (:mod:`workbench.evaluation.registry`),
+the same rule the leaderboard and the report use.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from .config.experiment import ExperimentSpec
-from .errors import StoreError, WorkbenchError
-from .evaluation.retrieval import ranked_docs
+from .errors import StoreError
+from .evaluation.registry import Direction, metric_columns, metric_info
 from .evaluation.stats import holm, paired_difference
-from .report.leaderboard import LOWER_IS_BETTER, primary_metric
-from .data.types import Hit
-from .evaluation.retrieval import doc_scores
-from .store import Store
+from .store import AXES, Store
 
-ROW_COLUMNS = {"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer", "error",
-               "tokens_estimated", "trace", "code_version"}
-# Per-question columns that are compared like metrics (lower is better).
-PER_QUESTION_COSTS = ["retrieval_latency_s", "rerank_latency_s", "generation_latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "cost_usd"]
+ALPHA = 0.05
+GAIN_METRICS = ["ndcg_at_10", "mrr", "hit_at_1", "hit_at_3", "f1", "exact_match", "contains_gold"]
 
 
-def metric_columns(rows: pd.DataFrame) -> list[str]:
-    return [c for c in rows.columns if c not in ROW_COLUMNS and c not in PER_QUESTION_COSTS]
-
-
-def _paired(rows_a: pd.DataFrame, rows_b: pd.DataFrame, metric: str) -> tuple[list[float], list[float], list[str]]:
+def paired_values(rows_a: pd.DataFrame, rows_b: pd.DataFrame, metric: str) -> tuple[list[float], list[float], list[str]]:
+    """``metric`` in both runs on the questions where both have a value: (a, b, query ids)."""
     a = rows_a.set_index("query_id")[metric] if metric in rows_a else pd.Series(dtype=float)
     b = rows_b.set_index("query_id")[metric] if metric in rows_b else pd.Series(dtype=float)
     common = [q for q in a.index if q in b.index and pd.notna(a[q]) and pd.notna(b[q])]
     return [float(a[q]) for q in common], [float(b[q]) for q in common], common
 
 
+def metric_values(values: pd.DataFrame, metric: str) -> pd.Series:
+    """A run's measured ``metric`` per question, indexed by query id (not-applicable rows dropped)."""
+    if values.empty or metric not in values:
+        return pd.Series(dtype=float)
+    s = pd.to_numeric(values.set_index("query_id")[metric], errors="coerce")
+    return s[s.notna()]
+
+
+def board_value(board: pd.DataFrame, run_id: str, metric: str) -> float | None:
+    """A run's value of ``metric`` on a leaderboard, None when absent or not measured."""
+    row = board[board["run_id"] == run_id]
+    if row.empty or metric not in row:
+        return None
+    v = row.iloc[0][metric]
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def same_configuration(a: Mapping | None, b: Mapping | None, axes: Sequence[str] = AXES) -> bool:
+    """Whether two stored run configs (``runs.config``) are equal on ``axes``, as data.
+
+    A field present in only one of them (a setting added to the schema after the other run was
+    stored) is not compared; a stage absent from one run (no reranker) must be absent from both.
+    """
+    for axis in axes:
+        x, y = (a or {}).get(axis), (b or {}).get(axis)
+        if (x is None) != (y is None):
+            return False
+        if x is not None and any(x[k] != y[k] for k in x.keys() & y.keys()):
+            return False
+    return True
+
+
 def compare_runs(store: Store, run_a: str, run_b: str, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Per-metric paired comparison of run B against run A (diff = B - A)."""
+    """Per-metric paired comparison of run B against run A (diff = B - A), with each metric's
+    ``direction`` and ``lower_is_better`` from the registry.
+
+    Raises:
+        StoreError: a run is unknown or has no stored questions.
+        MetricError: a metric asked for is not a known metric.
+    """
     ra, rb = store.run(run_a)["run_id"], store.run(run_b)["run_id"]
     qa, qb = store.questions(ra), store.questions(rb)
     if qa.empty or qb.empty:
         raise StoreError(f"run {ra if qa.empty else rb} has no stored questions")
-    metrics = metrics or [m for m in metric_columns(qa) if m in qb] + [c for c in PER_QUESTION_COSTS if c in qa and c in qb]
+    for m in metrics or []:
+        metric_info(m)
     out = []
-    for m in metrics:
-        a, b, _ = _paired(qa, qb, m)
-        if not a:
-            continue
-        res = paired_difference(a, b)
-        out.append({"metric": m, **asdict(res)})
+    for m in metrics or [m for m in metric_columns(qa.columns) if m in qb]:
+        a, b, _ = paired_values(qa, qb, m)
+        if a:
+            out.append({"metric": m, **asdict(paired_difference(a, b))})
     df = pd.DataFrame(out)
     if not df.empty:
-        df["lower_is_better"] = [m in LOWER_IS_BETTER or m in PER_QUESTION_COSTS for m in df["metric"]]
+        df["direction"] = [metric_info(m).direction.value for m in df["metric"]]
+        df["lower_is_better"] = df["direction"] == Direction.LOWER.value
     return df
 
 
 def flipped_questions(store: Store, run_a: str, run_b: str, metric: str) -> pd.DataFrame:
-    """Questions whose ``metric`` changed between the runs, worst regressions first."""
+    """Questions whose ``metric`` changed between the runs, worst regressions first.
+
+    ``better`` says whether B's value is the better one in the metric's direction (None for a
+    metric without one); the order follows it, so a rise in hallucination is a regression.
+    """
+    info = metric_info(metric)
     ra, rb = store.run(run_a)["run_id"], store.run(run_b)["run_id"]
     qa, qb = store.questions(ra), store.questions(rb)
-    a, b, ids = _paired(qa, qb, metric)
-    text = qa.set_index("query_id")["question"]
-    rows = [{"query_id": q, "question": text[q], "a": x, "b": y, "change": y - x} for q, x, y in zip(ids, a, b) if x != y]
-    return pd.DataFrame(rows, columns=["query_id", "question", "a", "b", "change"]).sort_values("change", kind="stable")
+    a, b, ids = paired_values(qa, qb, metric)
+    text = qa.set_index("query_id")["question"] if not qa.empty else pd.Series(dtype=str)
+    sign = -1.0 if info.lower_is_better else 1.0
+    none = info.direction is Direction.NONE
+    rows = [{"query_id": q, "question": text[q], "a": x, "b": y, "change": y - x, "better": None if none else sign * (y - x) > 0,
+             "_order": sign * (y - x)} for q, x, y in zip(ids, a, b) if x != y]
+    df = pd.DataFrame(rows, columns=["query_id", "question", "a", "b", "change", "better", "_order"])
+    return df.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
-def indistinguishable_from_best(store: Store, experiment: str, metric: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
-    """For each run: its paired comparison with the best run on ``metric``, Holm-corrected.
+def ties_with_best(values: Mapping[str, pd.DataFrame], best: str, metric: str, alpha: float = ALPHA) -> pd.DataFrame:
+    """Each other run compared with ``best`` on the questions both scored (paired by query_id).
 
-    A run ties with the best when the corrected p-value is at least ``alpha``.
+    McNemar for 0/1 metrics, a paired permutation test otherwise; p-values Holm-corrected over
+    the comparisons. ``tie`` is True when the corrected p-value is at least ``alpha``: the data
+    cannot tell that run from the best. ``diff`` is other minus best.
     """
-    board = store.leaderboard(experiment)
-    metric = metric or primary_metric(board)
-    board = board[board[metric].notna()]
-    best = board.sort_values([metric, "run_id"], ascending=[metric in LOWER_IS_BETTER, True]).iloc[0]["run_id"]
-    best_rows = store.questions(best)
-    rows, pvals = [], []
-    for run_id in board["run_id"]:
+    columns = ["run_id", "n", "diff", "ci_low", "ci_high", "p_value", "p_holm", "tie"]
+    ref = metric_values(values[best], metric)
+    rows = []
+    for run_id, v in values.items():
         if run_id == best:
             continue
-        a, b, _ = _paired(best_rows, store.questions(run_id), metric)
-        res = paired_difference(a, b)
-        rows.append({"run_id": run_id, "diff_vs_best": res.diff, "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value, "test": res.test})
-        pvals.append(res.p_value)
-    adjusted = holm(pvals) if pvals else []
-    for row, p in zip(rows, adjusted):
-        row["p_holm"] = p
-        row["ties_best"] = p >= alpha
-    rows.insert(0, {"run_id": best, "diff_vs_best": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0, "test": "-", "p_holm": 1.0, "ties_best": True})
-    out = pd.DataFrame(rows)
-    out["metric"] = metric
-    out["is_best"] = out["run_id"] == best
-    return out
+        other = metric_values(v, metric)
+        common = [q for q in ref.index if q in other.index]
+        if not common:
+            rows.append({"run_id": run_id, "n": 0, "diff": None, "ci_low": None, "ci_high": None, "p_value": None})
+            continue
+        res = paired_difference([float(ref[q]) for q in common], [float(other[q]) for q in common])
+        rows.append({"run_id": run_id, "n": res.n, "diff": res.diff, "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value})
+    tested = [r for r in rows if r["p_value"] is not None]
+    for r, p in zip(tested, holm([r["p_value"] for r in tested])):
+        r["p_holm"] = p
+    for r in rows:
+        r.setdefault("p_holm", None)
+        r["tie"] = r["p_holm"] is not None and r["p_holm"] >= alpha
+    return pd.DataFrame(rows, columns=columns)
 
 
-GAIN_METRICS = ["ndcg_at_10", "mrr", "hit_at_1", "hit_at_3", "f1", "exact_match", "contains_gold"]
+def _plain_twin(runs: pd.DataFrame, run: pd.Series) -> str | None:
+    """The run of ``runs`` configured like ``run`` on every axis but the reranker, without one."""
+    plain = runs[runs["config"].map(lambda c: (c or {}).get("rerank") is None)]
+    axes = [a for a in AXES if a != "rerank"]
+    same = plain[plain["config"].map(lambda c: same_configuration(c, run["config"], axes))]
+    return None if same.empty else same.iloc[0]["run_id"]
 
 
-def reranker_gain(store: Store, experiment: str, metrics: list[str] | None = None, alpha: float = 0.05) -> pd.DataFrame:
+def _gain_costs(board: pd.DataFrame, qa: pd.DataFrame, qb: pd.DataFrame, run_id: str, base_id: str) -> dict:
+    lat_a, lat_b, _ = paired_values(qa, qb, "retrieval_latency_s")
+    return {"added_latency_mean_s": (sum(lat_b) - sum(lat_a)) / len(lat_a) if lat_a else None,
+            "rerank_latency_p50_s": board_value(board, run_id, "rerank_latency_p50_s"),
+            "added_cost_per_question_usd": (board_value(board, run_id, "cost_per_question_usd") or 0.0)
+            - (board_value(board, base_id, "cost_per_question_usd") or 0.0)}
+
+
+def reranker_gain(store: Store, experiment: str, metrics: list[str] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
     """Reranker gain: for every reranked run, the paired difference of each metric against the same
-    configuration without the reranker (same chunking, embedder, retriever, LLM), on the same
-    questions, Holm-corrected over the table, with the latency and cost the reranker adds."""
+    configuration without the reranker (same chunking, embedder, retriever and LLM, compared as
+    stored config data), on the same questions, Holm-corrected over the table, with the latency
+    and cost the reranker adds."""
     board = store.leaderboard(experiment)
-    keys = ["chunking", "embedding", "retrieval", "generation"]
-    plain = {tuple(r[k] for k in keys): r["run_id"] for _, r in board[board["rerank"] == "-"].iterrows()}
+    runs = store.runs(experiment)
+    if board.empty or "config" not in runs:
+        return pd.DataFrame()
+    configs = runs.set_index("run_id")["config"]
+    board = board.assign(config=board["run_id"].map(configs))
     rows = []
-    for _, r in board[board["rerank"] != "-"].iterrows():
-        base_id = plain.get(tuple(r[k] for k in keys))
+    for _, r in board[board["config"].map(lambda c: (c or {}).get("rerank") is not None)].iterrows():
+        base_id = _plain_twin(board, r)
         if base_id is None:
             continue
         qa, qb = store.questions(base_id), store.questions(r["run_id"])
-        added_latency = _paired(qa, qb, "retrieval_latency_s")
-        extra = {
-            "added_latency_mean_s": (sum(added_latency[1]) - sum(added_latency[0])) / len(added_latency[0]) if added_latency[0] else None,
-            "rerank_latency_p50_s": _value(board, r["run_id"], "rerank_latency_p50_s"),
-            "added_cost_per_question_usd": (_value(board, r["run_id"], "cost_per_question_usd") or 0.0) - (_value(board, base_id, "cost_per_question_usd") or 0.0),
-        }
+        extra = _gain_costs(board, qa, qb, r["run_id"], base_id)
         for m in metrics or GAIN_METRICS:
-            a, b, _ = _paired(qa, qb, m)
+            a, b, _ = paired_values(qa, qb, m)
             if not a:
                 continue
             res = paired_difference(a, b)
@@ -136,155 +186,3 @@ def reranker_gain(store: Store, experiment: str, metrics: list[str] | None = Non
         df["p_holm"] = holm(df["p_value"].tolist())
         df["significant"] = df["p_holm"] < alpha
     return df
-
-
-# -- regression gates --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GateResult:
-    run_id: str
-    metric: str
-    value: float | None
-    baseline: float | None
-    rule: str
-    passed: bool
-    p_value: float | None
-    message: str
-
-
-def baseline_run_for(store: Store, spec: ExperimentSpec, run_id: str) -> str | None:
-    """The baseline run a run is gated against: the named run, or the stored experiment's run with
-    the same axes, else that experiment's best run."""
-    if spec.baseline is None:
-        return None
-    if spec.baseline.run_id:
-        return store.run(spec.baseline.run_id)["run_id"]
-    base = store.leaderboard(spec.baseline.experiment)
-    if base.empty:
-        raise StoreError(f"baseline experiment {spec.baseline.experiment!r} has no runs")
-    mine = store.runs().set_index("run_id").loc[run_id]
-    same = base[(base["chunking"] == mine["chunking"]) & (base["embedding"] == mine["embedding"])
-                & (base["retrieval"] == mine["retrieval"]) & (base["generation"] == mine["generation"])
-                & (base["rerank"] == (mine.get("rerank") if isinstance(mine.get("rerank"), str) else "-"))]
-    if not same.empty:
-        return same.iloc[0]["run_id"]
-    m = primary_metric(base)
-    return base.sort_values([m, "run_id"], ascending=[False, True]).iloc[0]["run_id"]
-
-
-def _value(board: pd.DataFrame, run_id: str, metric: str) -> float | None:
-    row = board[board["run_id"] == run_id]
-    if row.empty or metric not in row:
-        return None
-    v = row.iloc[0][metric]
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def evaluate_gates(store: Store, spec: ExperimentSpec) -> list[GateResult]:
-    """Check every gate for every run of the experiment."""
-    if not spec.gates:
-        raise WorkbenchError(f"experiment {spec.name!r} declares no gates")
-    board = store.leaderboard(spec.name)
-    results: list[GateResult] = []
-    all_boards: dict[str, pd.DataFrame] = {}
-    for run_id in board["run_id"]:
-        base_id = baseline_run_for(store, spec, run_id)
-        base_board = None
-        if base_id is not None:
-            exp = spec.baseline.experiment
-            base_board = all_boards.setdefault(exp or base_id, store.leaderboard(exp) if exp else _single_board(store, base_id))
-        for metric, gate in spec.gates.items():
-            value = _value(board, run_id, metric)
-            if value is None:
-                results.append(GateResult(run_id, metric, None, None, "present", False, None, f"{metric}: no value for this run"))
-                continue
-            if gate.min is not None:
-                ok = value >= gate.min
-                results.append(GateResult(run_id, metric, value, None, f">= {gate.min}", ok, None,
-                                          f"{metric} = {value:.4g} {'>=' if ok else '<'} min {gate.min}"))
-            if gate.max is not None:
-                ok = value <= gate.max
-                results.append(GateResult(run_id, metric, value, None, f"<= {gate.max}", ok, None,
-                                          f"{metric} = {value:.4g} {'<=' if ok else '>'} max {gate.max}"))
-            for bound, sign in ((gate.max_drop, -1), (gate.max_increase, 1)):
-                if bound is None:
-                    continue
-                base = _value(base_board, base_id, metric) if base_board is not None else None
-                if base is None:
-                    results.append(GateResult(run_id, metric, value, None, "baseline", False, None, f"{metric}: baseline {base_id} has no value"))
-                    continue
-                change = (value - base) * sign  # positive = worse
-                p = None
-                if gate.significant:
-                    a, b, _ = _paired(store.questions(base_id), store.questions(run_id), metric)
-                    if not a:
-                        raise WorkbenchError(f"gate {metric!r} requires significance, but {metric} is not a per-question metric")
-                    p = paired_difference(a, b).p_value
-                beyond = change > bound
-                ok = not beyond or (gate.significant and p >= gate.alpha)
-                word = "drop" if sign < 0 else "increase"
-                sig = "" if p is None else f", p={p:.3g} ({'significant' if p < gate.alpha else 'not significant'} at {gate.alpha})"
-                results.append(GateResult(run_id, metric, value, base, f"{word} <= {bound}", ok, p,
-                                          f"{metric} = {value:.4g} vs baseline {base:.4g} ({base_id[:10]}): {word} {max(change, 0):.4g} "
-                                          f"{'>' if beyond else '<='} max {bound}{sig}"))
-    return results
-
-
-def _single_board(store: Store, run_id: str) -> pd.DataFrame:
-    agg = store.aggregates([run_id])
-    wide = agg.pivot(index="run_id", columns="metric", values="value").reset_index()
-    return wide
-
-
-# -- exports -----------------------------------------------------------------------------------
-
-def export_run(store: Store, run_id: str, fmt: str, path: Path | None) -> str:
-    """Write a run as a TREC run file (document level), JSON lines or CSV; returns the text."""
-    run = store.run(run_id)
-    rows = store.questions(run["run_id"])
-    if fmt == "trec":
-        lines = []
-        for _, r in rows.iterrows():
-            scores = doc_scores(tuple(Hit(h["chunk_id"], h["doc_id"], h["score"]) for h in r["hits"]))
-            for rank, doc_id in enumerate(ranked_docs(scores), start=1):
-                lines.append(f"{r['query_id']} Q0 {doc_id} {rank} {scores[doc_id]:.6f} {run['run_id']}")
-        text = "\n".join(lines) + ("\n" if lines else "")
-    elif fmt in ("jsonl", "csv"):
-        records = []
-        for _, r in rows.iterrows():
-            rec = {"query_id": r["query_id"], "question": r["question"], "answer": r["answer"], "error": r["error"],
-                   "gold_answers": r["gold_answers"], "retrieved_doc_ids": list(dict.fromkeys(h["doc_id"] for h in r["hits"])),
-                   "retrieved_chunk_ids": [h["chunk_id"] for h in r["hits"]]}
-            for c in metric_columns(rows) + PER_QUESTION_COSTS:
-                if c in r:
-                    v = r[c]
-                    rec[c] = None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-            records.append(rec)
-        if fmt == "jsonl":
-            text = "".join(json.dumps(rec, ensure_ascii=False, default=_json_default) + "\n" for rec in records)
-        else:
-            import io
-
-            buf = io.StringIO()
-            fields = list(records[0]) if records else ["query_id"]
-            writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            for rec in records:
-                writer.writerow({k: json.dumps(v, default=_json_default) if isinstance(v, list) else v for k, v in rec.items()})
-            text = buf.getvalue()
-    else:
-        raise WorkbenchError(f"unknown export format {fmt!r}; known: csv, jsonl, trec")
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    return text
-
-
-def _json_default(obj):
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(type(obj))

@@ -31,6 +31,10 @@ class StoreError(WorkbenchError):
     """The results store cannot be opened or does not hold what was asked for."""
 
 
+class MetricError(WorkbenchError):
+    """A metric name that the metric registry (``workbench/evaluation/registry.py``) does not know."""
+
+
 class NotebookError(WorkbenchError):
     """A notebook failed while papermill executed it."""
 

@@ -24,10 +24,11 @@ from .pipeline.components import Components
 from .pipeline.plan import Plan, plan_experiment
 from .pipeline.question import QuestionPath
 from .settings import Workspace
-from .report.leaderboard import primary_metric, sort_board
+from .evaluation.registry import label, lower_is_better, primary_metric
 from .notebooks import resolve_cache_dir, resolve_experiment
-from .report.data import enrich_board, label, lower_is_better, question_rows, question_values, wins_losses
+from .report.data import enrich_board, question_rows, question_values, wins_losses
 from .report.html import esc, question_detail_html
+from .report.leaderboard import sort_board
 from .store import Store
 
 OUTCOME_MARKS = {"win": "▲", "loss": "▼", "tie": "=", "failed": "✗", "n/a": "·", "": "·"}

@@ -257,9 +257,10 @@ def max_document_bytes(environ: Mapping[str, str] | None = None) -> int:
     return int(mb * 1024 * 1024)
 
 
-def prices_path() -> Path:
-    """The price table: ``$WORKBENCH_PRICES``, else the one shipped with the package."""
-    return Path(env("WORKBENCH_PRICES") or Path(__file__).parent / "providers" / "prices.yaml")
+def prices_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The price table: ``$WORKBENCH_PRICES``, else the one shipped with the package
+    (``prices_path(environ={})`` is always the shipped one)."""
+    return Path(env("WORKBENCH_PRICES", environ) or Path(__file__).parent / "providers" / "prices.yaml")
 
 
 def notebooks_dir() -> Path:
@@ -298,3 +299,15 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<store url>"
+
+
+def kernel_store_url(url: str, root: Path | None = None) -> str:
+    """The store URL as handed to a notebook kernel or written into an executed notebook: SQLite
+    paths absolute, and never a password. A PostgreSQL password moves to ``$PGPASSWORD`` (libpq
+    reads it; the kernel inherits it), so executed notebooks and reports can be shared."""
+    url = absolute_store_url(url, root or project_root())
+    bare, password = without_password(url)
+    if password is not None and bare.startswith("postgresql"):
+        os.environ["PGPASSWORD"] = password
+        return bare
+    return url

@@ -29,6 +29,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from .errors import StoreError
 from .settings import Workspace, redact_url
 
+# The axes a run is stored with (``runs.axes``), in reading order; leaderboards have one column each.
+AXES = ["chunking", "embedding", "retrieval", "rerank", "generation"]
+# What a report needs of every question row: everything but the (large) hits and texts.
+LIGHT_COLUMNS = ["run_id", "query_id", "position", "question", "error", "retrieval_latency_s", "generation_latency_s",
+                 "prompt_tokens", "completion_tokens", "cost_usd", "metrics"]
+
 metadata = MetaData()
 
 experiments = Table(
@@ -282,12 +288,25 @@ class Store:
         """Per-question rows of a run, in query order, metrics expanded into columns."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(questions).where(questions.c.run_id == run_id).order_by(questions.c.position)).mappings().all()
-        out = []
-        for r in rows:
-            d = dict(r)
-            d.update(d.pop("metrics"))
-            out.append(d)
-        return pd.DataFrame(out)
+        return pd.DataFrame([_expand_metrics(r) for r in rows])
+
+    def question_values(self, run_id: str) -> pd.DataFrame:
+        """A run's per-question metrics, latencies, tokens and cost, in query order, without the
+        hits, answers and gold data (a report reads every run's values; hits would be most of it)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(*[questions.c[c] for c in LIGHT_COLUMNS]).where(questions.c.run_id == run_id)
+                                .order_by(questions.c.position)).mappings().all()
+        return pd.DataFrame([_expand_metrics(r) for r in rows], columns=None if rows else LIGHT_COLUMNS[:-1])
+
+    def question_rows(self, run_id: str, query_ids: Sequence[str]) -> dict[str, dict]:
+        """Full stored rows (hits, answer, gold answers, relevance, metrics expanded) of some
+        questions of a run, by query id; ids the run does not have are absent."""
+        if not query_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(questions).where(
+                (questions.c.run_id == run_id) & questions.c.query_id.in_(list(query_ids)))).mappings().all()
+        return {r["query_id"]: _expand_metrics(r) for r in rows}
 
     def aggregates(self, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
         with self.engine.connect() as conn:
@@ -306,7 +325,7 @@ class Store:
         if "rerank" not in rdf:
             rdf["rerank"] = "-"
         rdf["rerank"] = rdf["rerank"].fillna("-")
-        cols = ["run_id", "chunking", "embedding", "retrieval", "rerank", "generation", "status", "n_questions", "n_failed", "truncation_rate"]
+        cols = ["run_id", *AXES, "status", "n_questions", "n_failed", "truncation_rate"]
         board = rdf[cols].copy()
         if not agg.empty:
             wide = agg.pivot(index="run_id", columns="metric", values="value")
@@ -314,6 +333,13 @@ class Store:
             hi = agg.pivot(index="run_id", columns="metric", values="ci_high").add_suffix("_ci_high")
             board = board.merge(wide.join(lo).join(hi), left_on="run_id", right_index=True, how="left")
         return board.reset_index(drop=True)
+
+
+def _expand_metrics(row) -> dict:
+    """A stored question row as a flat dict: the ``metrics`` JSON becomes one key per metric."""
+    out = dict(row)
+    out.update(out.pop("metrics") or {})
+    return out
 
 
 MIGRATIONS = Path(__file__).with_name("migrations")

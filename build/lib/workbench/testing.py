@@ -29,7 +29,8 @@ from .pipeline.components import Components
 from .pipeline.plan import Plan
 from .settings import Workspace
 from .stages.embedding import embedder_fingerprint, load_tokenizer
-from .stages.generation import GenerationResult, Prompt, render
+from .config.files import Prompt
+from .stages.generation import GenerationResult, render
 
 FAKE_BASE_URL = "http://fake.invalid/v1"
 _WORD = re.compile(r"\w+")

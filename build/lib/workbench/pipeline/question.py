@@ -18,12 +18,13 @@ from ..data.types import Query
 from ..errors import ProviderError
 from ..evaluation.perquestion import cutoffs_for, question_metrics
 from ..evaluation.spans import chunk_level_metrics, relevant_chunks
-from ..hashing import canonical_json, hash_obj, sha256_text
+from ..config.files import JUDGE_PLACEHOLDERS, Attack, AttackSuite, Prompt, load_attack_suite, load_prompt
+from ..hashing import hash_obj
 from ..providers.clients import identity_fields
-from ..stages.generation import (JUDGE_PLACEHOLDERS, ContextChunk, GenerationResult, Prompt, RateLimiter, cost_usd, load_prices,
-                                 load_prompt, parse_verdict, render)
+from ..providers.prices import cost_usd, load_prices
+from ..stages.generation import ContextChunk, GenerationResult, RateLimiter, parse_verdict, render, rendered_hash
 from ..stages.retrieval import RetrievalResult
-from ..stages.safety import Attack, AttackSuite, attack_succeeded, load_attack_suite, pii_metrics, plant, prompt_instruction_text, redact
+from ..stages.safety import attack_succeeded, pii_metrics, plant, prompt_instruction_text, redact
 from .budget import Budget
 from .components import Components, Generator
 from .plan import Plan, PlannedRun
@@ -72,7 +73,7 @@ class GenerationStep:
         lineage = self.run.lineage
         return "gen:" + hash_obj({
             "model": lineage["llm"], "model_file": lineage["llm_file_hash"], "base_url": self.spec.base_url,
-            "prompt_hash": lineage["prompt_hash"], "rendered": sha256_text(canonical_json(rendered)),
+            "prompt_hash": lineage["prompt_hash"], "rendered": rendered_hash(rendered),
             "sampling": {"temperature": self.spec.temperature, "seed": self.spec.seed, "max_tokens": self.spec.max_tokens},
             **identity_fields(self.spec),
         })
@@ -123,7 +124,7 @@ class JudgeStep:
     def __call__(self, question: str, context: list[ContextChunk], answer: str, metrics: dict) -> dict:
         """``judge_faithful`` (1/0, None when unparseable), its cost and latency, and
         ``judge_agrees``: whether the verdict matches the judge-free hallucination flag."""
-        key = "judge:" + hash_obj([self.lineage, sha256_text(canonical_json(render(self.prompt, question, context, answer)))])
+        key = "judge:" + hash_obj([self.lineage, rendered_hash(render(self.prompt, question, context, answer))])
         result = self.components.cache.get(key)
         if result is None:
             result = self.components.generator(self.spec).generate(self.prompt, question, context, answer=answer)

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from ..errors import ProviderError, unknown_name
+from ..settings import apply_offline_defaults
 
 
 def _smollm2() -> Path:
@@ -90,6 +91,7 @@ class LocalLLMServer:
                "--interrupt_requests", "False",
                "--model_alias", self.model]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(self.n_threads)}
+        apply_offline_defaults(env)  # the server's environment only: passive OpenMP waiting, no telemetry
         if self._log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix="wb-llm-"))
             self.log_path = self._log_dir / f"llama-server-{self.model}-{self.port}.log"

@@ -1,9 +1,10 @@
 """Provider faults: retries with exponential backoff and jitter, a circuit breaker per endpoint.
 
-Every call to an OpenAI-compatible endpoint (generation and embedding) goes through ``call``:
+Every call to a model API (generation, embedding, LLM and hosted rerankers) goes through ``call``:
 
-* the ``openai`` client's own timeout applies to each request (``timeout_s`` in the spec), and its
-  built-in retries are switched off so that one policy, tenacity's, decides;
+* the client's own timeout applies to each request (``timeout_s`` in the spec), and its built-in
+  retries are switched off (``providers/clients.py`` makes every client) so that one policy,
+  tenacity's, decides;
 * tenacity retries 429, 5xx, timeouts and connection errors with exponential backoff and full
   jitter, honouring a ``Retry-After`` header when the server sends one (capped at the maximum wait);
 * a ``pybreaker`` circuit breaker per endpoint (base URL + model) counts failed attempts; once open
@@ -51,6 +52,8 @@ def is_transient(exc: BaseException) -> bool:
         return exc.status_code == 429 or exc.status_code >= 500
     if isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIStatusError):
         return True  # e.g. an error event or a malformed chunk in a stream
+    if isinstance(exc, httpx.HTTPStatusError):  # plain httpx clients (a hosted rerank API)
+        return exc.response.status_code == 429 or exc.response.status_code >= 500
     return isinstance(exc, (httpx.TransportError, json.JSONDecodeError))
 
 
@@ -70,8 +73,9 @@ def retry_after_s(exc: BaseException) -> float | None:
         return None  # the HTTP-date form: fall back to the exponential backoff
 
 
-class _WaitRetryAfterOrBackoff:
-    """tenacity wait: the server's Retry-After when given, else exponential backoff with jitter."""
+class WaitRetryAfterOrBackoff:
+    """The tenacity wait of a :class:`RetryPolicy` (what :func:`call` waits between attempts): the
+    server's Retry-After when given, capped at ``max_backoff_s``, else exponential backoff with jitter."""
 
     def __init__(self, policy: RetryPolicy):
         self.backoff = wait_exponential_jitter(initial=policy.backoff_s, max=policy.max_backoff_s, jitter=policy.backoff_s)
@@ -106,13 +110,6 @@ def breaker_for(endpoint: str, policy: RetryPolicy) -> pybreaker.CircuitBreaker:
         return _BREAKERS[endpoint]
 
 
-def reset_breakers() -> None:
-    """Forget every breaker's state (tests; a new process starts with closed breakers anyway)."""
-    with _BREAKERS_LOCK:
-        _BREAKERS.clear()
-        _LAST_FAILURE.clear()
-
-
 def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Callable[[BaseException], None] | None = None) -> T:
     """Run ``fn`` (one complete request, a consumed stream included) under the retry policy and the
     endpoint's circuit breaker. Raises the last error, or ``pybreaker.CircuitBreakerError`` while
@@ -126,7 +123,7 @@ def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Call
         if on_retry is not None:
             on_retry(exc)
 
-    retrying = Retrying(stop=stop_after_attempt(policy.max_retries + 1), wait=_WaitRetryAfterOrBackoff(policy),
+    retrying = Retrying(stop=stop_after_attempt(policy.max_retries + 1), wait=WaitRetryAfterOrBackoff(policy),
                         retry=retry_if_exception(is_transient), reraise=True, before_sleep=_before_sleep)
     try:
         return retrying(breaker.call, fn)

@@ -1,7 +1,8 @@
 """Run artifacts and reports: ``reports/<experiment>/<UTC timestamp>/`` and ``reports/index.html``.
 
-A bake-off (``workbench run``) executes ``notebooks/bakeoff.ipynb`` into its report folder, then
-renders the report there; ``workbench report`` renders into a new folder. Rendering executes
+A bake-off (``workbench run``, :func:`workbench.bakeoff.run_bakeoff`) executes
+``notebooks/bakeoff.ipynb`` into its report folder, then renders the report there; ``workbench
+report`` renders into a new folder. Rendering executes
 ``notebooks/report.ipynb`` (which reads the store only) and converts it to one self-contained
 HTML page. The index lists every folder, newest first by its timestamp name (not by mtime).
 """
@@ -12,12 +13,10 @@ import datetime as dt
 import html
 import json
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
 
-from ..settings import safe_name
 from ..notebooks import SUMMARY_MIME, content_security_policy, execute_notebook, recorded, render_html
+from ..settings import Workspace, kernel_store_url, safe_name
 from ..store import Store
 
 STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
@@ -26,7 +25,7 @@ SUMMARY_FILE = "summary.json"
 
 def reports_root(reports_dir: str | os.PathLike | None = None) -> Path:
     """``reports_dir``, else ``$WORKBENCH_REPORTS``, else ``reports`` (read at call time)."""
-    return Path(reports_dir or os.environ.get("WORKBENCH_REPORTS", "") or "reports")
+    return Path(reports_dir) if reports_dir else Workspace.resolve().reports_dir
 
 
 def new_report_dir(experiment: str, reports_dir: str | os.PathLike | None = None) -> Path:
@@ -41,21 +40,6 @@ def new_report_dir(experiment: str, reports_dir: str | os.PathLike | None = None
             continue
 
 
-def run_bakeoff(experiment_path: str | os.PathLike, store_url: str, cache_dir: str | os.PathLike, out_dir: Path, *,
-                query_limit: int = 0, axes: Mapping[str, Sequence[str | int]] | None = None, rerun: str = "missing",
-                stream: TextIO | None = None) -> dict:
-    """Execute ``bakeoff.ipynb`` into ``out_dir/bakeoff.ipynb``; return the summary it recorded.
-
-    Paths are made absolute so the notebook sees what the caller meant whatever its directory.
-    """
-    nb = execute_notebook("bakeoff", out_dir / "bakeoff.ipynb", {
-        "experiment_path": str(Path(experiment_path).resolve()), "store_url": notebook_store_url(store_url),
-        "cache_dir": str(Path(cache_dir).resolve()), "query_limit": int(query_limit), "axes": {k: list(v) for k, v in (axes or {}).items()},
-        "rerun": rerun}, cwd=Path.cwd(), stream=stream)
-    found = recorded(nb, SUMMARY_MIME)
-    return found[-1] if found else {}
-
-
 def render_report(experiment: str, store_url: str, reports_dir: str | os.PathLike | None = None, *, out_dir: Path | None = None,
                   baseline_run: str = "", baseline_experiment: str = "", drilldown_limit: int = 15) -> Path:
     """Execute ``report.ipynb`` for ``experiment`` and render it to ``report.html``; return its path.
@@ -64,7 +48,7 @@ def render_report(experiment: str, store_url: str, reports_dir: str | os.PathLik
         StoreError: the experiment is not in the store (checked before a kernel starts).
         NotebookError: a cell failed (the message names the partial notebook).
     """
-    store_url = notebook_store_url(store_url)
+    store_url = kernel_store_url(store_url)
     Store(store_url).experiment(experiment)  # a missing experiment fails here, in one line
     out_dir = out_dir or new_report_dir(experiment, reports_dir)
     executed = out_dir / "report.ipynb"
@@ -77,28 +61,6 @@ def render_report(experiment: str, store_url: str, reports_dir: str | os.PathLik
     html = render_html(executed, out_dir / "report.html", f"{experiment} · bake-off report")
     write_index(out_dir.parent.parent)
     return html
-
-
-def notebook_store_url(url: str) -> str:
-    """The store URL as written into an executed notebook: SQLite paths absolute, and never a
-    password. A PostgreSQL password moves to ``$PGPASSWORD`` (libpq reads it; the kernel inherits
-    it), so executed notebooks and reports can be shared."""
-    from ..settings import without_password
-
-    url = _absolute_sqlite(url)
-    bare, password = without_password(url)
-    if password is not None and bare.startswith("postgresql"):
-        os.environ["PGPASSWORD"] = password
-        return bare
-    return url
-
-
-def _absolute_sqlite(url: str) -> str:
-    """A relative SQLite URL made absolute against the current directory (other URLs unchanged)."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + str(Path(url[len(prefix):]).resolve())
-    return url
 
 
 # -- index -------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .data import ReportData, label, lower_is_better, pareto_frontier
+from ..evaluation.registry import label, lower_is_better
+from .data import ReportData, pareto_frontier
 from .html import esc
 
 RC = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
@@ -179,17 +180,15 @@ def distributions_html(data: ReportData) -> str:
     return "<h2>Distributions</h2>" + html
 
 
-def reranker_gain_chart_html(data: ReportData) -> str:
-    """Gain of each reranker on each metric with its 95% CI (paired over questions)."""
-    if "rerank" not in data.board or not (data.board["rerank"].astype(str) != "-").any():
-        return ""
-    from ..compare import reranker_gain
-    from ..store import Store
+GAIN_CHART_METRICS = ["ndcg_at_10", "mrr", "f1", "hit_at_1"]
 
-    gain = reranker_gain(Store(data.store_url), data.experiment)
+
+def reranker_gain_chart_html(data: ReportData) -> str:
+    """Gain of each reranker on each metric with its 95% CI (paired over questions; ``data.reranker_gain``)."""
+    gain = data.reranker_gain
     if gain.empty:
         return ""
-    gain = gain[gain["metric"].isin(["ndcg_at_10", "mrr", "f1", "hit_at_1"])]
+    gain = gain[gain["metric"].isin(GAIN_CHART_METRICS)]
     labels = [f"{_short(r['rerank'], 22)}\n{_short(r['retrieval'] + ' ' + r['metric'], 26)}" for _, r in gain.iterrows()]
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(7, 0.45 * len(gain) + 1.2))

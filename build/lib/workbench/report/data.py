@@ -1,85 +1,36 @@
 """What a bake-off report says, computed from the store only (nothing is re-run or re-scored).
 
-:func:`load_report` reads an experiment's leaderboard and per-question values once; the logic
-on top is pure (recommendation within the experiment's limits, ties with the best run by paired
-tests with Holm correction, the Pareto frontier, per-axis tables, wins/losses against a
-baseline), so it is unit-tested on hand-made frames. :mod:`workbench.reporthtml` and
-:mod:`workbench.charts` turn the result into the page's sections.
+:func:`load_report` reads an experiment's leaderboard and per-question values once and computes
+everything the page shows: the recommendation within the experiment's limits, the runs that tie
+with it (paired tests, Holm; :mod:`workbench.compare`), the baseline (the gates' rule,
+:mod:`workbench.gates`), the reranker gain, the drill-down's questions and the failure reasons.
+The logic is pure on top of that read, so it is unit-tested on hand-made frames.
+:mod:`.html` and :mod:`.charts` only turn the result into the page's sections: they never open
+the store or run a test.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import html
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import select
 
-from ..errors import StoreError
-from ..evaluation.stats import holm, paired_difference
-from .leaderboard import AXES, HEADLINE, LOWER_IS_BETTER, fmt_value, primary_metric, sort_board
+from ..compare import metric_values, reranker_gain, ties_with_best
+from ..errors import MetricError, StoreError
+from ..evaluation.registry import COST_KINDS, HEADLINE, Direction, Kind, best_first, label, lower_is_better, metric_info, primary_metric
+from ..evaluation.stats import PairedResult, paired_difference
+from ..gates import resolve_baseline
+from ..providers.resilience import error_kind
 from ..settings import redact_url
-from ..store import Store
-from ..store import questions as questions_table
+from ..store import AXES, Store
+from .leaderboard import as_float, fmt, sort_board
 
-ALPHA = 0.05
 # Quality metrics shown in the leaderboard, in reading order (those a run lacks are skipped).
-QUALITY = [m for m in HEADLINE if not (m.endswith("_s") or m.endswith("tokens") or m.endswith("_usd") or m == "error_rate")]
-QUALITY_LOWER_IS_BETTER = {"hallucination", "false_refusal", "refusal", "attack_success_rate", "attack_success", "pii_leakage_rate",
-                           "pii_leakage", "pii_in_answer", "pii_in_answer_rate", "fallback_used"}
-LABELS = {"hit_at_5": "Hit@5", "recall_at_5": "Recall@5", "mrr": "MRR", "ndcg_at_10": "nDCG@10", "map": "MAP",
-          "exact_match": "Exact match", "f1": "Answer F1", "contains_gold": "Contains gold",
-          "citation_accuracy": "Citation accuracy", "answer_support": "Answer support", "hallucination": "Hallucination",
-          "refusal_correct": "Correct refusals", "false_refusal": "False refusals", "latency_p50_s": "Latency P50",
-          "latency_p95_s": "Latency P95", "tokens_per_question": "Tokens / question", "cost_per_question_usd": "Cost / question",
-          "attack_success_rate": "Attack success", "pii_leakage_rate": "PII leakage", "pii_in_context_rate": "PII in context",
-          "chunk_hit_at_5": "Chunk Hit@5", "chunk_mrr": "Chunk MRR", "chunk_ndcg_at_10": "Chunk nDCG@10"}
-MEANINGS = {"f1": "token overlap F1 of the generated answer with the gold answers (SQuAD)",
-            "ndcg_at_10": "how high the documents holding the answer rank among the first 10 retrieved (nDCG@10)",
-            "mrr": "1 / rank of the first relevant document (MRR)",
-            "chunk_ndcg_at_10": "how high the chunks overlapping the gold evidence span rank among the first 10 (chunk-level nDCG@10)",
-            "chunk_mrr": "1 / rank of the first chunk overlapping the gold evidence span (chunk-level MRR)"}
-LIGHT_COLUMNS = ["run_id", "query_id", "position", "question", "error", "retrieval_latency_s", "generation_latency_s",
-                 "prompt_tokens", "completion_tokens", "cost_usd", "metrics"]
-
-
-def esc(value: Any) -> str:
-    """HTML-escape anything (quotes too, so it is safe inside attributes)."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def label(metric: str) -> str:
-    return LABELS.get(metric, metric.replace("_at_", "@").replace("_", " "))
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER or metric in QUALITY_LOWER_IS_BETTER or metric.endswith(("_s", "_usd", "tokens", "tokens_per_question"))
-
-
-def fmt(metric: str, value) -> str:
-    """``leaderboard.fmt_value``, but latencies in ms below a second (retrieval is often sub-ms)."""
-    v = as_float(value)
-    if v is not None and metric.endswith("_s") and not metric.endswith("tokens_s"):
-        if abs(v) < 1:
-            return f"{v * 1000:.1f} ms" if abs(v) < 0.01 else f"{v * 1000:.0f} ms"
-        return f"{v:.2f} s"
-    if v is not None and metric == "tokens_per_question":
-        return f"{v:.0f}"
-    return fmt_value(metric, v)
-
-
-def as_float(value) -> float | None:
-    if value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
+QUALITY = [m for m in HEADLINE if metric_info(m).kind not in COST_KINDS and metric_info(m).kind is not Kind.RELIABILITY]
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -89,15 +40,7 @@ def question_values(store: Store, run_id: str) -> pd.DataFrame:
 
     Adds ``latency_s``: retrieval (incl. rerank) plus generation, the end-to-end time a user waits.
     """
-    cols = [questions_table.c[c] for c in LIGHT_COLUMNS]
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(*cols).where(questions_table.c.run_id == run_id).order_by(questions_table.c.position)).mappings().all()
-    records = []
-    for r in rows:
-        d = dict(r)
-        d.update(d.pop("metrics") or {})
-        records.append(d)
-    df = pd.DataFrame(records, columns=[c for c in LIGHT_COLUMNS if c != "metrics"] if not records else None)
+    df = store.question_values(run_id)
     parts = [pd.to_numeric(df[c], errors="coerce") for c in ("retrieval_latency_s", "generation_latency_s") if c in df]
     if parts:
         total = parts[0].fillna(0.0)
@@ -110,17 +53,7 @@ def question_values(store: Store, run_id: str) -> pd.DataFrame:
 
 def question_rows(store: Store, run_id: str, query_ids: Sequence[str]) -> dict[str, dict]:
     """Full stored rows (hits, answer, gold answers, relevance) of some questions of a run."""
-    if not query_ids:
-        return {}
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(questions_table).where(
-            (questions_table.c.run_id == run_id) & questions_table.c.query_id.in_(list(query_ids)))).mappings().all()
-    out = {}
-    for r in rows:
-        d = dict(r)
-        d.update(d.pop("metrics") or {})
-        out[d["query_id"]] = d
-    return out
+    return store.question_rows(run_id, query_ids)
 
 
 @dataclass
@@ -130,6 +63,25 @@ class Recommendation:
     eligible: list[str]
     violations: dict[str, list[str]]
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Drilldown:
+    """The recommended run against the baseline, question by question (what the page's drill-down shows).
+
+    ``outcomes`` is :func:`wins_losses` (empty without a baseline); ``sections`` lists, per
+    outcome with questions, (outcome, how many, the query ids shown); without a baseline there
+    is one section, ``"weakest"``. ``rows`` holds the stored rows shown, by run id then query id.
+    """
+
+    best: str
+    baseline: str | None
+    limit: int
+    outcomes: pd.DataFrame
+    counts: dict[str, int]
+    paired: PairedResult | None
+    sections: list[tuple[str, int, list[str]]]
+    rows: dict[str, dict[str, dict]]
 
 
 @dataclass
@@ -148,6 +100,8 @@ class ReportData:
     baseline_reason: str
     baseline_board: pd.DataFrame | None = None
     generated_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    reranker_gain: pd.DataFrame = field(default_factory=pd.DataFrame)  # compare.reranker_gain; empty without reranked runs
+    drilldown: Drilldown | None = None
 
     def row(self, run_id: str) -> pd.Series:
         board = self.board if run_id in set(self.board["run_id"]) else self.baseline_board
@@ -163,6 +117,24 @@ class ReportData:
     @property
     def varying_axes(self) -> list[str]:
         return varying_axes(self.board)
+
+    @property
+    def tie_ids(self) -> list[str]:
+        """Runs statistically indistinguishable from the recommended one on the primary metric."""
+        return [] if self.ties.empty else list(self.ties.loc[self.ties["tie"].astype(bool), "run_id"])
+
+    @property
+    def fastest_tie(self) -> str | None:
+        """The run with the lowest end-to-end latency P95 among the recommended run and its ties,
+        when that is not the recommended run itself (the answer to "what if speed matters more")."""
+        rec = self.recommendation.run_id
+        if rec is None or not self.tie_ids or "latency_p95_s" not in self.board:
+            return None
+        cands = self.board[self.board["run_id"].isin([rec, *self.tie_ids])].dropna(subset=["latency_p95_s"])
+        if len(cands) < 2:
+            return None
+        fast = cands.sort_values(["latency_p95_s", "run_id"]).iloc[0]["run_id"]
+        return None if fast == rec else fast
 
 
 def varying_axes(board: pd.DataFrame) -> list[str]:
@@ -183,8 +155,6 @@ def quality_columns(board: pd.DataFrame, metric: str) -> list[str]:
 
 def enrich_board(board: pd.DataFrame, values: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Add end-to-end latency P50/P95, tokens per question, label and rank to a leaderboard."""
-    import numpy as np
-
     board = sort_board(board).copy()
     p50, p95, tokens = [], [], []
     for run_id in board["run_id"]:
@@ -203,23 +173,44 @@ def enrich_board(board: pd.DataFrame, values: Mapping[str, pd.DataFrame]) -> pd.
 
 # -- recommendation ----------------------------------------------------------------------------
 
-def limit_violations(board: pd.DataFrame, limits: Mapping[str, Any] | None) -> tuple[dict[str, list[str]], list[str]]:
-    """Which runs break the experiment's limits, and notes on limits that could not be applied.
+def _limit_bounds(metric: str, bound) -> tuple[float | None, float | None] | str:
+    """(min, max) of one limit, or why it cannot be applied."""
+    try:
+        info = metric_info(metric)
+    except MetricError as exc:
+        return str(exc)
+    if isinstance(bound, Mapping):
+        return as_float(bound.get("min")), as_float(bound.get("max"))
+    if as_float(bound) is None:
+        return f"{bound!r} is not a number"
+    if info.direction is Direction.NONE:
+        return f"{info.label} is neither better high nor low; write {{min: ...}} or {{max: ...}}"
+    return (None, as_float(bound)) if info.lower_is_better else (as_float(bound), None)
 
-    ``limits`` maps a leaderboard column to a bound: a number is a maximum for lower-is-better
-    columns (latency, cost, tokens) and a minimum otherwise; ``{"max": x}``/``{"min": x}`` is
-    explicit. An unmeasured value (no cost in a retrieval-only run) does not break a limit.
+
+def applied_limits(limits: Mapping[str, Any] | None) -> tuple[dict[str, tuple[float | None, float | None]], list[str]]:
+    """The experiment's limits as ``{metric: (min, max)}``, and notes on those that cannot apply.
+
+    A number is a maximum for lower-is-better metrics (latency, cost, tokens) and a minimum for
+    higher-is-better ones (the registry's direction); ``{"max": x}``/``{"min": x}`` is explicit,
+    and required for a metric without a direction. An unknown metric is never guessed.
     """
-    violations: dict[str, list[str]] = {r: [] for r in board["run_id"]}
-    notes: list[str] = []
+    bounds, notes = {}, []
     for metric, bound in (limits or {}).items():
-        if isinstance(bound, Mapping):
-            lo, hi = as_float(bound.get("min")), as_float(bound.get("max"))
-        elif as_float(bound) is not None:
-            lo, hi = (None, as_float(bound)) if lower_is_better(metric) else (as_float(bound), None)
+        parsed = _limit_bounds(metric, bound)
+        if isinstance(parsed, str):
+            notes.append(f"limit {metric!r} ignored: {parsed}")
         else:
-            notes.append(f"limit {metric!r} ignored: {bound!r} is not a number")
-            continue
+            bounds[metric] = parsed
+    return bounds, notes
+
+
+def limit_violations(board: pd.DataFrame, limits: Mapping[str, Any] | None) -> tuple[dict[str, list[str]], list[str]]:
+    """Which runs break the experiment's limits (:func:`applied_limits`), and notes on limits that
+    could not be applied. An unmeasured value (no cost in a retrieval-only run) breaks no limit."""
+    violations: dict[str, list[str]] = {r: [] for r in board["run_id"]}
+    bounds, notes = applied_limits(limits)
+    for metric, (lo, hi) in bounds.items():
         if metric not in board:
             notes.append(f"limit {metric!r} ignored: no run reports it")
             continue
@@ -244,44 +235,8 @@ def recommend(board: pd.DataFrame, metric: str, limits: Mapping[str, Any] | None
     eligible = usable[~usable["run_id"].isin(violations)]
     if eligible.empty:
         return Recommendation(None, metric, [], violations, notes)
-    best = eligible.sort_values([metric, "run_id"], ascending=[lower_is_better(metric), True]).iloc[0]["run_id"]
+    best = best_first(eligible, metric).iloc[0]["run_id"]
     return Recommendation(best, metric, eligible["run_id"].tolist(), violations, notes)
-
-
-def metric_values(values: pd.DataFrame, metric: str) -> pd.Series:
-    if values.empty or metric not in values:
-        return pd.Series(dtype=float)
-    s = pd.to_numeric(values.set_index("query_id")[metric], errors="coerce")
-    return s[s.notna()]
-
-
-def ties_with_best(values: Mapping[str, pd.DataFrame], best: str, metric: str, alpha: float = ALPHA) -> pd.DataFrame:
-    """Each other run compared with ``best`` on the questions both scored (paired by query_id).
-
-    McNemar for 0/1 metrics, a paired permutation test otherwise; p-values Holm-corrected over
-    the comparisons. ``tie`` is True when the corrected p-value is at least ``alpha``: the data
-    cannot tell that run from the best. ``diff`` is other minus best.
-    """
-    columns = ["run_id", "n", "diff", "ci_low", "ci_high", "p_value", "p_holm", "tie"]
-    ref = metric_values(values[best], metric)
-    rows = []
-    for run_id, v in values.items():
-        if run_id == best:
-            continue
-        other = metric_values(v, metric)
-        common = [q for q in ref.index if q in other.index]
-        if not common:
-            rows.append({"run_id": run_id, "n": 0, "diff": None, "ci_low": None, "ci_high": None, "p_value": None})
-            continue
-        res = paired_difference([float(ref[q]) for q in common], [float(other[q]) for q in common])
-        rows.append({"run_id": run_id, "n": res.n, "diff": res.diff, "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value})
-    tested = [r for r in rows if r["p_value"] is not None]
-    for r, p in zip(tested, holm([r["p_value"] for r in tested])):
-        r["p_holm"] = p
-    for r in rows:
-        r.setdefault("p_holm", None)
-        r["tie"] = r["p_holm"] is not None and r["p_holm"] >= alpha
-    return pd.DataFrame(rows, columns=columns)
 
 
 def pareto_frontier(points: pd.DataFrame, x: str, y: str, *, lower_x: bool = True, higher_y: bool = True, key: str = "run_id") -> list[str]:
@@ -350,8 +305,6 @@ SAFETY_METRICS = ("attack_success_rate", "pii_leakage_rate", "pii_in_context_rat
 
 def failure_reasons(errors) -> dict[str, int]:
     """Failed questions by reason ("timeout", "rate limit (429)", ...), most frequent first."""
-    from ..providers.resilience import error_kind
-
     counts: dict[str, int] = {}
     for e in errors:
         if isinstance(e, str) and e:
@@ -391,29 +344,26 @@ def reliability_table(data: ReportData) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# -- assembling the report ---------------------------------------------------------------------
+# -- baseline and drill-down -----------------------------------------------------------------------
 
 def _resolve_baseline(store: Store, board: pd.DataFrame, spec: dict, best: str | None, baseline_run: str,
                       baseline_experiment: str) -> tuple[str | None, str, pd.DataFrame | None]:
-    """(baseline run id, why it is the baseline, the board it comes from when another experiment)."""
+    """(baseline run id, why it is the baseline, the board it comes from when not this experiment).
+
+    The caller's ``baseline_run``/``baseline_experiment`` win over the experiment file's
+    ``baseline``; both go through :func:`workbench.gates.resolve_baseline`, the rule the gates use.
+    Without either, the first configuration of the grid other than ``best``.
+    """
     spec_base = spec.get("baseline") or {}
     run_ref = baseline_run or spec_base.get("run_id") or ""
     exp_ref = baseline_experiment or ("" if baseline_run else spec_base.get("experiment") or "")
-    if run_ref:
-        run_id = store.run(run_ref)["run_id"]
+    found = resolve_baseline(store, best, baseline_run=run_ref, baseline_experiment=exp_ref)
+    if found is not None and found.experiment is not None:
+        other = store.leaderboard(found.experiment)
+        return found.run_id, found.reason, enrich_board(other, {r: question_values(store, r) for r in other["run_id"]})
+    if found is not None:
         why = "given as baseline_run" if baseline_run else "the experiment file's baseline run"
-        other = None if run_id in set(board["run_id"]) else _foreign_board(store, [run_id])
-        return run_id, why, other
-    if exp_ref:
-        other = store.leaderboard(exp_ref)
-        if other.empty:
-            raise StoreError(f"baseline experiment {exp_ref!r} has no runs")
-        other = enrich_board(other, {r: question_values(store, r) for r in other["run_id"]})
-        mine = board[board["run_id"] == best].iloc[0] if best else None
-        same = other[(other[AXES].astype(str) == mine[AXES].astype(str)).all(axis=1)] if mine is not None else other.iloc[0:0]
-        pick = same.iloc[0]["run_id"] if not same.empty else other.iloc[0]["run_id"]
-        how = "the run with the same configuration" if not same.empty else "its best run"
-        return pick, f"{how} in experiment {exp_ref!r}", other
+        return found.run_id, why, None if found.run_id in set(board["run_id"]) else _foreign_board(store, [found.run_id])
     others = board[board["run_id"] != best].sort_values("position") if "position" in board else board[board["run_id"] != best]
     if others.empty:
         return None, "only one run: nothing to compare with", None
@@ -442,10 +392,40 @@ def primary_metric_or_none(board: pd.DataFrame) -> str | None:
         return None
 
 
-def load_report(store_url: str, experiment: str, *, baseline_run: str = "", baseline_experiment: str = "") -> ReportData:
-    """Read everything the report shows for ``experiment`` from the store at ``store_url``."""
-    store = Store(store_url)
-    exp_row = store.experiment(experiment)
+def _weakest(values: pd.DataFrame, metric: str, limit: int) -> list[str]:
+    """The ``limit`` questions with the worst ``metric`` (unscored ones first: they failed)."""
+    if metric not in values:
+        return values["query_id"].head(limit).tolist()
+    return values.sort_values(metric, ascending=not lower_is_better(metric), na_position="first").head(limit)["query_id"].tolist()
+
+
+def drilldown(store: Store, values: Mapping[str, pd.DataFrame], best: str, baseline: str | None, metric: str,
+              limit: int = 15) -> Drilldown:
+    """What the drill-down shows: with a baseline, wins, losses, failures and ties of ``best``
+    against it (at most ``limit`` questions each) with the paired test over all questions;
+    without one, ``best``'s ``limit`` weakest questions. Reads only the rows it shows."""
+    if baseline is None:
+        ids = _weakest(values[best], metric, limit)
+        return Drilldown(best, None, limit, pd.DataFrame(), {}, None, [("weakest", len(ids), ids)],
+                         {best: store.question_rows(best, ids)})
+    wl = wins_losses(values[baseline], values[best], metric)
+    a, b = metric_values(values[baseline], metric), metric_values(values[best], metric)
+    common = [q for q in b.index if q in a.index]
+    paired = paired_difference([float(a[q]) for q in common], [float(b[q]) for q in common]) if common else None
+    sections = []
+    for outcome in ("win", "loss", "failed", "tie"):
+        sel = wl[wl["outcome"] == outcome]
+        if not sel.empty:
+            sections.append((outcome, len(sel), sel["query_id"].head(limit).tolist()))
+    shown = [q for _, _, ids in sections for q in ids]
+    rows = {run: store.question_rows(run, shown) for run in (baseline, best)}
+    return Drilldown(best, baseline, limit, wl, wl["outcome"].value_counts().to_dict(), paired, sections, rows)
+
+
+# -- assembling the report ---------------------------------------------------------------------
+
+def _rank(store: Store, experiment: str, store_url: str) -> tuple[pd.DataFrame, pd.DataFrame, str, dict[str, pd.DataFrame]]:
+    """The experiment's enriched leaderboard, its runs, its primary metric and its per-question values."""
     board = store.leaderboard(experiment)
     if board.empty:
         raise StoreError(f"experiment {experiment!r} has no runs in {redact_url(store_url)}")
@@ -455,20 +435,38 @@ def load_report(store_url: str, experiment: str, *, baseline_run: str = "", base
     if metric is None:
         raise StoreError(f"experiment {experiment!r}: no run has a quality metric yet (are the runs finished?)")
     values = {r: question_values(store, r) for r in board["run_id"]}
-    board = enrich_board(board, values)
+    return enrich_board(board, values), runs, metric, values
+
+
+def has_reranker(board: pd.DataFrame) -> bool:
+    return "rerank" in board and bool((board["rerank"].astype(str) != "-").any())
+
+
+def load_report(store_url: str, experiment: str, *, baseline_run: str = "", baseline_experiment: str = "",
+                drilldown_limit: int = 15) -> ReportData:
+    """Read and compute everything the report shows for ``experiment`` from the store at ``store_url``.
+
+    Raises:
+        StoreError: the experiment is not stored, has no runs, or none has a quality metric yet.
+    """
+    store = Store(store_url)
+    exp_row = store.experiment(experiment)
+    board, runs, metric, values = _rank(store, experiment, store_url)
     spec = exp_row.get("spec") or {}
     rec = recommend(board, metric, spec.get("limits") if isinstance(spec, dict) else None)
     # ties among the runs that could have been recommended (those over a limit are reported apart)
-    eligible = {r: values[r] for r in rec.eligible}
-    ties = ties_with_best(eligible, rec.run_id, metric) if rec.run_id else pd.DataFrame(columns=["run_id", "tie"])
+    ties = ties_with_best({r: values[r] for r in rec.eligible}, rec.run_id, metric) if rec.run_id else pd.DataFrame(columns=["run_id", "tie"])
     tie_ids = set(ties.loc[ties["tie"].astype(bool), "run_id"]) if not ties.empty else set()
     board["recommended"] = board["run_id"] == rec.run_id
     board["ties_best"] = board["run_id"].isin(tie_ids)
     board["within_limits"] = ~board["run_id"].isin(rec.violations)
-    base_id, why, base_board = _resolve_baseline(store, board, spec, rec.run_id or board.iloc[0]["run_id"], baseline_run, baseline_experiment)
+    best = rec.run_id or board.iloc[0]["run_id"]
+    base_id, why, base_board = _resolve_baseline(store, board, spec, best, baseline_run, baseline_experiment)
     if base_id is not None and base_id not in values:
         values[base_id] = question_values(store, base_id)
-    return ReportData(experiment, spec, exp_row, store_url, board, runs, metric, values, rec, ties, base_id, why, base_board)
+    gain = reranker_gain(store, experiment) if has_reranker(board) else pd.DataFrame()
+    return ReportData(experiment, spec, exp_row, store_url, board, runs, metric, values, rec, ties, base_id, why, base_board,
+                      reranker_gain=gain, drilldown=drilldown(store, values, best, base_id, metric, drilldown_limit))
 
 
 def summary(data: ReportData) -> dict:

@@ -1,4 +1,7 @@
-"""The report's HTML fragments, one per section, built from :class:`~workbench.reportdata.ReportData`.
+"""The report's HTML fragments, one per section, built from :class:`~workbench.report.data.ReportData`.
+
+Formatting only: every number and every choice (best run, ties, baseline, reranker gain, which
+questions the drill-down shows) is computed in :mod:`.data`; nothing here opens the store.
 
 Every string from a dataset, a model or an experiment file (questions, passages, answers, names,
 labels, error messages) is untrusted and goes through :func:`esc` (``html.escape`` with quotes)
@@ -8,20 +11,24 @@ are built as strings here and only here, so a reviewer can check escaping in one
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-import pandas as pd
-
-from ..evaluation.stats import paired_difference
+from ..compare import ALPHA
+from ..evaluation.registry import description, label, lower_is_better
 from ..hashing import hash_obj
-from .leaderboard import AXES
-from .data import (ALPHA, MEANINGS, SAFETY_METRICS, ReportData, as_float, axis_tables, esc, fmt, label, lower_is_better,
-                         metric_values, quality_columns, question_rows, reliability_table, wins_losses)
 from ..settings import redact_url
-from ..store import Store
+from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, axis_tables, quality_columns, reliability_table
+from .leaderboard import AXES, as_float, fmt
 
 # -- HTML --------------------------------------------------------------------------------------
+
+def esc(value: Any) -> str:
+    """HTML-escape anything (quotes too, so it is safe inside attributes)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
 
 def show(fragment: str) -> None:
     """Display an HTML fragment in the running notebook."""
@@ -61,10 +68,8 @@ def title_html(data: ReportData) -> str:
             + f'<p class="muted">{" · ".join(esc(f) for f in facts)}</p>')
 
 
-def _limit_text(metric: str, bound) -> str:
-    if isinstance(bound, Mapping):
-        return ", ".join(f"{label(metric)} {op} {fmt(metric, bound[k])}" for k, op in (("min", "≥"), ("max", "≤")) if k in bound)
-    return f"{label(metric)} {'≤' if lower_is_better(metric) else '≥'} {fmt(metric, bound)}"
+def _limit_text(metric: str, lo: float | None, hi: float | None) -> str:
+    return ", ".join(f"{label(metric)} {op} {fmt(metric, v)}" for v, op in ((lo, "≥"), (hi, "≤")) if v is not None)
 
 
 def why(data: ReportData) -> list[str]:
@@ -75,24 +80,20 @@ def why(data: ReportData) -> list[str]:
         return [f"No run meets the experiment's limits; the best {label(m)} overall is #{best['rank']} {best['label']} "
                 f"({fmt(m, best[m])})."] + rec.notes
     r = data.row(rec.run_id)
-    limits = data.spec.get("limits") if isinstance(data.spec, dict) else None
-    within = f" within the experiment's limits ({', '.join(_limit_text(k, v) for k, v in limits.items())})" if limits else ""
+    limits, _ = applied_limits(data.spec.get("limits") if isinstance(data.spec, dict) else None)
+    within = f" within the experiment's limits ({', '.join(_limit_text(k, *v) for k, v in limits.items())})" if limits else ""
     out = [f"It has the highest {label(m)}{within} among {len(data.board)} runs: {fmt(m, r[m])}"
            + (f" (95% CI {fmt(m, r.get(m + '_ci_low'))} to {fmt(m, r.get(m + '_ci_high'))})." if as_float(r.get(m + "_ci_low")) is not None else ".")]
-    if m in MEANINGS:
-        out[-1] += f" {label(m)} measures {MEANINGS[m]}."
-    ties = data.ties[data.ties["tie"].astype(bool)] if not data.ties.empty else data.ties
-    if not ties.empty:
-        names = [f"#{data.row(t)['rank']} {data.row(t)['label']}" for t in ties["run_id"]]
+    out[-1] += f" {label(m)} measures {description(m)}."
+    if data.tie_ids:
+        names = [f"#{data.row(t)['rank']} {data.row(t)['label']}" for t in data.tie_ids]
         out.append(f"{len(names)} other run(s) are statistically indistinguishable from it on {label(m)} (paired test on the same "
                    f"questions, Holm-corrected p ≥ {ALPHA}): {'; '.join(names)}.")
-        if "latency_p95_s" in data.board:
-            cands = data.board[data.board["run_id"].isin([rec.run_id, *ties["run_id"]])].dropna(subset=["latency_p95_s"])
-            if len(cands) > 1:
-                fast = cands.sort_values(["latency_p95_s", "run_id"]).iloc[0]
-                if fast["run_id"] != rec.run_id:
-                    out.append(f"If speed matters more, #{fast['rank']} {fast['label']} is the fastest of these "
-                               f"(latency P95 {fmt('latency_p95_s', fast['latency_p95_s'])} vs {fmt('latency_p95_s', r['latency_p95_s'])}).")
+        fast = data.fastest_tie
+        if fast is not None:
+            f = data.row(fast)
+            out.append(f"If speed matters more, #{f['rank']} {f['label']} is the fastest of these "
+                       f"(latency P95 {fmt('latency_p95_s', f['latency_p95_s'])} vs {fmt('latency_p95_s', r['latency_p95_s'])}).")
     elif len(data.board) > 1:
         out.append(f"It is significantly better than every other run on {label(m)} (paired tests, Holm-corrected p < {ALPHA}).")
     for run_id, reasons in rec.violations.items():
@@ -144,7 +145,7 @@ def leaderboard_html(data: ReportData) -> str:
     table = _table(header, rows, "sortable leaderboard", ["recommended" if x else "" for x in b["recommended"]])
     note = ("Quality: mean over questions, with its 95% bootstrap interval below. ↓ marks metrics where lower is better. "
             "Latency: end-to-end per question (retrieval, reranking and generation). Click a column header to sort.")
-    return (f'<h2>Leaderboard</h2>' + (f'<p class="muted">Same in every run: {esc("; ".join(fixed))}</p>' if fixed else "")
+    return ('<h2>Leaderboard</h2>' + (f'<p class="muted">Same in every run: {esc("; ".join(fixed))}</p>' if fixed else "")
             + table + f'<p class="muted">{esc(note)}</p>' + _levels_note(data, quality))
 
 
@@ -223,7 +224,7 @@ def question_detail_html(columns: Sequence[tuple[str, Mapping | None]], metric: 
                          metrics: Sequence[str] = (), is_open: bool = False, max_passages: int = 5) -> str:
     """One question for one or more runs side by side: gold, answers, metrics, retrieved passages.
 
-    ``columns`` holds (run name, stored row or None); rows come from :func:`question_rows`.
+    ``columns`` holds (run name, stored row or None); rows come from :meth:`workbench.store.Store.question_rows`.
     """
     first = next((row for _, row in columns if row), None)
     if first is None:
@@ -261,33 +262,41 @@ def _delta(metric: str, a, b) -> str:
     return f'{esc(fmt(metric, va))} → {esc(fmt(metric, vb))} <span class="{cls}">({vb - va:+.3f})</span>'
 
 
-def drilldown_html(data: ReportData, limit: int = 15) -> str:
-    """Best run vs the baseline, question by question: wins, losses, failures, then equal scores."""
-    store = Store(data.store_url)
-    m = data.metric
-    best = data.recommendation.run_id or data.board.iloc[0]["run_id"]
-    extra = [c for c in quality_columns(data.board, m)[1:4]]
+SECTION_TITLES = {"win": "Wins: the recommended run did better", "loss": "Losses: the baseline did better",
+                  "failed": "Failed questions", "tie": "Same score"}
+
+
+def _paired_text(metric: str, drill: Drilldown) -> str:
+    res = drill.paired
+    if res is None:
+        return ""
+    text = (f"Mean {label(metric)} {fmt(metric, res.mean_a)} → {fmt(metric, res.mean_b)}, difference {res.diff:+.3f} "
+            f"(95% CI {res.ci_low:+.3f} to {res.ci_high:+.3f}, p = {res.p_value:.3g}, {res.test}) over {res.n} paired questions.")
+    return f'<p class="muted">{esc(text)}</p>'
+
+
+def _weakest_html(data: ReportData, drill: Drilldown, extra: Sequence[str]) -> str:
+    m, best = data.metric, drill.best
+    rows = drill.rows[best]
+    _, _, ids = drill.sections[0]
+    parts = [f'<p>{esc(data.name(best))} — {esc(data.baseline_reason)}. Its {drill.limit} weakest questions:</p>']
+    parts += [question_detail_html([(data.name(best), rows.get(q))], m, metrics=extra,
+                                   summary=f"{esc(rows[q]['question'])} — {esc(label(m))} {esc(fmt(m, rows[q].get(m)))}")
+              for q in ids if q in rows]
+    return "".join(parts)
+
+
+def drilldown_html(data: ReportData) -> str:
+    """Best run vs the baseline, question by question: wins, losses, failures, then equal scores
+    (``data.drilldown``, see :func:`workbench.report.data.drilldown`)."""
+    drill, m = data.drilldown, data.metric
+    if drill is None:
+        return ""
+    extra = quality_columns(data.board, m)[1:4]
     parts = ["<h2>Per-question drill-down</h2>"]
-    if data.baseline_id is None:
-        v = data.values[best]
-        worst = v.sort_values(m, ascending=not lower_is_better(m), na_position="first").head(limit) if m in v else v.head(limit)
-        rows = question_rows(store, best, worst["query_id"].tolist())
-        parts.append(f'<p>{esc(data.name(best))} — {esc(data.baseline_reason)}. Its {limit} weakest questions:</p>')
-        parts += [question_detail_html([(data.name(best), rows.get(q))], m, metrics=extra,
-                                       summary=f"{esc(rows[q]['question'])} — {esc(label(m))} {esc(fmt(m, rows[q].get(m)))}")
-                  for q in worst["query_id"] if q in rows]
-        return "".join(parts)
-    base = data.baseline_id
-    wl = wins_losses(data.values[base], data.values[best], m)
-    counts = wl["outcome"].value_counts().to_dict()
-    a = metric_values(data.values[base], m)
-    b = metric_values(data.values[best], m)
-    common = [q for q in b.index if q in a.index]
-    stat = ""
-    if common:
-        res = paired_difference([float(a[q]) for q in common], [float(b[q]) for q in common])
-        stat = (f"Mean {label(m)} {fmt(m, res.mean_a)} → {fmt(m, res.mean_b)}, difference {res.diff:+.3f} "
-                f"(95% CI {res.ci_low:+.3f} to {res.ci_high:+.3f}, p = {res.p_value:.3g}, {res.test}) over {res.n} paired questions.")
+    if drill.baseline is None:
+        return parts[0] + _weakest_html(data, drill, extra)
+    base, best, counts = drill.baseline, drill.best, drill.counts
     parts.append(f"<p>Recommended <b>{esc(data.name(best))}</b> vs baseline <b>{esc(data.name(base))}</b> — the baseline is "
                  f"{esc(data.baseline_reason)}.</p>")
     parts.append(_table(["outcome on " + label(m), "questions"],
@@ -296,22 +305,15 @@ def drilldown_html(data: ReportData, limit: int = 15) -> str:
                          ["same score", f'<td class="num">{counts.get("tie", 0)}</td>'],
                          ["failed in either run", f'<td class="num">{counts.get("failed", 0)}</td>'],
                          ["metric not applicable", f'<td class="num">{counts.get("n/a", 0)}</td>']]))
-    if stat:
-        parts.append(f'<p class="muted">{esc(stat)}</p>')
-    sections = [("win", "Wins: the recommended run did better"), ("loss", "Losses: the baseline did better"),
-                ("failed", "Failed questions"), ("tie", "Same score")]
-    for outcome, title in sections:
-        sel = wl[wl["outcome"] == outcome]
-        if sel.empty:
-            continue
-        shown = sel.head(limit)
-        qids = shown["query_id"].tolist()
-        ra, rb = question_rows(store, base, qids), question_rows(store, best, qids)
-        parts.append(f"<h3>{esc(title)} ({len(sel)}{f', showing {len(shown)}' if len(shown) < len(sel) else ''})</h3>")
-        for _, q in shown.iterrows():
-            summ = f"{esc(q['question'])} — {esc(label(m))} {_delta(m, q['baseline'], q['candidate'])}"
-            parts.append(question_detail_html([(f"baseline: {data.name(base)}", ra.get(q["query_id"])),
-                                               (f"recommended: {data.name(best)}", rb.get(q["query_id"]))], m, summary=summ, metrics=extra))
+    parts.append(_paired_text(m, drill))
+    outcomes = drill.outcomes.set_index("query_id")
+    for outcome, total, ids in drill.sections:
+        parts.append(f"<h3>{esc(SECTION_TITLES[outcome])} ({total}{f', showing {len(ids)}' if len(ids) < total else ''})</h3>")
+        for q in ids:
+            o = outcomes.loc[q]
+            summ = f"{esc(o['question'])} — {esc(label(m))} {_delta(m, o['baseline'], o['candidate'])}"
+            parts.append(question_detail_html([(f"baseline: {data.name(base)}", drill.rows[base].get(q)),
+                                               (f"recommended: {data.name(best)}", drill.rows[best].get(q))], m, summary=summ, metrics=extra))
     return "".join(parts)
 
 
@@ -367,20 +369,10 @@ def lineage_html(data: ReportData) -> str:
             + "<h3>Package versions</h3>" + _table(["package", "version(s)"], pkg_rows))
 
 
-def _has_reranker(data: ReportData) -> bool:
-    return "rerank" in data.board and bool((data.board["rerank"].astype(str) != "-").any())
-
-
-def reranker_gain_html(data: ReportData, gain: pd.DataFrame | None = None) -> str:
+def reranker_gain_html(data: ReportData) -> str:
     """Reranker gain: each reranked run against the same configuration without the reranker,
     paired over questions (difference, 95% CI, Holm-corrected p), with the latency it adds."""
-    if gain is None and not _has_reranker(data):
-        return ""  # no reranked run: skip importing compare (and the retrieval stack behind it)
-    if gain is None:
-        from ..compare import reranker_gain
-        from ..store import Store
-
-        gain = reranker_gain(Store(data.store_url), data.experiment)
+    gain = data.reranker_gain
     if gain is None or gain.empty:
         return ""
     rows = []

@@ -1,6 +1,6 @@
-"""Leaderboard formatting shared by the CLI, the notebooks and the report.
-
-Which columns a reader sees first, in which order, and how a metric with its interval is written.
+"""Leaderboard formatting shared by the CLI, the notebooks and the report: the order runs are
+listed in and how a metric with its interval is written. Which metrics are shown, and which way
+each is better, come from the metric registry (:mod:`workbench.evaluation.registry`).
 """
 
 from __future__ import annotations
@@ -9,27 +9,10 @@ import math
 
 import pandas as pd
 
-AXES = ["chunking", "embedding", "retrieval", "rerank", "generation"]
-# Headline metrics in reading order; those a run does not have are skipped.
-HEADLINE = ["hit_at_5", "recall_at_5", "mrr", "ndcg_at_10", "map", "chunk_hit_at_5", "chunk_mrr", "chunk_ndcg_at_10", "exact_match", "f1", "contains_gold",
-            "citation_accuracy", "answer_support", "hallucination", "refusal_correct", "false_refusal", "retrieval_latency_p50_s", "rerank_latency_p50_s", "generation_latency_p50_s",
-            "generation_latency_p95_s", "ttft_p50_s", "prompt_tokens", "completion_tokens", "cost_per_question_usd",
-            "error_rate", "attack_success_rate", "pii_leakage_rate"]
-# Metrics where lower is better (used to pick the best run and the Pareto frontier).
-LOWER_IS_BETTER = {m for m in HEADLINE if m.endswith("_s") or m in ("prompt_tokens", "completion_tokens", "cost_per_question_usd", "error_rate", "refusal", "hallucination", "false_refusal",
-                                                                     "attack_success_rate", "pii_leakage_rate")}
+from ..evaluation.registry import best_first, headline_columns, primary_metric
+from ..store import AXES
 
-
-def primary_metric(board: pd.DataFrame) -> str:
-    """The quality metric runs are ranked by: answer F1 when answers exist, else nDCG@10."""
-    for m in ("f1", "ndcg_at_10", "mrr"):
-        if m in board and board[m].notna().any():
-            return m
-    raise ValueError("no quality metric in the leaderboard")
-
-
-def headline_columns(board: pd.DataFrame) -> list[str]:
-    return [m for m in HEADLINE if m in board and board[m].notna().any()]
+__all__ = ["AXES", "as_float", "fmt", "fmt_value", "fmt_with_ci", "headline_columns", "sort_board"]
 
 
 def fmt_value(metric: str, value) -> str:
@@ -51,6 +34,28 @@ def fmt_with_ci(metric: str, value, low, high) -> str:
     return f"{text} [{fmt_value(metric, low)}, {fmt_value(metric, high)}]"
 
 
+def fmt(metric: str, value) -> str:
+    """:func:`fmt_value` as the report writes it: latencies in ms below a second (retrieval is
+    often sub-millisecond), tokens per question whole."""
+    v = as_float(value)
+    if v is not None and metric.endswith("_s") and not metric.endswith("tokens_s"):
+        if abs(v) < 1:
+            return f"{v * 1000:.1f} ms" if abs(v) < 0.01 else f"{v * 1000:.0f} ms"
+        return f"{v:.2f} s"
+    if v is not None and metric == "tokens_per_question":
+        return f"{v:.0f}"
+    return fmt_value(metric, v)
+
+
+def as_float(value) -> float | None:
+    """``value`` as a float; None for None, NaN and anything that is not a number."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
 def sort_board(board: pd.DataFrame) -> pd.DataFrame:
-    m = primary_metric(board)
-    return board.sort_values([m, "run_id"], ascending=[False, True], na_position="last").reset_index(drop=True)
+    """Best run first by the primary metric (in its direction), ties by run id, unmeasured last."""
+    return best_first(board, primary_metric(board)).reset_index(drop=True)

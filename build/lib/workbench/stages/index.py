@@ -23,17 +23,16 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+import chromadb  # (import chromadb before llama_index: halves import time)
+from chromadb.config import Settings as ChromaSettings
+from filelock import FileLock
+from llama_index.core.schema import TextNode
+from llama_index.vector_stores.chroma import ChromaVectorStore
 
-import chromadb  # noqa: E402  (import chromadb before llama_index: halves import time)
-from chromadb.config import Settings as ChromaSettings  # noqa: E402
-from filelock import FileLock  # noqa: E402
-from llama_index.core.schema import TextNode  # noqa: E402
-from llama_index.vector_stores.chroma import ChromaVectorStore  # noqa: E402
-
-from .chunking import Chunk  # noqa: E402
-from ..errors import ConfigError  # noqa: E402
-from ..hashing import hash_obj  # noqa: E402
+from .chunking import Chunk
+from ..errors import ConfigError
+from ..hashing import hash_obj
+from ..settings import apply_offline_defaults
 
 ADD_BATCH = 512  # chunks embedded and sent to Chroma per round trip
 # HNSW is approximate and, built with several threads, not reproducible: two builds of the same
@@ -43,6 +42,9 @@ HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 256, "max_neighb
 
 
 def open_chroma(path: Path) -> chromadb.ClientAPI:
+    """The embedded Chroma in ``path`` (telemetry off: in its settings, and in the environment
+    for what Chroma starts itself)."""
+    apply_offline_defaults()
     path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
 
@@ -66,6 +68,7 @@ def parse_chroma_url(url: str) -> tuple[str, int, bool]:
 def open_chroma_server(url: str) -> chromadb.ClientAPI:
     """A client of the Chroma server at ``url`` (``chroma run --host H --port P``); checks it answers."""
     host, port, ssl = parse_chroma_url(url)
+    apply_offline_defaults()
     try:
         client = chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=ChromaSettings(anonymized_telemetry=False))
         client.heartbeat()

@@ -1,22 +1,37 @@
 """Second-stage rerankers: a second embedder, a local cross-encoder, an LLM, or a hosted rerank API.
 
 Every reranker takes the first stage's ``candidates`` hits for a query and returns the best
-``top_n`` with new scores. They share one cache (key: first-stage result, rerank config, query) and
-record their own latency, so a bake-off can weigh reranker gain against its cost.
+``top_n`` with new scores. They share one cache (key: first-stage result, rerank config, the
+reranker model's fingerprint, query) and record their own latency, so a bake-off can weigh reranker
+gain against its cost.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import numpy as np
+import openai
+from pybreaker import CircuitBreakerError
 
-from ..config.experiment import RerankSpec
-from ..errors import ProviderError
-from ..hashing import hash_obj, sha256_text
+from ..config.experiment import EmbeddingSpec, RerankSpec
 from ..data.types import Hit
+from ..errors import ProviderError
+from ..hashing import file_sha256, hash_obj, sha256_text, tree_sha256
+from ..providers import resilience
+from ..providers.apikeys import api_key_for
+from ..providers.clients import Endpoint, openai_like_settings, rerank_client
+from ..providers.llm_server import local_model_path
+from ..providers.resilience import RetryPolicy
+from ..settings import apply_offline_defaults
+from .embedding import embedder_fingerprint
+
+LLM_TIMEOUT_S = 120.0  # per request of the LLM reranker
+HOSTED_POLICY = RetryPolicy(backoff_s=0.2, max_backoff_s=5.0)  # a rerank API answers in well under a second
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +60,7 @@ class CrossEncoderReranker:
     ``SentenceTransformerRerank``."""
 
     def __init__(self, path: str, threads: int | None = None):
+        apply_offline_defaults()  # before torch and the HF libraries read the environment on import
         from llama_index.core.postprocessor import SentenceTransformerRerank
 
         if threads:
@@ -67,16 +83,19 @@ class LLMReranker:
     """Listwise LLM reranking with LlamaIndex's ``LLMRerank`` over an OpenAI-compatible endpoint.
 
     Small local models often answer off-format; then LlamaIndex's parser finds no choices and the
-    first-stage order is kept, flagged as a fallback so the report can count it.
+    first-stage order is kept, flagged as a fallback so the report can count it. Provider faults
+    are retried by ``providers/resilience.py`` (the client made for ``OpenAILike`` retries nothing).
     """
 
-    def __init__(self, base_url: str, api_key: str, model: str, batch_size: int = 5):
+    def __init__(self, base_url: str, api_key: str, model: str, batch_size: int = 5, *, http_client: httpx.Client | None = None):
         from llama_index.core.postprocessor import LLMRerank
         from llama_index.llms.openai_like import OpenAILike
 
-        llm = OpenAILike(model=model, api_base=base_url, api_key=api_key, is_chat_model=True, temperature=0.0,
-                         max_tokens=64, timeout=120, context_window=2048)
+        endpoint = Endpoint(base_url, api_key, timeout_s=LLM_TIMEOUT_S)
+        llm = OpenAILike(model=model, is_chat_model=True, temperature=0.0, max_tokens=64, context_window=2048,
+                         **openai_like_settings(endpoint, http_client=http_client))
         self._rerank = LLMRerank(llm=llm, choice_batch_size=batch_size, top_n=1)
+        self._endpoint = f"{base_url.rstrip('/')}#{model}"  # the breaker generation uses for this model too
 
     def __call__(self, query: str, hits: list[Hit], texts: list[str], top_n: int) -> tuple[list[Hit], bool]:
         from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
@@ -85,9 +104,12 @@ class LLMReranker:
         nodes = [NodeWithScore(node=TextNode(id_=h.chunk_id, text=t, metadata={"doc_id": h.doc_id}), score=h.score)
                  for h, t in zip(hits, texts)]
         try:
-            out = self._rerank.postprocess_nodes(nodes, query_bundle=QueryBundle(query))
+            out = resilience.call(lambda: self._rerank.postprocess_nodes(nodes, query_bundle=QueryBundle(query)),
+                                  self._endpoint, RetryPolicy())
         except (ValueError, IndexError, KeyError):  # unparseable LLM output
             out = []
+        except (openai.OpenAIError, CircuitBreakerError) as exc:
+            raise ProviderError(f"rerank LLM {self._endpoint}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]) from None
         if not out:
             return list(hits[:top_n]), True
         return [Hit(n.node.node_id, n.node.metadata["doc_id"], float(n.score or 0.0)) for n in out], False
@@ -95,45 +117,38 @@ class LLMReranker:
 
 class HostedReranker:
     """A Cohere/Jina-style ``POST {base_url}/rerank`` API: {model, query, documents, top_n} ->
-    {results: [{index, relevance_score}]}. Retries transient failures with tenacity."""
+    {results: [{index, relevance_score}]}. Transient failures (429, 5xx, no answer) are retried by
+    ``providers/resilience.py``, with a circuit breaker per endpoint as for every other provider."""
 
-    def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float = 60.0):
-        import httpx
-
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
-                                    headers={"Authorization": f"Bearer {api_key}"})
+    def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float = 60.0, *, http_client: httpx.Client | None = None):
+        self._api = rerank_client(Endpoint(base_url, api_key, timeout_s), http_client=http_client)
         self.model = model
 
     def __call__(self, query: str, hits: list[Hit], texts: list[str], top_n: int) -> tuple[list[Hit], bool]:
-        import httpx
-        from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
-
-        def transient(exc: BaseException) -> bool:
-            return isinstance(exc, httpx.TransportError) or (
-                isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (429, 500, 502, 503, 504))
-
-        @retry(retry=retry_if_exception(transient), stop=stop_after_attempt(4), wait=wait_exponential_jitter(0.2, 5), reraise=True)
-        def call() -> dict:
-            resp = self._client.post("/rerank", json={"model": self.model, "query": query, "documents": texts, "top_n": top_n})
-            resp.raise_for_status()
-            return resp.json()
-
+        payload = {"model": self.model, "query": query, "documents": texts, "top_n": top_n}
         try:
-            data = call()
-        except httpx.HTTPError as exc:
-            raise ProviderError(f"rerank API {self._client.base_url}: {type(exc).__name__}: {exc}") from None
+            data = resilience.call(lambda: self._api.rerank(payload), f"{self._api.url}#{self.model}", HOSTED_POLICY)
+        except (httpx.HTTPError, CircuitBreakerError) as exc:
+            raise ProviderError(f"rerank API {self._api.url}: {type(exc).__name__}: {exc}") from None
         results = sorted(data["results"], key=lambda r: -r["relevance_score"])[:top_n]
         return [Hit(hits[r["index"]].chunk_id, hits[r["index"]].doc_id, float(r["relevance_score"])) for r in results], False
 
 
 class CachedReranker:
-    """Cache and time a reranker: key = (first-stage hits, rerank config, query text)."""
+    """Cache and time a reranker: key = (rerank config, the reranker model's fingerprint, query
+    text, first-stage hits).
 
-    def __init__(self, spec: RerankSpec, impl: Callable, cache, texts: Callable[[str], str]):
-        self.spec, self.impl, self.cache, self.texts = spec, impl, cache, texts
+    The fingerprint (:func:`reranker_fingerprint`: a local model's weights hash) is in the key
+    because the config alone names a cross-encoder by its folder: a model retrained at the same
+    path must have its scores recomputed, not served from the cache.
+    """
+
+    def __init__(self, spec: RerankSpec, fingerprint: str, impl: Callable, cache, texts: Callable[[str], str]):
+        self.spec, self.fingerprint, self.impl, self.cache, self.texts = spec, fingerprint, impl, cache, texts
 
     def rerank(self, query: str, first_stage: tuple[Hit, ...]) -> RerankResult:
-        key = "rerank:" + hash_obj([self.spec.model_dump(), sha256_text(query), [(h.chunk_id, h.score) for h in first_stage]])
+        key = "rerank:" + hash_obj([self.spec.model_dump(), self.fingerprint, sha256_text(query),
+                                    [(h.chunk_id, h.score) for h in first_stage]])
         found = self.cache.get(key)
         if found is not None:
             return found
@@ -143,3 +158,29 @@ class CachedReranker:
         result = RerankResult(tuple(out), time.perf_counter() - t0, fallback)
         self.cache.set(key, result)
         return result
+
+
+def reranker_fingerprint(spec: RerankSpec, model_paths: Mapping[str, Path], memo=None) -> str | None:
+    """Identity of a reranker's model, without loading it: the weights' hash for local ones (a
+    second embedder, a cross-encoder folder, the local LLM's GGUF file), endpoint and name for
+    remote ones. It goes into run ids and into :class:`CachedReranker`'s key.
+
+    Args:
+        spec: a rerank spec (``method: none`` has no model: None).
+        model_paths: the experiment's resolved model folders by the path written in the file
+            (``Experiment.model_paths``).
+        memo: a diskcache of file hashes (model files are hashed once per size and mtime).
+
+    Raises:
+        ProviderError: a remote reranker's API key variable is not set (so planning fails before any work).
+    """
+    if spec.method == "embedding":
+        return embedder_fingerprint(EmbeddingSpec(provider="local", model=spec.model), memo)
+    if spec.method == "cross_encoder":
+        return tree_sha256(model_paths[spec.path], memo)
+    if spec.method == "llm" and spec.provider == "local":
+        return file_sha256(local_model_path(spec.model), memo)
+    if spec.method == "none":
+        return None
+    api_key_for(spec.provider or "openai_compatible", spec.api_key_env, f"rerank {spec.method}:{spec.model}")
+    return hash_obj([spec.method, spec.provider, spec.model, spec.base_url])

@@ -1,7 +1,8 @@
 """Safety suites: prompt injection (attack texts versioned as data) and PII detection/redaction.
 
 Prompt injection
-    An attack suite is a YAML file (``data/attacks/injection-v1.yaml``): each attack is either
+    An attack suite is a YAML file (``data/attacks/injection-v1.yaml``, validated by
+    ``workbench.config.files.load_attack_suite``): each attack is either
     *indirect* (its text is planted into the top retrieved passage, as a poisoned document would
     be) or *direct* (appended to the user's question), and carries a machine-checkable success
     criterion: a canary string or link the answer must not contain, or ``prompt_fragment`` (the
@@ -19,83 +20,17 @@ PII
 
 from __future__ import annotations
 
-import hashlib
 import re
 import string
 from dataclasses import dataclass
-from pathlib import Path
 
 import phonenumbers
 from stdnum import iban as std_iban
 from stdnum import luhn
 from stdnum.us import ssn as std_ssn
 
-from ..errors import ConfigError, did_you_mean
-from ..config.yamlfile import read_yaml
+from ..config.files import Attack
 
-ATTACK_KINDS = ("indirect", "direct")
-ATTACK_KEYS = {"id", "kind", "goal", "text", "success"}
-SUCCESS_KEYS = {"contains", "prompt_fragment_words"}
-
-
-@dataclass(frozen=True)
-class Attack:
-    id: str
-    kind: str  # indirect | direct
-    goal: str  # canary | exfiltration | link | ...
-    text: str
-    contains: tuple[str, ...] = ()  # success when the answer contains any of these (case-insensitive)
-    prompt_fragment_words: int | None = None  # success when the answer repeats this many prompt words in a row
-
-
-@dataclass(frozen=True)
-class AttackSuite:
-    path: Path
-    name: str
-    version: int
-    content_hash: str
-    attacks: tuple[Attack, ...]
-
-
-def load_attack_suite(path: str | Path) -> AttackSuite:
-    """Read and validate an attack suite; every problem is a one-line ConfigError naming the file."""
-    path = Path(path)
-    raw, data = read_yaml(path, "attack suite")
-    if not isinstance(data, dict) or not isinstance(data.get("attacks"), list) or not data["attacks"]:
-        raise ConfigError(f"{path}: expected a mapping with name, version and a non-empty list 'attacks'")
-    version = data.get("version")
-    if not isinstance(version, int):
-        raise ConfigError(f"{path}: version: expected an integer")
-    attacks, seen = [], set()
-    for i, a in enumerate(data["attacks"]):
-        where = f"{path}: attacks[{i}]"
-        if not isinstance(a, dict):
-            raise ConfigError(f"{where}: expected a mapping")
-        for key in a:
-            if key not in ATTACK_KEYS:
-                raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(str(key), ATTACK_KEYS)}")
-        for key in ("id", "kind", "text", "success"):
-            if key not in a:
-                raise ConfigError(f"{where}: {key}: required field is missing")
-        if a["kind"] not in ATTACK_KINDS:
-            raise ConfigError(f"{where}: kind: expected one of {', '.join(ATTACK_KINDS)}, got {a['kind']!r}")
-        if a["id"] in seen:
-            raise ConfigError(f"{where}: id {a['id']!r} repeats an earlier attack")
-        seen.add(a["id"])
-        success = a["success"]
-        if not isinstance(success, dict) or not success or set(success) - SUCCESS_KEYS:
-            raise ConfigError(f"{where}: success: expected a mapping with {' and/or '.join(sorted(SUCCESS_KEYS))}")
-        contains = success.get("contains") or []
-        if isinstance(contains, str):
-            contains = [contains]
-        if not all(isinstance(c, str) and c.strip() for c in contains):
-            raise ConfigError(f"{where}: success.contains: expected non-empty strings")
-        words = success.get("prompt_fragment_words")
-        if words is not None and (not isinstance(words, int) or words < 3):
-            raise ConfigError(f"{where}: success.prompt_fragment_words: expected an integer of at least 3")
-        attacks.append(Attack(str(a["id"]), a["kind"], str(a.get("goal", a["kind"])), str(a["text"]).strip(),
-                              tuple(contains), words))
-    return AttackSuite(path, str(data.get("name", path.stem)), version, hashlib.sha256(raw).hexdigest(), tuple(attacks))
 
 
 def plant(attack: Attack, question: str, passages: list[str]) -> tuple[str, list[str]]:
