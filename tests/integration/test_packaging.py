@@ -21,8 +21,13 @@ SHIPPED = ["workbench/notebooks/bakeoff.ipynb", "workbench/notebooks/report.ipyn
 
 
 def _wheel(tmp_path: Path) -> Path:
+    """Build from a copy of the sources: setuptools writes build/ and *.egg-info next to them."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "workbench", src / "workbench", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)],
                    check=True, capture_output=True, text=True, timeout=600)
     (wheel,) = dist.glob("workbench-*.whl")
     return wheel

@@ -1,3 +1,0 @@
-from .cli import app
-
-app(prog_name="workbench")
