@@ -16,7 +16,7 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export ORT_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart test test-fast clean lab
+.PHONY: install quickstart test test-fast lint clean lab
 
 install: $(STAMP)
 
@@ -43,6 +43,9 @@ quickstart: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-fast: install
 	$(PY) -m pytest -q -m "not integration" $(PYTEST_ARGS)

@@ -223,7 +223,8 @@ def build_corpus(folder: Path, n_distractors: int, n_queries: int, seed: int = S
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "corpus.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     (folder / "queries.jsonl").write_text("".join(json.dumps(queries[q], ensure_ascii=False) + "\n" for q in picked), encoding="utf-8")
-    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels_rows if r[0] in keep), encoding="utf-8")
+    kept_qrels = "".join("\t".join(r) + "\n" for r in qrels_rows if r[0] in keep)
+    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + kept_qrels, encoding="utf-8")
     digest = hashlib.sha256(b"".join((folder / f).read_bytes() for f in ("corpus.jsonl", "queries.jsonl", "qrels.tsv"))).hexdigest()
     words = [len(d["text"].split()) for d in docs]
     return {
@@ -348,10 +349,10 @@ def measure_embedding(dataset: Path, work: Path, chunking: tuple[int, int], repe
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from workbench.stages import index as index_mod
-    from workbench.stages.chunking import chunk_documents
     from workbench.config.experiment import ChunkingSpec
     from workbench.data.loader import load_dataset
+    from workbench.stages import index as index_mod
+    from workbench.stages.chunking import chunk_documents
     from workbench.stages.embedding import CachedEmbedder, MiniLMEmbedder
 
     threads = len(os.sched_getaffinity(0))
@@ -409,14 +410,13 @@ def measure_generation(dataset: Path, work: Path, n_questions: int, repeats: int
     sides; one warm-up question each. A third side, the server without streaming through the plain
     ``openai`` client, is recorded for context (not a target)."""
     from llama_cpp import Llama
+    from llama_cpp.server.types import repeat_penalty_field
 
     from workbench.config.experiment import GenerationSpec
-    from workbench.data.loader import load_dataset
     from workbench.config.files import load_prompt
-    from workbench.stages.generation import ContextChunk, generate, make_client, render
+    from workbench.data.loader import load_dataset
     from workbench.providers.llm_server import LocalLLMServer, local_model_path
-
-    from llama_cpp.server.types import repeat_penalty_field
+    from workbench.stages.generation import ContextChunk, generate, make_client, render
 
     threads = len(os.sched_getaffinity(0))
     # llama_cpp.server applies repeat_penalty 1.1 when a request names none (the OpenAI API has no
@@ -625,7 +625,8 @@ def main() -> int:
                                                                      "truncation_rate", f"hit_at_{TOP_K}", "mrr", "timings")} for r in board],
                            "hit_at_10": rows, "fairness": fairness}
         results["targets"]["grid_speedup"] = verdict("grid_speedup", naive["wall_s"] / cold["wall_s"], naive, cold)
-        log(f"  speed-up {naive['wall_s'] / cold['wall_s']:.2f}x; hit@10 at {FAIR_POINT}: wb {fairness['workbench']:.3f} naive {fairness['naive']:.3f}")
+        log(f"  speed-up {naive['wall_s'] / cold['wall_s']:.2f}x; hit@10 at {FAIR_POINT}: "
+            f"wb {fairness['workbench']:.3f} naive {fairness['naive']:.3f}")
     if 2 in steps:
         rerun = workbench_run(grid_exp, main_ws, "2-workbench-rerun", fresh=False)
         results["rerun"] = rerun

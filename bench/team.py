@@ -323,7 +323,8 @@ def main() -> int:
         print(f"  (servers started in: PostgreSQL {s['postgres_s']}s, Chroma {s['chroma_s']}s, Ray {s['ray_s']}s; not in the team time)")
     if "identical" in result:
         c = result["compared"]
-        what = f"{c['runs']} runs ({', '.join(sorted(set(c['run_statuses'].values())))}), {c['questions']} question rows, {c['aggregates']} aggregates, {c['values']} values"
+        statuses = ", ".join(sorted(set(c["run_statuses"].values())))
+        what = f"{c['runs']} runs ({statuses}), {c['questions']} question rows, {c['aggregates']} aggregates, {c['values']} values"
         if result["identical"]:
             print(f"VERDICT: IDENTICAL stored results: {what}; timing fields excluded")
         else:

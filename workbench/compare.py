@@ -10,8 +10,8 @@ the same rule the leaderboard and the report use.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 
 import pandas as pd
 

@@ -19,16 +19,16 @@ import yaml
 from .config import RunConfig, parse_experiment
 from .data.types import Query
 from .errors import StoreError, WorkbenchError
+from .evaluation.registry import label, lower_is_better, primary_metric
 from .hashing import sha256_text
+from .notebooks import resolve_cache_dir, resolve_experiment
 from .pipeline.components import Components
 from .pipeline.plan import Plan, plan_experiment
 from .pipeline.question import QuestionPath
-from .settings import Workspace
-from .evaluation.registry import label, lower_is_better, primary_metric
-from .notebooks import resolve_cache_dir, resolve_experiment
 from .report.data import enrich_board, question_rows, question_values, wins_losses
 from .report.html import esc, question_detail_html
 from .report.leaderboard import sort_board
+from .settings import Workspace
 from .store import Store
 
 OUTCOME_MARKS = {"win": "▲", "loss": "▼", "tie": "=", "failed": "✗", "n/a": "·", "": "·"}
@@ -118,7 +118,8 @@ class Explorer:
     def run_name(self, run_id: str) -> str:
         r = self.board[self.board["run_id"] == run_id].iloc[0]
         value = r[self.metric]
-        return f"#{r['rank']} {r['label']} ({run_id[:8]}, {label(self.metric)} {value:.3f})" if pd.notna(value) else f"#{r['rank']} {r['label']} ({run_id[:8]})"
+        score = f", {label(self.metric)} {value:.3f}" if pd.notna(value) else ""
+        return f"#{r['rank']} {r['label']} ({run_id[:8]}{score})"
 
     def questions(self) -> pd.DataFrame:
         """One row per question of run A: its metric, run B's, and B's outcome against A."""
@@ -149,7 +150,8 @@ class Explorer:
     def try_query_html(self, text: str, run_id: str | None = None) -> str:
         run_id = run_id or self.run_a
         row = self.try_query(text, run_id)
-        lat = f"retrieval {row['retrieval_latency_s']:.3f}s" + (f", generation {row['generation_latency_s']:.3f}s" if row["generation_latency_s"] else "")
+        generation = f", generation {row['generation_latency_s']:.3f}s" if row["generation_latency_s"] else ""
+        lat = f"retrieval {row['retrieval_latency_s']:.3f}s{generation}"
         note = "" if row["same_inputs"] else " (inputs changed since the run was stored: dataset, model or code differ)"
         return (f'<p class="muted">{esc(self.run_name(run_id))}: {esc(lat)}{esc(note)}</p>'
                 + question_detail_html([(self.run_name(run_id), row)], self.metric, is_open=True, max_passages=10))

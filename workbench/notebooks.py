@@ -183,7 +183,8 @@ def execute_notebook(name: str, output_path: str | os.PathLike, parameters: Mapp
     except PapermillException as exc:
         raise NotebookError(f"{name}.ipynb: {' '.join(str(exc).split())} (notebook: {output})") from None
     except RuntimeError as exc:  # kernel died or could not start
-        raise NotebookError(f"{name}.ipynb: kernel {KERNEL_NAME!r} failed: {' '.join(str(exc).split())} (partially executed notebook: {output})") from None
+        raise NotebookError(f"{name}.ipynb: kernel {KERNEL_NAME!r} failed: {' '.join(str(exc).split())} "
+                            f"(partially executed notebook: {output})") from None
 
 
 def recorded(nb, mime: str = SUMMARY_MIME) -> list[Any]:
@@ -231,7 +232,8 @@ def render_html(notebook_file: str | os.PathLike, html_file: str | os.PathLike, 
     # BeautifulSoup and adds its lab/classic resources; this page is exactly what the template writes.
     exporter = TemplateExporter(template_file=str(TEMPLATE), file_extension=".html", exclude_input=True, exclude_input_prompt=True,
                                 exclude_output_prompt=True, exclude_markdown=True, exclude_raw=True, exclude_unknown=True)
-    body, _ = exporter.from_notebook_node(nb, resources={"workbench": {"title": title, "script": SORT_SCRIPT, "csp": content_security_policy(SORT_SCRIPT)}})
+    page = {"title": title, "script": SORT_SCRIPT, "csp": content_security_policy(SORT_SCRIPT)}
+    body, _ = exporter.from_notebook_node(nb, resources={"workbench": page})
     path = Path(html_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -46,9 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data.evalset import FORMAT, EvalQuestion, find_answer
 from .data.types import Document, Span
 from .errors import ProviderError, WorkbenchError
-from .data.evalset import FORMAT, EvalQuestion, find_answer
 from .evaluation.answers import contains_gold, normalize_answer, token_f1
 from .hashing import hash_obj
 
@@ -279,8 +279,8 @@ class QuestionLLM:
 
 def passages(docs: dict[str, Document], chunk_tokens: int = 96) -> list[Span]:
     """Sentence-split pieces of every document (LlamaIndex SentenceSplitter), with exact offsets."""
-    from .stages.chunking import chunk_documents
     from .config.experiment import ChunkingSpec
+    from .stages.chunking import chunk_documents
     from .stages.embedding import default_tokenizer
 
     spec = ChunkingSpec(splitter="sentence", chunk_size=chunk_tokens, chunk_overlap=0)

@@ -2,8 +2,9 @@
 
 SQLite by default (WAL, busy timeout, short transactions, so several runs can write at once);
 PostgreSQL (``postgresql+psycopg://user@host/db``) for a store shared by a team. The schema is
-managed by Alembic (``workbench/migrations``): opening a store upgrades it to the newest revision. Runs are keyed by their deterministic ``run_id`` and linked to the
-experiments that include them, so two experiments sharing a grid point share its stored results.
+managed by Alembic (``workbench/migrations``): opening a store upgrades it to the newest revision.
+Runs are keyed by their deterministic ``run_id`` and linked to the experiments that include them,
+so two experiments sharing a grid point share its stored results.
 Per-question rows are upserted, which makes an interrupted run resumable: a row that is present
 and has no error is done. Readers return pandas DataFrames.
 """
@@ -21,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import (JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete,
-                        event, select, update)
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 

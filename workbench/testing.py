@@ -24,12 +24,12 @@ from collections.abc import Iterable
 import numpy as np
 
 from .config import EmbeddingSpec, GenerationSpec
+from .config.files import Prompt
 from .errors import ProviderError, WorkbenchError
 from .pipeline.components import Components
 from .pipeline.plan import Plan
 from .settings import Workspace
 from .stages.embedding import embedder_fingerprint, load_tokenizer
-from .config.files import Prompt
 from .stages.generation import GenerationResult, render
 
 FAKE_BASE_URL = "http://fake.invalid/v1"

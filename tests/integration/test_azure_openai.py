@@ -209,7 +209,8 @@ def test_azure_key_comes_from_its_env_var(tmp_path, xquad_slice, workspace_env, 
 def test_existing_run_ids_do_not_change(tmp_path, xquad_slice, workspace_env):
     """Adding the Azure fields to the specs must not change the id of any existing run."""
     from workbench.config.experiment import load_experiment
-    from workbench.pipeline.plan import identity_config as _identity_config, plan_experiment
+    from workbench.pipeline.plan import identity_config as _identity_config
+    from workbench.pipeline.plan import plan_experiment
 
     exp = tmp_path / "e.yaml"
     exp.write_text(f"name: e\ndataset: {xquad_slice}\ngrid:\n  chunking: [{{splitter: none}}]\n  embedding:\n"

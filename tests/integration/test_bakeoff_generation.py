@@ -62,8 +62,8 @@ judge: {{provider: local, model: smollm2-135m, prompt: {_prompt("judge_faithfuln
 def test_generation_is_deterministic_at_temperature_zero():
     from workbench.config.experiment import GenerationSpec
     from workbench.config.files import load_prompt
-    from workbench.stages.generation import ContextChunk, generate, make_client
     from workbench.providers.llm_server import LocalLLMServer
+    from workbench.stages.generation import ContextChunk, generate, make_client
 
     spec = GenerationSpec(provider="local", model="smollm2-135m", prompt=_prompt(), max_tokens=24)
     prompt = load_prompt(_prompt())

@@ -19,8 +19,8 @@ import pytest
 from workbench.config.experiment import GenerationSpec
 from workbench.config.files import load_prompt
 from workbench.errors import ProviderError
-from workbench.stages.generation import ContextChunk, generate, make_client, render
 from workbench.providers.llm_server import LocalLLMServer, local_model_path
+from workbench.stages.generation import ContextChunk, generate, make_client, render
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import openai
 import pytest
 
-from workbench.data.types import Span
 from workbench.data.evalset import find_answer, read_manifest
 from workbench.data.ingest import ingest_folder
+from workbench.data.types import Span
 from workbench.providers.llm_server import LocalLLMServer
 from workbench.questions import Candidate, QuestionFilter, QuestionLLM
 

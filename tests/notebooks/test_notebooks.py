@@ -24,8 +24,7 @@ import pytest
 from tests.htmltags import start_tags
 from tests.notebooks.fixture_store import XSS_DOC, XSS_QUESTION, FixtureStore, build_fixture_store
 from workbench.errors import NotebookError
-from workbench.notebooks import (NOTEBOOKS, SORT_SCRIPT, execute_notebook, notebook_path, recorded, render_html,
-                                 validate_parameters)
+from workbench.notebooks import NOTEBOOKS, SORT_SCRIPT, execute_notebook, notebook_path, recorded, render_html, validate_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = ROOT / "workbench" / "notebooks"

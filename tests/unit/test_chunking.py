@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import XQUAD
-from workbench.stages.chunking import Chunk, Tokenizer, chunk_documents, chunk_set_key, truncation_rate
 from workbench.config.experiment import ChunkingSpec
-from workbench.data.types import Document
 from workbench.data.loader import load_dataset
+from workbench.data.types import Document
+from workbench.stages.chunking import Chunk, Tokenizer, chunk_documents, chunk_set_key, truncation_rate
 
 WHITESPACE = Tokenizer("whitespace", str.split, lambda text: len(text.split()), 60)
 SENTENCE = ChunkingSpec(splitter="sentence", chunk_size=60, chunk_overlap=10)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.config.experiment import (ChunkingSpec, EmbeddingSpec, GridSpec, RetrievalSpec, expand_grid, load_experiment,
-                              parse_experiment)
+from workbench.config.experiment import ChunkingSpec, EmbeddingSpec, GridSpec, RetrievalSpec, expand_grid, load_experiment, parse_experiment
 from workbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import XQUAD, write_xquad_slice
 from workbench.data.corpus import unanswerable_slice
-from workbench.data.types import Dataset, Document, Query
 from workbench.data.loader import load_dataset
+from workbench.data.types import Dataset, Document, Query
 from workbench.errors import DatasetError
 
 

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from workbench.data.types import Span
-
-from workbench.data.loader import load_dataset
-from workbench.errors import DatasetError
 from workbench.data.evalset import FORMAT, EvalQuestion, find_answer, read_manifest, write_evalset
-from workbench.review import export_review, import_review
 from workbench.data.ingest import ingest_folder
+from workbench.data.loader import load_dataset
+from workbench.data.types import Span
+from workbench.errors import DatasetError
 from workbench.questions import Candidate, QuestionFilter, difficulty, sentence_around
+from workbench.review import export_review, import_review
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "docs-sample" / "documents"
 

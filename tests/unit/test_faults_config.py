@@ -84,7 +84,8 @@ def test_bad_budget_and_safety_settings(exp_dir, case):
 
 BAD_GEN = {
     "fallback_unknown_provider": ("      fallback: {provider: opnai, model: x}\n", "did you mean 'openai'?"),
-    "fallback_compatible_without_url": ("      fallback: {provider: openai_compatible, model: x}\n", "fallback.base_url: provider 'openai_compatible' needs base_url"),
+    "fallback_compatible_without_url": ("      fallback: {provider: openai_compatible, model: x}\n",
+                                        "fallback.base_url: provider 'openai_compatible' needs base_url"),
     "fallback_unknown_local": ("      fallback: {provider: local, model: smolm2}\n", "fallback.model: unknown local LLM 'smolm2'"),
     "retries_negative": ("      max_retries: -1\n", "max_retries: Input should be greater than or equal to 0"),
     "breaker_zero": ("      breaker_failures: 0\n", "breaker_failures: Input should be greater than or equal to 1"),
@@ -186,13 +187,13 @@ def test_workbench_run_prints_one_line_per_troubled_run(tmp_path, monkeypatch):
     from rich.console import Console
 
     from tests.unit.test_reportdata import _generation_store
-    from workbench import cli
+    from workbench.cli import run as cli_run
 
     store = _generation_store(tmp_path)
     store.finish_run("g_slow", "stopped: budget", 0, 12, 0.0, {})
     printed = Console(file=(buf := __import__("io").StringIO()), width=300)
-    monkeypatch.setattr(cli, "console", printed)
-    cli._print_failures(store, store.leaderboard("gen_exp"))
+    monkeypatch.setattr(cli_run, "console", printed)
+    cli_run.print_failures(store, store.leaderboard("gen_exp"))
     lines = buf.getvalue().strip().splitlines()
     assert lines == ["run g_best (partial): 1 of 12 questions failed: timeout",
                      "run g_slow (stopped: budget): stopped: budget after 12 of 12 questions (run again to resume)"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from workbench.config.experiment import GenerationSpec
-from workbench.errors import ConfigError, ProviderError
 from workbench.config.files import load_prompt
+from workbench.errors import ConfigError, ProviderError
 from workbench.providers.prices import cost_usd, load_prices
 from workbench.stages.generation import ContextChunk, format_context, make_client, render, rendered_hash
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.errors import DatasetError
 from workbench.data.ingest import ingest_folder, make_doc_id
+from workbench.errors import DatasetError
 from workbench.hashing import sha256_text
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "docs-sample" / "documents"

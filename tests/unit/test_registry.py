@@ -128,8 +128,8 @@ def _runner_metric_keys() -> set[str]:
 
 
 def test_every_metric_the_evaluation_produces_is_declared():
-    from workbench.pipeline.runner import safety_aggregates as _safety_aggregates
     from workbench.config.files import ATTACK_KINDS
+    from workbench.pipeline.runner import safety_aggregates as _safety_aggregates
     from workbench.stages.safety import pii_metrics
 
     rows = _question_rows()

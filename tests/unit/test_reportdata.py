@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 
 from tests.htmltags import start_tags
-
 from workbench import compare
+from workbench.evaluation.stats import holm, paired_difference
 from workbench.report import data as rd
 from workbench.report import html as rh
 from workbench.report import leaderboard as lb
-from workbench.evaluation.stats import holm, paired_difference
 
 XSS = ['<script>alert(1)</script>', '<img src=x onerror=alert(2)>', '"><svg onload=alert(3)>', "' onmouseover='alert(4)"]
 
@@ -229,7 +228,8 @@ def test_leaderboard_and_headline_escape_labels_and_reasons():
 
 def test_latency_format():
     assert [lb.fmt("latency_p95_s", v) for v in (0.0004, 0.025, 1.5, None)] == ["0.4 ms", "25 ms", "1.50 s", "-"]
-    assert lb.fmt("tokens_per_question", 519.6) == "520" and lb.fmt("ndcg_at_10", 0.5) == "0.500" and lb.fmt("cost_per_question_usd", 0.001) == "$0.00100"
+    assert lb.fmt("tokens_per_question", 519.6) == "520" and lb.fmt("ndcg_at_10", 0.5) == "0.500"
+    assert lb.fmt("cost_per_question_usd", 0.001) == "$0.00100"
 
 
 def test_esc_quotes_attributes():
@@ -251,7 +251,8 @@ def _generation_store(tmp_path):
         axes = {"chunking": "sentence 128/16", "embedding": "-" if retrieval == "bm25@3" else "all-MiniLM-L6-v2", "retrieval": retrieval,
                 "rerank": "-", "generation": "smollm2-135m / grounded_qa"}
         lineage = {"dataset_path": "/data/x", "dataset_hash": "d" * 64, "prompt_path": "/p/grounded_qa.yaml", "prompt_hash": "p" * 64,
-                   "llm": "local:smollm2-135m", "llm_file_hash": "f" * 64, "packages": {"python": "3.11"}, "git_commit": "abc-dirty", "code_hash": "c" * 16}
+                   "llm": "local:smollm2-135m", "llm_file_hash": "f" * 64, "packages": {"python": "3.11"}, "git_commit": "abc-dirty",
+                   "code_hash": "c" * 16}
         store.start_run(run_id, {"retrieval": retrieval}, axes, lineage, 12)
         rows = []
         for q in range(12):

@@ -6,11 +6,11 @@ import diskcache
 import numpy as np
 import pytest
 
+from workbench.data.types import Hit
+from workbench.evaluation.retrieval import doc_scores
 from workbench.stages.chunking import Tokenizer
 from workbench.stages.embedding import CachedEmbedder
 from workbench.stages.retrieval import reciprocal_rank_fusion
-from workbench.data.types import Hit
-from workbench.evaluation.retrieval import doc_scores
 
 
 def test_rrf_scores_are_sums_of_reciprocal_ranks():

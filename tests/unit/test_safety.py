@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench.errors import ConfigError
 from workbench.config.files import load_attack_suite
+from workbench.errors import ConfigError
 from workbench.stages.safety import attack_succeeded, find_pii, pii_metrics, plant, prompt_instruction_text, redact
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import XQUAD
-from workbench.stages.chunking import Chunk, chunk_documents
 from workbench.config.experiment import ChunkingSpec, parse_experiment
-from workbench.data.types import Document, Span
-from workbench.data.loader import load_dataset
-from workbench.stages.embedding import default_tokenizer
-from workbench.evaluation.spans import chunk_level_metrics, chunk_overlaps_span, relevant_chunks
 from workbench.data.ingest import ingest_folder
-from workbench.data.types import Hit
+from workbench.data.loader import load_dataset
+from workbench.data.types import Document, Hit, Span
+from workbench.evaluation.spans import chunk_level_metrics, chunk_overlaps_span, relevant_chunks
+from workbench.stages.chunking import Chunk, chunk_documents
+from workbench.stages.embedding import default_tokenizer
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "docs-sample" / "documents"
 SPECS = [ChunkingSpec(splitter="sentence", chunk_size=32, chunk_overlap=8), ChunkingSpec(splitter="token", chunk_size=48, chunk_overlap=12),

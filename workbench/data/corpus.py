@@ -21,9 +21,9 @@ import random
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..hashing import file_sha256, hash_obj, sha256_text
 from ..settings import max_document_bytes
 from .types import Dataset, Document, Query, Span
-from ..hashing import file_sha256, hash_obj, sha256_text
 
 DOCUMENT_SUFFIXES = (".md", ".markdown", ".txt")
 

@@ -30,11 +30,11 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import read_jsonl
-from .types import Dataset, Query, Span
 from ..errors import DatasetError
 from ..hashing import file_sha256, hash_obj
+from .corpus import read_jsonl
 from .ingest import ingest_folder
+from .types import Dataset, Query, Span
 
 FORMAT = "workbench-evalset/1"
 STATUSES = ("accepted", "rejected")

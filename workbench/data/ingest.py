@@ -30,9 +30,9 @@ from llama_index.core import SimpleDirectoryReader
 from llama_index.core.readers.base import BaseReader
 from llama_index.core.schema import Document as LIDocument
 
-from .types import Document
 from ..errors import DatasetError
 from ..hashing import hash_obj, sha256_text
+from .types import Document
 
 TEXT_SUFFIXES = (".md", ".markdown", ".txt")
 HTML_SUFFIXES = (".html", ".htm")

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..data.types import Query
-from ..data.types import Hit
-
+from ..data.types import Hit, Query
 from .answers import answer_support, citation_metrics, contains_gold, exact_match, is_refusal, parse_citations, token_f1
 from .retrieval import doc_scores, retrieval_metrics
 

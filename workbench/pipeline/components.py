@@ -19,6 +19,7 @@ from typing import Protocol
 import diskcache
 
 from ..config import EmbeddingSpec, GenerationSpec, RerankSpec
+from ..config.files import Prompt
 from ..errors import WorkbenchError
 from ..providers.apikeys import api_key_for
 from ..providers.clients import OPENAI_BASE_URL, endpoint_for
@@ -28,7 +29,6 @@ from ..stages import index as index_mod
 from ..stages import rerank as rr
 from ..stages.chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks
 from ..stages.embedding import CachedEmbedder, Embedder, load_tokenizer, make_embedder
-from ..config.files import Prompt
 from ..stages.generation import GenerationResult, generate, make_client
 from ..stages.retrieval import Retriever
 from .plan import Plan, PlannedRun

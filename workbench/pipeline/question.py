@@ -14,11 +14,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..config.files import JUDGE_PLACEHOLDERS, Attack, AttackSuite, Prompt, load_attack_suite, load_prompt
 from ..data.types import Query
 from ..errors import ProviderError
 from ..evaluation.perquestion import cutoffs_for, question_metrics
 from ..evaluation.spans import chunk_level_metrics, relevant_chunks
-from ..config.files import JUDGE_PLACEHOLDERS, Attack, AttackSuite, Prompt, load_attack_suite, load_prompt
 from ..hashing import hash_obj
 from ..providers.clients import identity_fields
 from ..providers.prices import cost_usd, load_prices

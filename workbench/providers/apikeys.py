@@ -10,7 +10,6 @@ import os
 
 from ..errors import ProviderError
 
-
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "azure_openai": "AZURE_OPENAI_API_KEY"}
 
 

@@ -114,7 +114,8 @@ def write_index(reports_dir: str | os.PathLike | None = None) -> Path:
 <style>body{{font:14px/1.45 -apple-system,"Segoe UI",Roboto,Arial,sans-serif;margin:24px 32px;color:#1d2329}}
 table{{border-collapse:collapse}}th,td{{border-bottom:1px solid #d9dee3;padding:5px 10px;text-align:left}}th{{background:#f5f7f9}}</style>
 </head><body><h1>Bake-off reports</h1><p>Newest first. Each report reads the results store as it was when rendered.</p>
-<table><thead><tr><th>created (UTC)</th><th>experiment</th><th>recommended configuration</th><th>quality</th><th>runs × questions</th><th>files</th></tr></thead>
+<table><thead><tr><th>created (UTC)</th><th>experiment</th><th>recommended configuration</th><th>quality</th>
+<th>runs × questions</th><th>files</th></tr></thead>
 <tbody>{body}</tbody></table></body></html>
 """
     path = root / "index.html"

@@ -14,9 +14,9 @@ import warnings
 
 import matplotlib
 import numpy as np
-from matplotlib.ticker import FuncFormatter, NullFormatter
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from ..evaluation.registry import label, lower_is_better
 from .data import ReportData, pareto_frontier
@@ -73,7 +73,8 @@ def quality_by_axis_html(data: ReportData) -> str:
             ax.bar(xs, [g.mean() if len(g) else 0 for _, g in groups], color=BLUE, alpha=0.35, width=0.6)
             for x, (_, g) in zip(xs, groups):
                 ax.scatter(np.full(len(g), x) + np.linspace(-0.12, 0.12, len(g)) if len(g) > 1 else [x] * len(g), g, color=BLUE, s=16, zorder=3)
-            ax.set_xticks(xs, [_short(_value_name(v)) for v, _ in groups], rotation=20 if len(groups) > 2 else 0, ha="right" if len(groups) > 2 else "center")
+            many = len(groups) > 2
+            ax.set_xticks(xs, [_short(_value_name(v)) for v, _ in groups], rotation=20 if many else 0, ha="right" if many else "center")
             ax.set_title(axis)
             ax.set_ylabel(label(m) if i == 0 else "")
         html = figure_html(fig, f"Mean {label(m)} over the runs with each value (bars); each dot is one run.", f"{label(m)} per axis value")

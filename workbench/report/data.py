@@ -261,7 +261,8 @@ def axis_tables(board: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
         for value, grp in board.groupby(board[axis].astype(str), sort=False):
             vals = pd.to_numeric(grp[metric], errors="coerce")
             best = grp.loc[vals.idxmin() if asc else vals.idxmax()] if vals.notna().any() else None
-            rows.append({"value": "(none)" if value == "-" else value, "runs": len(grp), "mean": vals.mean(), "best": vals.min() if asc else vals.max(),
+            rows.append({"value": "(none)" if value == "-" else value, "runs": len(grp), "mean": vals.mean(),
+                         "best": vals.min() if asc else vals.max(),
                          "best_run": f"#{best['rank']} {best['label']}" if best is not None else "-"})
         out[axis] = pd.DataFrame(rows).sort_values("mean", ascending=asc, na_position="last").reset_index(drop=True)
     return out

@@ -110,7 +110,8 @@ def headline_html(data: ReportData) -> str:
     rec = data.recommendation
     reasons = "".join(f"<li>{esc(s)}</li>" for s in why(data))
     if rec.run_id is None:
-        return f'<h2>Recommendation</h2><div class="headline warn"><div class="config">No configuration meets the limits</div><ul>{reasons}</ul></div>'
+        return ('<h2>Recommendation</h2><div class="headline warn"><div class="config">No configuration meets the limits</div>'
+                f"<ul>{reasons}</ul></div>")
     r = data.row(rec.run_id)
     axes = "".join(f"<tr><th>{esc(a)}</th><td>{esc(r[a])}</td></tr>" for a in AXES if a in r and str(r[a]) != "-")
     return (f'<h2>Recommendation</h2><div class="headline"><div class="muted">Recommended configuration</div>'

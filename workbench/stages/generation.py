@@ -27,7 +27,6 @@ from ..providers.clients import openai_client
 from ..providers.resilience import RetryPolicy
 
 
-
 @dataclass(frozen=True, slots=True)
 class ContextChunk:
     number: int  # the [n] the model cites

@@ -29,10 +29,10 @@ from filelock import FileLock
 from llama_index.core.schema import TextNode
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
-from .chunking import Chunk
 from ..errors import ConfigError
 from ..hashing import hash_obj
 from ..settings import apply_offline_defaults
+from .chunking import Chunk
 
 ADD_BATCH = 512  # chunks embedded and sent to Chroma per round trip
 # HNSW is approximate and, built with several threads, not reproducible: two builds of the same
@@ -135,7 +135,8 @@ def _existing(client: chromadb.ClientAPI, name: str, expected: int):
     return col if col.count() == expected else None
 
 
-def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk], embedder_factory, lock_dir: Path) -> tuple[chromadb.Collection, bool]:
+def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk], embedder_factory,
+                      lock_dir: Path) -> tuple[chromadb.Collection, bool]:
     """Return the complete collection ``name``, building it from ``chunks`` if needed.
 
     ``embedder_factory()`` is called only when the collection must be built, so reusing an index

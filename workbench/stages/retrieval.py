@@ -18,14 +18,14 @@ import diskcache
 import numpy as np
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from pydantic import PrivateAttr
 from llama_index.core.schema import QueryBundle, TextNode
 from llama_index.vector_stores.chroma import ChromaVectorStore
+from pydantic import PrivateAttr
 
-from .chunking import ChunkSet
 from ..config.experiment import RetrievalSpec
 from ..data.types import Hit, Query
 from ..hashing import hash_obj, sha256_text
+from .chunking import ChunkSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,8 @@ class Retriever:
         hidden = set(query.withheld)
         extra = self.chunks.count_in_docs(hidden)
         depth = spec.top_k + extra
-        deeper = spec.model_copy(update={"top_k": depth, **({"candidates": max(spec.candidates or 0, depth, 4 * spec.top_k, 20)} if spec.method == "hybrid" else {})})
+        hybrid = {"candidates": max(spec.candidates or 0, depth, 4 * spec.top_k, 20)} if spec.method == "hybrid" else {}
+        deeper = spec.model_copy(update={"top_k": depth, **hybrid})
         full = self.retrieve(deeper, Query(query.query_id, query.text))
         kept = tuple(h for h in full.hits if h.doc_id not in hidden)[:spec.top_k]
         return RetrievalResult(kept, full.latency_s)

@@ -32,7 +32,6 @@ from stdnum.us import ssn as std_ssn
 from ..config.files import Attack
 
 
-
 def plant(attack: Attack, question: str, passages: list[str]) -> tuple[str, list[str]]:
     """The attacked (question, passages): an indirect attack is appended to the top passage (a
     poisoned document that ranks first), a direct one to the question."""

@@ -1,0 +1,166 @@
+"""Reading stored results: leaderboards, listings, reports, paired comparisons, exports, gates."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..errors import WorkbenchError
+from ..settings import Workspace
+from .app import StoreOpt, app, fail, out, print_board
+
+
+@app.command()
+def results(
+    experiment: Annotated[str, typer.Argument(help="experiment name")],
+    store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (one object per run)")] = False,
+) -> None:
+    """Print an experiment's leaderboard: one row per run with its axes and every aggregate metric."""
+    from ..store import Store, to_json_records
+
+    try:
+        board = Store(Workspace.resolve(store=store).store_url).leaderboard(experiment)
+    except WorkbenchError as exc:
+        fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(to_json_records(board), indent=2) + "\n")
+    else:
+        print_board(board, f"{experiment} leaderboard")
+
+
+@app.command(name="ls")
+def list_(store: StoreOpt = None) -> None:
+    """List stored experiments and their runs."""
+    from ..store import Store
+
+    try:
+        st = Store(Workspace.resolve(store=store).store_url)
+        names = st.experiment_names()
+    except WorkbenchError as exc:
+        fail(exc)
+    if not names:
+        out.print("no experiments stored")
+    for name in names:
+        runs = st.runs(name)
+        out.print(f"[bold]{name}[/bold] ({len(runs)} runs)")
+        for _, r in runs.iterrows():
+            axes = " | ".join(str(r[a]) for a in ("chunking", "embedding", "retrieval", "generation"))
+            out.print(f"  {r['run_id']}  {r['status']:<8}  {r['n_questions']:>4} q  {axes}", highlight=False)
+
+
+@app.command()
+def report(
+    experiment: Annotated[str, typer.Argument(help="experiment name")],
+    store: StoreOpt = None,
+    baseline: Annotated[str, typer.Option("--baseline", help="run id (or prefix) to compare the recommended run with")] = "",
+    baseline_experiment: Annotated[str, typer.Option("--baseline-experiment", help="compare with this experiment's matching run")] = "",
+) -> None:
+    """(Re)render an experiment's HTML report from the store (no recomputation) into reports/<experiment>/<timestamp>/."""
+    from ..report.artifacts import render_report
+
+    try:
+        ws = Workspace.resolve(store=store)
+        path = render_report(experiment, ws.store_url, ws.reports_dir, baseline_run=baseline, baseline_experiment=baseline_experiment)
+    except WorkbenchError as exc:
+        fail(exc)
+    out.print(f"report: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="baseline run id (a unique prefix is enough)")],
+    run_b: Annotated[str, typer.Argument(help="candidate run id")],
+    store: StoreOpt = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="metrics to compare (default: all)")] = None,
+    flips: Annotated[str | None, typer.Option(help="list the questions whose METRIC changed (default: the primary metric)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value, flipped questions."""
+    from ..compare import compare_runs, flipped_questions
+    from ..evaluation.registry import Direction, direction, primary_metric
+    from ..store import Store, to_json_records
+
+    try:
+        st = Store(Workspace.resolve(store=store).store_url)
+        df = compare_runs(st, run_a, run_b, metric or None)
+        qa = st.questions(st.run(run_a)["run_id"])
+        flip_metric = flips or primary_metric(qa)
+        flipped = flipped_questions(st, run_a, run_b, flip_metric)
+    except WorkbenchError as exc:
+        fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps({"metrics": to_json_records(df), "flipped_metric": flip_metric,
+                                     "flipped": to_json_records(flipped)}, indent=2) + "\n")
+        return
+    table = Table(title=f"{run_b[:10]} vs {run_a[:10]} (diff = B - A, paired over questions)")
+    for col in ("metric", "n", "A", "B", "diff", "95% CI", "p", "test"):
+        table.add_column(col)
+    for _, r in df.iterrows():
+        sig = "[bold]" if r["p_value"] < 0.05 else ""
+        table.add_row(r["metric"], str(r["n"]), f"{r['mean_a']:.4g}", f"{r['mean_b']:.4g}", f"{sig}{r['diff']:+.4g}",
+                      f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", f"{r['p_value']:.3g}", r["test"])
+    out.print(table)
+    if direction(flip_metric) is Direction.NONE:
+        counts = f"{int((flipped['change'] > 0).sum())} up, {int((flipped['change'] < 0).sum())} down"
+    else:  # better and worse in the metric's direction: fewer hallucinations are better
+        counts = f"{int(flipped['better'].astype(bool).sum())} better, {int((~flipped['better'].astype(bool)).sum())} worse"
+    out.print(f"{len(flipped)} questions changed {flip_metric} ({counts})")
+    for _, r in flipped.head(20).iterrows():
+        out.print(f"  {r['change']:+.3g}  {r['query_id']}  {r['question']}", highlight=False, markup=False)
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="run id (a unique prefix is enough)")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="trec | jsonl | csv")] = "trec",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (default: stdout)")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Export a run: TREC run file (qid Q0 docid rank score tag) or per-question rows (jsonl/csv)."""
+    from ..export import export_run
+    from ..store import Store
+
+    try:
+        text = export_run(Store(Workspace.resolve(store=store).store_url), run_id, fmt, output)
+    except WorkbenchError as exc:
+        fail(exc)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        out.print(f"wrote {output}")
+
+
+@app.command()
+def gate(
+    experiment: Annotated[Path, typer.Argument(help="experiments/NAME.yaml with baseline and gates")],
+    store: StoreOpt = None,
+) -> None:
+    """Check an experiment's stored runs against its gates; exit 1 if any gate fails."""
+    from ..config.experiment import load_experiment
+    from ..store import Store
+
+    try:
+        exp = load_experiment(experiment)
+        failed = check_gates(Store(Workspace.resolve(store=store).store_url), exp.spec)
+    except WorkbenchError as exc:
+        fail(exc)
+    raise typer.Exit(1 if failed else 0)
+
+
+def check_gates(st, spec) -> int:
+    """Print every gate's verdict; return how many failed."""
+    from ..gates import evaluate_gates
+
+    results = evaluate_gates(st, spec)
+    for r in results:
+        mark = "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]"
+        out.print(f"{mark} {r.run_id[:10]} {r.message}", highlight=False)
+    failed = sum(not r.passed for r in results)
+    out.print(f"gates: {len(results) - failed} passed, {failed} failed")
+    return failed
