@@ -4,7 +4,7 @@ Pick an experiment and one run (or two to compare), filter the questions by outc
 read a question's gold answer, the answers side by side, the per-question metrics and the
 retrieved chunks with their scores and the gold answer highlighted. "Try a query" sends a new
 question through a stored run's configuration live, reusing the run's chunks, index and models
-from the stage cache. Everything shown is HTML from :mod:`workbench.reporthtml` (escaped).
+from the stage cache. Everything shown is HTML from :mod:`workbench.report.html` (escaped).
 """
 
 from __future__ import annotations

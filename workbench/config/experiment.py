@@ -20,7 +20,7 @@ SPLITTERS = ("sentence", "token", "none")
 RETRIEVAL_METHODS = ("dense", "bm25", "hybrid")
 EMBEDDING_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
 GENERATION_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
-# Local models that ship inside PyPI packages; see workbench/embedding.py and workbench/llm_server.py.
+# Local models that ship inside PyPI packages; see workbench/stages/embedding.py and workbench/providers/llm_server.py.
 LOCAL_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "multilingual-e5-small")
 LOCAL_LLMS = ("smollm2-135m",)
 
