@@ -4,7 +4,6 @@ budgets, failed retrievals, concurrency, and the question path the explorer shar
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -58,11 +57,10 @@ def _rows(ws: Workspace, run_id: str) -> pd.DataFrame:
 
 def test_golden_run_with_fakes(tmp_path, ws):
     """The whole core -- chunking, a Chroma index, BM25, the answer, every metric, the store -- on
-    a fixed slice of XQuAD with the seeded fakes: exact stored numbers, in a few seconds."""
-    t0 = time.perf_counter()
+    a fixed slice of XQuAD with the seeded fakes: exact stored numbers, in a few seconds (reported
+    by `pytest --durations`, not asserted: speed is measured by benchmarks, not timed tests)."""
     plan = plan_experiment(load_experiment(_experiment(tmp_path)), ws)
     summaries = _run(plan, ws)
-    assert time.perf_counter() - t0 < 5
     assert [s["status"] for s in summaries[:-1]] == ["complete", "complete"]
     board = Store(ws.store_url).leaderboard("golden").set_index("retrieval")
     got = {r: {m: round(float(board.loc[r, m]), 6) for m in ("hit_at_1", "hit_at_3", "mrr", "ndcg_at_10", "f1", "exact_match",
