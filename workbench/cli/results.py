@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import WorkbenchError
 from ..settings import Workspace
-from .app import StoreOpt, app, fail, out, print_board
+from .app import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, StoreOpt, app, fail, out, print_board
 
 
 @app.command()
@@ -140,27 +140,39 @@ def export(
 def gate(
     experiment: Annotated[Path, typer.Argument(help="experiments/NAME.yaml with baseline and gates")],
     store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON (one object per check)")] = False,
 ) -> None:
-    """Check an experiment's stored runs against its gates; exit 1 if any gate fails."""
+    """Check an experiment's stored runs against its gates. Exit 0 all passed, 1 a gate failed,
+    4 none failed but one is inconclusive (its confidence interval crosses the bound), 2 error."""
     from ..config.experiment import load_experiment
     from ..store import Store
 
     try:
         exp = load_experiment(experiment)
-        failed = check_gates(Store(Workspace.resolve(store=store).store_url), exp.spec)
+        code = check_gates(Store(Workspace.resolve(store=store).store_url), exp.spec, as_json=as_json)
     except WorkbenchError as exc:
         fail(exc)
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(code)
 
 
-def check_gates(st, spec) -> int:
-    """Print every gate's verdict; return how many failed."""
-    from ..gates import evaluate_gates
+MARKS = {"pass": "[green]PASS[/green]", "fail": "[red]FAIL[/red]", "inconclusive": "[yellow]INCONCLUSIVE[/yellow]"}
+
+
+def check_gates(st, spec, *, as_json: bool = False) -> int:
+    """Print every gate's verdict (text, or JSON with ``as_json``); return the exit code:
+    1 when a gate failed, 4 when none failed but one is inconclusive, else 0."""
+    from ..gates import evaluate_gates, gates_json, overall, settle_text
 
     results = evaluate_gates(st, spec)
+    verdict = overall(results)
+    code = {"pass": EXIT_OK, "fail": EXIT_GATE_FAILED, "inconclusive": EXIT_INCONCLUSIVE}[verdict]
+    if as_json:
+        sys.stdout.write(json.dumps({"experiment": spec.name, "outcome": verdict, "exit_code": code, **gates_json(results)}, indent=2) + "\n")
+        return code
     for r in results:
-        mark = "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]"
-        out.print(f"{mark} {r.run_id[:10]} {r.message}", highlight=False)
-    failed = sum(not r.passed for r in results)
-    out.print(f"gates: {len(results) - failed} passed, {failed} failed")
-    return failed
+        out.print(f"{MARKS[r.outcome]} {r.run_id[:10]} {r.message}", highlight=False, soft_wrap=True)
+        if settle_text(r):
+            out.print(f"     {settle_text(r)}", highlight=False, soft_wrap=True)
+    counts = {k: sum(r.outcome == k for r in results) for k in MARKS}
+    out.print(f"gates: {counts['pass']} passed, {counts['fail']} failed, {counts['inconclusive']} inconclusive")
+    return code
