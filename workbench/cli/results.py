@@ -74,16 +74,25 @@ def report(
 
 @app.command()
 def compare(
-    run_a: Annotated[str, typer.Argument(help="baseline run id (a unique prefix is enough)")],
-    run_b: Annotated[str, typer.Argument(help="candidate run id")],
+    run_a: Annotated[str, typer.Argument(help="baseline run id (a unique prefix is enough); with --all: the experiment")],
+    run_b: Annotated[str | None, typer.Argument(help="candidate run id")] = None,
     store: StoreOpt = None,
-    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="metrics to compare (default: all)")] = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="metrics to compare (default: all; with --all: the "
+                                                                            "primary metric)")] = None,
     flips: Annotated[str | None, typer.Option(help="list the questions whose METRIC changed (default: the primary metric)")] = None,
+    all_pairs: Annotated[bool, typer.Option("--all", help="compare every pair of runs of the experiment RUN_A (Holm over all pairs)")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value, flipped questions."""
+    """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value Holm-corrected
+    across the metrics compared, flipped questions. With --all EXPERIMENT: every pair of its runs."""
+    if all_pairs:
+        from .decisions import compare_all
+
+        return compare_all(run_a, store, metric, as_json)
+    if run_b is None:
+        fail(WorkbenchError("compare needs two runs (RUN_A RUN_B), or --all EXPERIMENT"))
     from ..compare import compare_runs, flipped_questions
-    from ..evaluation.registry import Direction, direction, primary_metric
+    from ..evaluation.registry import primary_metric
     from ..store import Store, to_json_records
 
     try:
@@ -95,17 +104,29 @@ def compare(
     except WorkbenchError as exc:
         fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps({"metrics": to_json_records(df), "flipped_metric": flip_metric,
-                                     "flipped": to_json_records(flipped)}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"metrics": to_json_records(df), "correction": {"method": "holm", "family": len(df), "alpha": 0.05},
+                                     "flipped_metric": flip_metric, "flipped": to_json_records(flipped)}, indent=2) + "\n")
         return
+    _print_comparison(df, run_a, run_b)
+    _print_flips(flipped, flip_metric)
+
+
+def _print_comparison(df, run_a: str, run_b: str) -> None:
     table = Table(title=f"{run_b[:10]} vs {run_a[:10]} (diff = B - A, paired over questions)")
-    for col in ("metric", "n", "A", "B", "diff", "95% CI", "p", "test"):
+    for col in ("metric", "n", "A", "B", "diff", "95% CI", "p", "p (Holm)", "test"):
         table.add_column(col)
     for _, r in df.iterrows():
-        sig = "[bold]" if r["p_value"] < 0.05 else ""
+        sig = "[bold]" if r["significant"] else ""
         table.add_row(r["metric"], str(r["n"]), f"{r['mean_a']:.4g}", f"{r['mean_b']:.4g}", f"{sig}{r['diff']:+.4g}",
-                      f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", f"{r['p_value']:.3g}", r["test"])
+                      f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}", r["test"])
     out.print(table)
+    out.print(f"p (Holm): corrected across the {len(df)} metrics compared, so the chance of any false 'significant' (bold) "
+              "among them is at most 5%.", highlight=False, soft_wrap=True)
+
+
+def _print_flips(flipped, flip_metric: str) -> None:
+    from ..evaluation.registry import Direction, direction
+
     if direction(flip_metric) is Direction.NONE:
         counts = f"{int((flipped['change'] > 0).sum())} up, {int((flipped['change'] < 0).sum())} down"
     else:  # better and worse in the metric's direction: fewer hallucinations are better
