@@ -50,9 +50,15 @@ def _matches(a: Mapping | None, b: Mapping | None, axis: str) -> bool:
         x, y = (a or {}).get(other), (b or {}).get(other)
         if other == OPTIONAL_STAGE and (x is None or y is None):
             continue
-        if (x is None) != (y is None) or (x is not None and any(x[k] != y[k] for k in x.keys() & y.keys())):
+        if not _same(x, y):
             return False
     return True
+
+
+def _same(x, y) -> bool:
+    if isinstance(x, Mapping) and isinstance(y, Mapping):
+        return all(x[k] == y[k] for k in x.keys() & y.keys())  # a field only one of them has is not compared
+    return x == y
 
 
 def axis_levels(runs: pd.DataFrame, axis: str) -> list[tuple[str, str, list[str]]]:

@@ -11,7 +11,6 @@ from scipy import stats
 
 from workbench.evaluation import intervals, power
 
-
 # -- Tango's score interval for paired proportions --------------------------------------------------
 
 def test_tango_interval_matches_the_published_example():
