@@ -200,7 +200,7 @@ def _interval_result(check: _Check, confidence: float) -> GateResult:
     what = "the change" if check.is_change else "the mean"
     head = (f"{check.metric} = {check.value:.4g} vs baseline {check.base:.4g} ({check.base_id[:10]}), change {iv.estimate:+.4g}"
             if check.is_change else f"{check.metric} = {check.value:.4g}")
-    msg = (f"{head}; {confidence:.4g} CI of {what} [{iv.low:+.4g}, {iv.high:+.4g}] ({iv.method}, {iv.n} questions) "
+    msg = (f"{head}; {confidence * 100:.4g}% CI of {what} [{iv.low:+.4g}, {iv.high:+.4g}] ({iv.method}, {iv.n} questions) "
            f"{VERDICT_WORDS[outcome]} {_fmt_bound(check)}")
     needed = questions_to_settle(iv, check.worse_sign, check.bound, paired=check.is_change) if outcome == INCONCLUSIVE else None
     return GateResult(check.run_id, check.metric, check.value, check.base, check.rule, outcome, msg, iv, needed, check.base_id)

@@ -61,7 +61,7 @@ def _gates(data: ReportData) -> tuple[list[GateResult], str]:
     judged = sum(r.interval is not None for r in results)
     if not judged:
         return results, ""
-    note = f"{judged} check(s) with significant: true, read from {' / '.join(f'{c:.4g}' for c in levels)} confidence intervals"
+    note = f"{judged} check(s) with significant: true, read from {' / '.join(f'{c * 100:.4g}%' for c in levels)} confidence intervals"
     return results, note + (" (Bonferroni: 1 - alpha / number of such checks, so all verdicts hold together with probability "
                             "at least 1 - alpha)." if judged > 1 else ".")
 
@@ -123,7 +123,7 @@ def _interval_text(r: GateResult) -> str:
         return "point value (significant: false)"
     lo, hi = (f"{v:+.3g}" if math.isfinite(v) else ("-∞" if v < 0 else "+∞") for v in (iv.low, iv.high))
     of = "change" if r.baseline_run_id else "mean"
-    return f"{of} {iv.estimate:+.3g}, {iv.confidence:.4g} CI [{lo}, {hi}] ({iv.method}, n = {iv.n})"
+    return f"{of} {iv.estimate:+.3g}, {iv.confidence * 100:.4g}% CI [{lo}, {hi}] ({iv.method}, n = {iv.n})"
 
 
 def gates_html(data: ReportData, d: Decisions) -> str:
