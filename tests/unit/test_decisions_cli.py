@@ -37,6 +37,9 @@ def test_compare_all_holm_corrects_across_every_pair(store):
     assert [p["p_value"] for p in pairs.values()] == pytest.approx(raw)
     assert [p["p_holm"] for p in pairs.values()] == pytest.approx(holm(raw))
     assert pairs[("run2", "run0")]["significant"] and not pairs[("run1", "run0")]["significant"]
+    # the library function gives the same table
+    lib = compare.all_pairs(store, "exp")
+    assert lib[["run_a", "run_b"]].values.tolist() == [list(k) for k in pairs] and lib["p_holm"].tolist() == pytest.approx(holm(raw))
     # two metrics: one family of 6
     both = json.loads(cli(store, "compare", "--all", "exp", "-m", "ndcg_at_10", "-m", "hit_at_1", "--json").stdout)
     assert both["correction"]["family"] == 6 and len(both["pairs"]) == 6
