@@ -16,7 +16,8 @@ from dataclasses import asdict
 import pandas as pd
 
 from .errors import StoreError
-from .evaluation.registry import Direction, metric_columns, metric_info
+from .evaluation.power import detectable_difference, questions_needed
+from .evaluation.registry import Direction, best_first, label, metric_columns, metric_info, primary_metric
 from .evaluation.stats import holm, paired_difference
 from .store import AXES, Store
 
@@ -64,9 +65,13 @@ def same_configuration(a: Mapping | None, b: Mapping | None, axes: Sequence[str]
     return True
 
 
-def compare_runs(store: Store, run_a: str, run_b: str, metrics: list[str] | None = None) -> pd.DataFrame:
+def compare_runs(store: Store, run_a: str, run_b: str, metrics: list[str] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
     """Per-metric paired comparison of run B against run A (diff = B - A), with each metric's
     ``direction`` and ``lower_is_better`` from the registry.
+
+    Comparing many metrics at once finds "significant" differences by chance, so ``p_holm`` holds
+    the p-values Holm-corrected across the metrics compared (the family-wise error rate over them
+    is at most ``alpha``) and ``significant`` is ``p_holm < alpha``.
 
     Raises:
         StoreError: a run is unknown or has no stored questions.
@@ -85,9 +90,73 @@ def compare_runs(store: Store, run_a: str, run_b: str, metrics: list[str] | None
             out.append({"metric": m, **asdict(paired_difference(a, b))})
     df = pd.DataFrame(out)
     if not df.empty:
+        df["p_holm"] = holm(df["p_value"].tolist())
+        df["significant"] = df["p_holm"] < alpha
         df["direction"] = [metric_info(m).direction.value for m in df["metric"]]
         df["lower_is_better"] = df["direction"] == Direction.LOWER.value
     return df
+
+
+def all_pairs(store: Store, experiment: str, metrics: list[str] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+    """Every pair of the experiment's runs compared on each metric (default: the primary metric),
+    paired over the questions both scored; p-values Holm-corrected across the whole family (all
+    pairs x metrics), so the chance of any false "significant" in the table is at most ``alpha``.
+
+    Runs are in leaderboard order (best first by the primary metric); in each row ``run_a`` ranks
+    above ``run_b`` and ``diff = b - a``.
+
+    Raises:
+        StoreError: the experiment is unknown or has fewer than two runs.
+        MetricError: a metric asked for is unknown.
+    """
+    board = store.leaderboard(experiment)
+    if len(board) < 2:
+        raise StoreError(f"experiment {experiment!r} has {len(board)} run(s): nothing to compare")
+    metrics = metrics or [primary_metric(board)]
+    for m in metrics:
+        metric_info(m)
+    order = list(best_first(board, primary_metric(board))["run_id"])
+    values = {r: store.question_values(r) for r in order}
+    return pairs_table(values, order, metrics, alpha)
+
+
+def pairs_table(values: Mapping[str, pd.DataFrame], order: Sequence[str], metrics: Sequence[str], alpha: float = ALPHA) -> pd.DataFrame:
+    """:func:`all_pairs` on per-question values already read (``order``: the runs, best first)."""
+    columns = ["run_a", "run_b", "metric", "n", "mean_a", "mean_b", "diff", "ci_low", "ci_high", "p_value", "test", "p_holm", "significant"]
+    rows = []
+    for m in metrics:
+        series = {r: metric_values(values[r], m) for r in order}
+        for i, ra in enumerate(order):
+            for rb in order[i + 1:]:
+                common = [q for q in series[ra].index if q in series[rb].index]
+                if common:
+                    res = paired_difference([float(series[ra][q]) for q in common], [float(series[rb][q]) for q in common])
+                    rows.append({"run_a": ra, "run_b": rb, "metric": m, **asdict(res)})
+    df = pd.DataFrame(rows, columns=[c for c in columns if c not in ("p_holm", "significant")])
+    df["p_holm"] = holm(df["p_value"].tolist()) if not df.empty else []
+    df["significant"] = df["p_holm"] < alpha
+    return df[columns]
+
+
+def power_vs_best(values: Mapping[str, pd.DataFrame], best: str, metric: str, *, delta: float | None = None, alpha: float = ALPHA,
+                  power: float = 0.8) -> pd.DataFrame:
+    """For each other run against ``best``: the questions both scored, the standard deviation of the
+    per-question differences, the smallest difference this sample can detect (paired t, two-sided
+    ``alpha``, ``power``; :mod:`workbench.evaluation.power`) and, with ``delta``, the questions a
+    true difference of ``delta`` needs."""
+    columns = ["run_id", "n", "diff", "sd", "detectable", "needed"]
+    ref = metric_values(values[best], metric)
+    rows = []
+    for run_id, v in values.items():
+        if run_id == best:
+            continue
+        other = metric_values(v, metric)
+        d = [float(other[q]) - float(ref[q]) for q in ref.index if q in other.index]
+        sd = float(pd.Series(d).std(ddof=1)) if len(d) > 1 else None
+        rows.append({"run_id": run_id, "n": len(d), "diff": sum(d) / len(d) if d else None, "sd": sd,
+                     "detectable": detectable_difference(sd, len(d), alpha=alpha, power=power) if sd is not None else None,
+                     "needed": questions_needed(sd, delta, alpha=alpha, power=power) if sd is not None and delta else None})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def flipped_questions(store: Store, run_a: str, run_b: str, metric: str) -> pd.DataFrame:
@@ -136,6 +205,29 @@ def ties_with_best(values: Mapping[str, pd.DataFrame], best: str, metric: str, a
         r.setdefault("p_holm", None)
         r["tie"] = r["p_holm"] is not None and r["p_holm"] >= alpha
     return pd.DataFrame(rows, columns=columns)
+
+
+def power_summary(table: pd.DataFrame, metric: str, delta: float | None = None, alpha: float = ALPHA, power_: float = 0.8) -> dict:
+    """:func:`power_vs_best` in one sentence (``text``), with its numbers: the median pair and the
+    noisiest pair (the one with the largest spread of differences)."""
+    measured = table.dropna(subset=["sd"])
+    if measured.empty:
+        return {"questions_now": int(table["n"].max()) if len(table) else 0, "text": "too few common questions to measure a spread"}
+    n_now = int(measured["n"].max())
+    how = f"paired t-test, two-sided alpha {alpha:g}, power {power_:.0%}, from the spread of per-question differences"
+    out = {"questions_now": n_now, "detectable_median": float(measured["detectable"].median()),
+           "detectable_max": float(measured["detectable"].max())}
+    text = (f"With {n_now} questions, a difference in {label(metric)} of about {out['detectable_median']:.3g} is detectable "
+            f"(median over {len(measured)} comparisons with the best run; up to {out['detectable_max']:.3g} for the noisiest; {how}).")
+    needed = measured["needed"].dropna()
+    if delta:
+        if needed.empty:
+            text += f" No pair has a spread to size a difference of {delta:g} from."
+        else:
+            out |= {"needed_median": int(needed.median()), "needed_max": int(needed.max())}
+            text += (f" To detect a difference of {delta:g}: about {out['needed_max']} questions for every pair "
+                     f"({out['needed_median']} for the median pair); you have {n_now}.")
+    return out | {"text": text}
 
 
 def _plain_twin(runs: pd.DataFrame, run: pd.Series) -> str | None:

@@ -143,7 +143,7 @@ def test_report_opens_offline_with_leaderboard_charts_and_drilldown(report_html,
     assert b.eval("document.querySelectorAll('details.question').length") >= 10
     assert b.eval("document.querySelectorAll('details.question .side').length") >= 10
     headings = b.eval("Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
-    assert headings == ["Recommendation", "Leaderboard", "Reliability and safety", "Quality per axis value", "Quality vs latency and cost",
+    assert headings == ["Recommendation", "Leaderboard", "Reliability and safety", "Main effects", "Quality vs latency and cost",
                         "Distributions",
                         "Per-question drill-down", "Lineage"]
 

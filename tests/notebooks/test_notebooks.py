@@ -166,7 +166,7 @@ def test_workbench_run_executes_the_bakeoff_notebook_and_renders_the_report(fixt
 
     page = html_path.read_text(encoding="utf-8")
     assert_offline_page(page)
-    for section in ("Recommendation", "Leaderboard", "Quality per axis value", "Quality vs latency and cost", "Distributions",
+    for section in ("Recommendation", "Leaderboard", "Main effects", "Quality vs latency and cost", "Distributions",
                     "Per-question drill-down", "Lineage", "Package versions"):
         assert f"<h2>{section}</h2>" in page or f"<h3>{section}</h3>" in page, section
     assert page.count('src="data:image/png;base64,') == 3

@@ -140,8 +140,9 @@ def test_gates_bound_values_and_drops_against_the_baseline(tmp_path):
                   "retrieval_latency_p95_s": {"max": 0.001}, "f1": {"min": 0.1}}})
     results = {(r.metric, r.rule): r for r in gates.evaluate_gates(store, spec)}
     ndcg = results[("ndcg_at_10", "drop <= 0.02")]
-    assert ndcg.baseline == 1.0 and ndcg.value == pytest.approx(0.7) and ndcg.p_value is not None
-    assert ndcg.passed == (ndcg.p_value >= 0.05)  # a drop beyond the bound fails only when significant
+    assert ndcg.baseline == 1.0 and ndcg.value == pytest.approx(0.7) and ndcg.interval is not None
+    # 3 of 10 questions lost: the paired t interval of the change [-0.65, +0.05] crosses -0.02
+    assert ndcg.outcome == "inconclusive" and ndcg.interval.low < -0.02 < ndcg.interval.high and ndcg.questions_needed > 10
     assert results[("mrr", ">= 0.3")].passed and results[("mrr", "drop <= 0.6")].passed
     assert not results[("retrieval_latency_p95_s", "<= 0.001")].passed
     assert not results[("f1", "present")].passed and results[("f1", "present")].message == "f1: no value for this run"

@@ -132,17 +132,6 @@ def test_pareto_frontier_ties_and_direction():
 
 # -- per-axis tables and wins/losses -------------------------------------------------------------
 
-def test_axis_tables_only_for_axes_that_vary():
-    board = _board(retrieval=["bm25@5", "dense@5", "dense@5"], embedding=["-", "e1", "e2"], ndcg_at_10=[0.6, 0.8, 0.7])
-    board = board.assign(rank=[3, 1, 2], label=["bm25", "dense e1", "dense e2"])
-    tables = rd.axis_tables(board, "ndcg_at_10")
-    assert set(tables) == {"embedding", "retrieval"}
-    ret = tables["retrieval"].set_index("value")
-    assert ret.loc["dense@5", "mean"] == pytest.approx(0.75) and ret.loc["dense@5", "best"] == pytest.approx(0.8)
-    assert ret.loc["dense@5", "best_run"] == "#1 dense e1" and ret.loc["bm25@5", "runs"] == 1
-    assert list(tables["embedding"]["value"]) == ["e1", "e2", "(none)"]
-
-
 def test_wins_losses_outcomes_and_order():
     base = _values(["a", "b", "c", "d", "e"], ndcg_at_10=[0.0, 1.0, 0.5, 0.2, None])
     cand = _values(["a", "b", "c", "d", "e"], ndcg_at_10=[1.0, 0.5, 0.5, 0.4, 0.3])
@@ -220,7 +209,7 @@ def test_leaderboard_and_headline_escape_labels_and_reasons():
                          pd.DataFrame({"run_id": ["r0", "r1"], "lineage": [{}, {}], "config": [{}, {}], "timings": [{}, {}],
                                        "status": ["complete"] * 2, "started_at": [None] * 2, "finished_at": [None] * 2}),
                          "ndcg_at_10", {}, rec, pd.DataFrame({"run_id": ["r1"], "tie": [True]}), None, "only one run")
-    for fragment in (rh.title_html(data), rh.headline_html(data), rh.leaderboard_html(data), rh.axis_tables_html(data), rh.lineage_html(data)):
+    for fragment in (rh.title_html(data), rh.headline_html(data), rh.leaderboard_html(data), rh.lineage_html(data)):
         _assert_inert(fragment)
     assert "&lt;script&gt;" in rh.leaderboard_html(data) and 'class="recommended"' in rh.leaderboard_html(data)
     assert "within the experiment" in rh.headline_html(data)
@@ -293,7 +282,10 @@ def test_generation_report_sections(tmp_path):
     drill = rh.drilldown_html(data)
     assert "Failed questions (1)" in drill and "APITimeoutError: &lt;timeout&gt;" in drill and "<mark>gold" in drill
     assert "&lt;script&gt;x&lt;/script&gt;" in drill and "<script>x" not in drill
-    for fragment in (rh.title_html(data), head, board_html, charts.quality_by_axis_html(data), charts.distributions_html(data),
+    from workbench.report import decisions as rdec
+
+    decided = rdec.load_decisions(data)
+    for fragment in (rh.title_html(data), head, board_html, rdec.effects_html(data, decided), charts.distributions_html(data),
                      drill, rh.lineage_html(data)):
         _assert_inert(fragment)
     assert "uncommitted changes" in rh.lineage_html(data)
@@ -427,19 +419,22 @@ def test_reranker_gain_is_computed_with_the_report_data(tmp_path):
 
 def test_html_and_charts_never_open_the_store(tmp_path, monkeypatch):
     from workbench.report import charts
+    from workbench.report import decisions as rdec
     from workbench.store import Store
 
     data = rd.load_report(_reranked_store(tmp_path).url, "rr", drilldown_limit=2)
     gen = rd.load_report(_generation_store(tmp_path).url, "gen_exp", drilldown_limit=2)
+    decided = {id(d): rdec.load_decisions(d) for d in (data, gen)}  # the one part that reads the store (the gates)
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("the report's formatting opened the store")
 
     monkeypatch.setattr(Store, "__init__", refuse)
     for d in (data, gen):
-        page = "".join(f(d) for f in (rh.title_html, rh.headline_html, rh.leaderboard_html, rh.axis_tables_html, rh.reliability_html,
-                                      rh.reranker_gain_html, rh.drilldown_html, rh.lineage_html, charts.quality_by_axis_html,
+        page = "".join(f(d) for f in (rh.title_html, rh.headline_html, rh.leaderboard_html, rh.reliability_html,
+                                      rh.reranker_gain_html, rh.drilldown_html, rh.lineage_html,
                                       charts.tradeoffs_html, charts.distributions_html, charts.reranker_gain_chart_html))
+        page += "".join(f(d, decided[id(d)]) for f in (rdec.gates_html, rdec.power_html, rdec.pairs_html, rdec.effects_html))
         assert "Per-question drill-down" in page
     assert data.drilldown.baseline == "plain" and data.drilldown.best == "reranked"
     assert [s[0] for s in data.drilldown.sections] == ["win", "tie"] and len(data.drilldown.sections[1][2]) == 2  # capped at the limit

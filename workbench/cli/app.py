@@ -12,6 +12,9 @@ from rich.table import Table
 from ..errors import ConfigError, WorkbenchError
 from ..settings import apply_offline_defaults
 
+# Exit codes of `workbench run --gate` and `workbench gate` (README, "Scheduled runs"): cron and CI act on them.
+EXIT_OK, EXIT_GATE_FAILED, EXIT_ERROR, EXIT_LOCKED, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RAG bake-off workbench.")
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 240)

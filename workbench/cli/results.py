@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import WorkbenchError
 from ..settings import Workspace
-from .app import StoreOpt, app, fail, out, print_board
+from .app import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, StoreOpt, app, fail, out, print_board
 
 
 @app.command()
@@ -74,16 +74,25 @@ def report(
 
 @app.command()
 def compare(
-    run_a: Annotated[str, typer.Argument(help="baseline run id (a unique prefix is enough)")],
-    run_b: Annotated[str, typer.Argument(help="candidate run id")],
+    run_a: Annotated[str, typer.Argument(help="baseline run id (a unique prefix is enough); with --all: the experiment")],
+    run_b: Annotated[str | None, typer.Argument(help="candidate run id")] = None,
     store: StoreOpt = None,
-    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="metrics to compare (default: all)")] = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="metrics to compare (default: all; with --all: the "
+                                                                            "primary metric)")] = None,
     flips: Annotated[str | None, typer.Option(help="list the questions whose METRIC changed (default: the primary metric)")] = None,
+    all_pairs: Annotated[bool, typer.Option("--all", help="compare every pair of runs of the experiment RUN_A (Holm over all pairs)")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value, flipped questions."""
+    """Paired comparison of two runs: per-metric difference (B - A), 95% CI, p-value Holm-corrected
+    across the metrics compared, flipped questions. With --all EXPERIMENT: every pair of its runs."""
+    if all_pairs:
+        from .decisions import compare_all
+
+        return compare_all(run_a, store, metric, as_json)
+    if run_b is None:
+        fail(WorkbenchError("compare needs two runs (RUN_A RUN_B), or --all EXPERIMENT"))
     from ..compare import compare_runs, flipped_questions
-    from ..evaluation.registry import Direction, direction, primary_metric
+    from ..evaluation.registry import primary_metric
     from ..store import Store, to_json_records
 
     try:
@@ -95,17 +104,29 @@ def compare(
     except WorkbenchError as exc:
         fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps({"metrics": to_json_records(df), "flipped_metric": flip_metric,
-                                     "flipped": to_json_records(flipped)}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"metrics": to_json_records(df), "correction": {"method": "holm", "family": len(df), "alpha": 0.05},
+                                     "flipped_metric": flip_metric, "flipped": to_json_records(flipped)}, indent=2) + "\n")
         return
+    _print_comparison(df, run_a, run_b)
+    _print_flips(flipped, flip_metric)
+
+
+def _print_comparison(df, run_a: str, run_b: str) -> None:
     table = Table(title=f"{run_b[:10]} vs {run_a[:10]} (diff = B - A, paired over questions)")
-    for col in ("metric", "n", "A", "B", "diff", "95% CI", "p", "test"):
+    for col in ("metric", "n", "A", "B", "diff", "95% CI", "p", "p (Holm)", "test"):
         table.add_column(col)
     for _, r in df.iterrows():
-        sig = "[bold]" if r["p_value"] < 0.05 else ""
+        sig = "[bold]" if r["significant"] else ""
         table.add_row(r["metric"], str(r["n"]), f"{r['mean_a']:.4g}", f"{r['mean_b']:.4g}", f"{sig}{r['diff']:+.4g}",
-                      f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", f"{r['p_value']:.3g}", r["test"])
+                      f"[{r['ci_low']:+.4g}, {r['ci_high']:+.4g}]", f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}", r["test"])
     out.print(table)
+    out.print(f"p (Holm): corrected across the {len(df)} metrics compared, so the chance of any false 'significant' (bold) "
+              "among them is at most 5%.", highlight=False, soft_wrap=True)
+
+
+def _print_flips(flipped, flip_metric: str) -> None:
+    from ..evaluation.registry import Direction, direction
+
     if direction(flip_metric) is Direction.NONE:
         counts = f"{int((flipped['change'] > 0).sum())} up, {int((flipped['change'] < 0).sum())} down"
     else:  # better and worse in the metric's direction: fewer hallucinations are better
@@ -140,27 +161,39 @@ def export(
 def gate(
     experiment: Annotated[Path, typer.Argument(help="experiments/NAME.yaml with baseline and gates")],
     store: StoreOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON (one object per check)")] = False,
 ) -> None:
-    """Check an experiment's stored runs against its gates; exit 1 if any gate fails."""
+    """Check an experiment's stored runs against its gates. Exit 0 all passed, 1 a gate failed,
+    4 none failed but one is inconclusive (its confidence interval crosses the bound), 2 error."""
     from ..config.experiment import load_experiment
     from ..store import Store
 
     try:
         exp = load_experiment(experiment)
-        failed = check_gates(Store(Workspace.resolve(store=store).store_url), exp.spec)
+        code = check_gates(Store(Workspace.resolve(store=store).store_url), exp.spec, as_json=as_json)
     except WorkbenchError as exc:
         fail(exc)
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(code)
 
 
-def check_gates(st, spec) -> int:
-    """Print every gate's verdict; return how many failed."""
-    from ..gates import evaluate_gates
+MARKS = {"pass": "[green]PASS[/green]", "fail": "[red]FAIL[/red]", "inconclusive": "[yellow]INCONCLUSIVE[/yellow]"}
+
+
+def check_gates(st, spec, *, as_json: bool = False) -> int:
+    """Print every gate's verdict (text, or JSON with ``as_json``); return the exit code:
+    1 when a gate failed, 4 when none failed but one is inconclusive, else 0."""
+    from ..gates import evaluate_gates, gates_json, overall, settle_text
 
     results = evaluate_gates(st, spec)
+    verdict = overall(results)
+    code = {"pass": EXIT_OK, "fail": EXIT_GATE_FAILED, "inconclusive": EXIT_INCONCLUSIVE}[verdict]
+    if as_json:
+        sys.stdout.write(json.dumps({"experiment": spec.name, "outcome": verdict, "exit_code": code, **gates_json(results)}, indent=2) + "\n")
+        return code
     for r in results:
-        mark = "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]"
-        out.print(f"{mark} {r.run_id[:10]} {r.message}", highlight=False)
-    failed = sum(not r.passed for r in results)
-    out.print(f"gates: {len(results) - failed} passed, {failed} failed")
-    return failed
+        out.print(f"{MARKS[r.outcome]} {r.run_id[:10]} {r.message}", highlight=False, soft_wrap=True)
+        if settle_text(r):
+            out.print(f"     {settle_text(r)}", highlight=False, soft_wrap=True)
+    counts = {k: sum(r.outcome == k for r in results) for k in MARKS}
+    out.print(f"gates: {counts['pass']} passed, {counts['fail']} failed, {counts['inconclusive']} inconclusive")
+    return code

@@ -13,11 +13,8 @@ import typer
 
 from ..errors import WorkbenchError
 from ..settings import Workspace, find_input
-from .app import CacheOpt, StoreOpt, app, console, out, parse_axes, print_board
+from .app import EXIT_ERROR, EXIT_LOCKED, EXIT_OK, CacheOpt, StoreOpt, app, console, out, parse_axes, print_board
 from .results import check_gates
-
-# Exit codes of `workbench run` (documented in the README, "Scheduled runs"): cron and CI act on them.
-EXIT_OK, EXIT_GATE_FAILED, EXIT_ERROR, EXIT_LOCKED = 0, 1, 2, 3
 
 
 @app.command()
@@ -30,7 +27,8 @@ def run(
     limit: Annotated[int, typer.Option("--limit", help="run at most this many questions (0: as in the experiment file)")] = 0,
     axis: Annotated[list[str] | None, typer.Option("--axis", help="run part of the grid: AXIS=VALUE[,VALUE] (index, label or name; "
                                                                   "repeatable)")] = None,
-    gate: Annotated[bool, typer.Option("--gate", help="check the experiment's gates at the end; exit 1 if one fails")] = False,
+    gate: Annotated[bool, typer.Option("--gate", help="check the experiment's gates at the end; exit 1 if one fails, 4 if one is "
+                                                      "inconclusive")] = False,
     executor: Annotated[str | None, typer.Option("--executor", help="local (default) or ray (default: $WORKBENCH_EXECUTOR)")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster address HOST:PORT or 'auto' "
                                                                  "(default: $WORKBENCH_RAY_ADDRESS)")] = None,
@@ -49,7 +47,8 @@ def run(
     The executed notebook, the plan and the report land in reports/<experiment>/<timestamp>/. Exit
     codes: 0 done (and gates passed), 1 a gate failed, 2 error, 3 this experiment is already running
     (another locked `workbench run` holds its lock; scheduled runs -- --gate or --log-file -- lock
-    by default, interactive ones do not, so slices of one grid can run side by side).
+    by default, interactive ones do not, so slices of one grid can run side by side), 4 no gate failed
+    but one is inconclusive (its confidence interval crosses its bound: more questions needed).
     """
     with _output_to(log_file, ["workbench", "run", str(experiment)]) as record:
         try:
@@ -91,12 +90,12 @@ def _run(experiment_path: Path, ws: Workspace, rerun: str, report: bool, limit: 
                       "not starting a second run", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_LOCKED) from None
     try:
-        failed = _run_planned(experiment, ws, rerun, report, limit, axis, gate)
+        code = _run_planned(experiment, ws, rerun, report, limit, axis, gate)
     finally:
         if exclusive:
             lock.release()
-    if failed:
-        raise typer.Exit(EXIT_GATE_FAILED)
+    if code:
+        raise typer.Exit(code)
 
 
 def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int, axis, gate: bool) -> int:
@@ -128,7 +127,7 @@ def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int
     else:
         write_index(ws.reports_dir)
         out.print(f"notebook: {out_dir / 'bakeoff.ipynb'}", highlight=False, soft_wrap=True)
-    return check_gates(st, plan.experiment.spec) if gate else 0
+    return check_gates(st, plan.experiment.spec) if gate else EXIT_OK
 
 
 @contextlib.contextmanager

@@ -381,8 +381,10 @@ class GateSpec(_Spec):
     """A regression gate on one aggregate metric.
 
     ``min``/``max`` bound the run's value; ``max_drop`` (higher-is-better metrics) and
-    ``max_increase`` (latency, cost) bound the change from the baseline. With ``significant: true``
-    a change beyond the bound fails only if a paired test finds it significant at ``alpha``.
+    ``max_increase`` (latency, cost) bound the change from the baseline. With ``significant: false``
+    the point value is compared with each bound. With ``significant: true`` a confidence interval at
+    level ``1 - alpha`` (Bonferroni over the call's significance checks) is: pass when it lies within
+    the bound, fail when wholly beyond it, inconclusive otherwise (workbench/gates.py, docs/metrics.md).
     """
 
     min: float | None = None

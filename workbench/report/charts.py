@@ -56,31 +56,6 @@ def _short(text: str, n: int = 28) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def quality_by_axis_html(data: ReportData) -> str:
-    """One panel per axis that varies: the mean primary metric per value, each run as a dot."""
-    axes = data.varying_axes
-    m = data.metric
-    if not axes:
-        return "<h2>Quality per axis value</h2>" + _note("Every run uses the same values on every axis: nothing to compare.")
-    b = data.board
-    with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(min(4.2 * len(axes), 13), 3.4), layout="constrained")
-        for i, axis in enumerate(axes):
-            ax = fig.add_subplot(1, len(axes), i + 1)
-            groups = [(str(v), pd.to_numeric(g[m], errors="coerce").dropna()) for v, g in b.groupby(b[axis].astype(str), sort=False)]
-            groups.sort(key=lambda kv: (kv[1].mean() if len(kv[1]) else -np.inf) * (-1 if lower_is_better(m) else 1), reverse=True)
-            xs = np.arange(len(groups))
-            ax.bar(xs, [g.mean() if len(g) else 0 for _, g in groups], color=BLUE, alpha=0.35, width=0.6)
-            for x, (_, g) in zip(xs, groups):
-                ax.scatter(np.full(len(g), x) + np.linspace(-0.12, 0.12, len(g)) if len(g) > 1 else [x] * len(g), g, color=BLUE, s=16, zorder=3)
-            many = len(groups) > 2
-            ax.set_xticks(xs, [_short(_value_name(v)) for v, _ in groups], rotation=20 if many else 0, ha="right" if many else "center")
-            ax.set_title(axis)
-            ax.set_ylabel(label(m) if i == 0 else "")
-        html = figure_html(fig, f"Mean {label(m)} over the runs with each value (bars); each dot is one run.", f"{label(m)} per axis value")
-    return "<h2>Quality per axis value</h2>" + html
-
-
 def tradeoffs_html(data: ReportData) -> str:
     """Quality vs latency and vs cost, with the Pareto frontier (nothing both better and cheaper)."""
     b, m = data.board, data.metric

@@ -252,22 +252,6 @@ def pareto_frontier(points: pd.DataFrame, x: str, y: str, *, lower_x: bool = Tru
     return sorted(front, key=lambda k: (sx * float(df.loc[df[key] == k, x].iloc[0]), k))
 
 
-def axis_tables(board: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
-    """For each axis with more than one value: per value, the runs' mean and best ``metric``."""
-    out = {}
-    asc = lower_is_better(metric)
-    for axis in varying_axes(board):
-        rows = []
-        for value, grp in board.groupby(board[axis].astype(str), sort=False):
-            vals = pd.to_numeric(grp[metric], errors="coerce")
-            best = grp.loc[vals.idxmin() if asc else vals.idxmax()] if vals.notna().any() else None
-            rows.append({"value": "(none)" if value == "-" else value, "runs": len(grp), "mean": vals.mean(),
-                         "best": vals.min() if asc else vals.max(),
-                         "best_run": f"#{best['rank']} {best['label']}" if best is not None else "-"})
-        out[axis] = pd.DataFrame(rows).sort_values("mean", ascending=asc, na_position="last").reset_index(drop=True)
-    return out
-
-
 def wins_losses(baseline: pd.DataFrame, candidate: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per question (paired by query_id): the metric in both runs and who won.
 

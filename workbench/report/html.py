@@ -20,7 +20,7 @@ from ..compare import ALPHA
 from ..evaluation.registry import description, label, lower_is_better
 from ..hashing import hash_obj
 from ..settings import redact_url
-from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, axis_tables, quality_columns, reliability_table
+from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, quality_columns, reliability_table
 from .leaderboard import AXES, as_float, fmt
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -165,19 +165,6 @@ def _levels_note(data: ReportData, quality: Sequence[str]) -> str:
             "different sizes are judged against the same evidence; see docs/metrics.md.")
     return f'<p class="muted levels">{esc(text)}</p>'
 
-
-
-def axis_tables_html(data: ReportData) -> str:
-    tables = axis_tables(data.board, data.metric)
-    if not tables:
-        return ""
-    m = label(data.metric)
-    parts = [f"<h3>{esc(m)} per axis value</h3>"]
-    for axis, df in tables.items():
-        rows = [[f"<td>{esc(r['value'])}</td>", f'<td class="num">{int(r["runs"])}</td>', _cell(data.metric, r["mean"]),
-                 _cell(data.metric, r["best"]), f"<td>{esc(r['best_run'])}</td>"] for _, r in df.iterrows()]
-        parts.append(f"<p><b>{esc(axis)}</b></p>" + _table([axis, "runs", f"mean {m}", f"best {m}", "best run"], rows, "sortable"))
-    return "".join(parts)
 
 
 # -- drill-down --------------------------------------------------------------------------------
