@@ -31,6 +31,8 @@ import openai
 import pybreaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from .throttle import AdaptiveLimiter
+
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -110,11 +112,25 @@ def breaker_for(endpoint: str, policy: RetryPolicy) -> pybreaker.CircuitBreaker:
         return _BREAKERS[endpoint]
 
 
-def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Callable[[BaseException], None] | None = None) -> T:
+def is_rate_limited(exc: BaseException) -> tuple[bool, float | None]:
+    """(the answer was a 429, its Retry-After in seconds or None): what an adaptive gate backs off on."""
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    if status is None and response is not None:
+        status = getattr(response, "status_code", None)
+    return status == 429, retry_after_s(exc)
+
+
+def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Callable[[BaseException], None] | None = None,
+         gate: AdaptiveLimiter | None = None) -> T:
     """Run ``fn`` (one complete request, a consumed stream included) under the retry policy and the
     endpoint's circuit breaker. Raises the last error, or ``pybreaker.CircuitBreakerError`` while
-    the breaker is open (not retried: the breaker exists to stop hammering a dead endpoint)."""
+    the breaker is open (not retried: the breaker exists to stop hammering a dead endpoint).
+
+    ``gate`` (an :class:`~.throttle.AdaptiveLimiter`): every attempt, retries included, waits for a
+    slot there and reports back whether it was rate limited, so concurrency adapts (AIMD)."""
     breaker = breaker_for(endpoint, policy)
+    attempt = (lambda: gate.run(fn, is_rate_limited)) if gate is not None else fn
 
     def _before_sleep(state) -> None:
         exc = state.outcome.exception()
@@ -126,7 +142,7 @@ def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Call
     retrying = Retrying(stop=stop_after_attempt(policy.max_retries + 1), wait=WaitRetryAfterOrBackoff(policy),
                         retry=retry_if_exception(is_transient), reraise=True, before_sleep=_before_sleep)
     try:
-        return retrying(breaker.call, fn)
+        return retrying(breaker.call, attempt)
     except pybreaker.CircuitBreakerError:
         last = _LAST_FAILURE.get(endpoint)
         raise pybreaker.CircuitBreakerError(
