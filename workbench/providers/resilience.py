@@ -60,7 +60,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _not_endpoint_fault(exc: BaseException) -> bool:
-    return not is_transient(exc)
+    """What the breaker does not count: the request's own faults (4xx), and rate limits (429): a
+    provider that says "slow down" is up, and the adaptive limiter (``throttle.py``) slows down."""
+    return not is_transient(exc) or is_rate_limited(exc)[0]
 
 
 def retry_after_s(exc: BaseException) -> float | None:
@@ -112,6 +114,34 @@ def breaker_for(endpoint: str, policy: RetryPolicy) -> pybreaker.CircuitBreaker:
         return _BREAKERS[endpoint]
 
 
+def through_breaker(breaker: pybreaker.CircuitBreaker, fn: Callable[[], T]) -> T:
+    """``fn`` under ``breaker``, concurrently with other threads.
+
+    pybreaker's ``CircuitBreaker.call`` holds the breaker's lock for the whole call (pybreaker issue
+    #55, open): every thread's request to one endpoint waited for the one in flight, so
+    ``concurrency: 8`` sent one request at a time. While the breaker is closed the request runs
+    outside it and only its outcome passes through ``breaker.call`` (counting, tripping and
+    listeners stay pybreaker's); open or half-open, the call goes through the breaker itself (fail
+    fast while open; one trial call at a time while half-open).
+    """
+    if breaker.current_state != pybreaker.STATE_CLOSED:
+        return breaker.call(fn)
+    try:
+        out = fn()
+    except BaseException as exc:
+        if breaker.current_state != pybreaker.STATE_CLOSED:
+            raise  # another thread tripped it meanwhile: this failure is already history
+        error = exc
+
+        def failed():
+            raise error
+
+        return breaker.call(failed)
+    if breaker.current_state != pybreaker.STATE_CLOSED:
+        return out
+    return breaker.call(lambda: out)
+
+
 def is_rate_limited(exc: BaseException) -> tuple[bool, float | None]:
     """(the answer was a 429, its Retry-After in seconds or None): what an adaptive gate backs off on."""
     status = getattr(exc, "status_code", None)
@@ -130,7 +160,11 @@ def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Call
     ``gate`` (an :class:`~.throttle.AdaptiveLimiter`): every attempt, retries included, waits for a
     slot there and reports back whether it was rate limited, so concurrency adapts (AIMD)."""
     breaker = breaker_for(endpoint, policy)
-    attempt = (lambda: gate.run(fn, is_rate_limited)) if gate is not None else fn
+
+    def guarded():
+        return through_breaker(breaker, fn)
+
+    attempt = (lambda: gate.run(guarded, is_rate_limited)) if gate is not None else guarded
 
     def _before_sleep(state) -> None:
         exc = state.outcome.exception()
@@ -142,7 +176,7 @@ def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Call
     retrying = Retrying(stop=stop_after_attempt(policy.max_retries + 1), wait=WaitRetryAfterOrBackoff(policy),
                         retry=retry_if_exception(is_transient), reraise=True, before_sleep=_before_sleep)
     try:
-        return retrying(breaker.call, attempt)
+        return retrying(attempt)
     except pybreaker.CircuitBreakerError:
         last = _LAST_FAILURE.get(endpoint)
         raise pybreaker.CircuitBreakerError(
