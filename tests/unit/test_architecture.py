@@ -27,7 +27,7 @@ LAYERS = [
     {"stages"},
     {"store", "migrations"},
     {"pipeline"},
-    {"compare", "gates", "export", "report", "notebooks"},
+    {"compare", "gates", "export", "tracking", "report", "notebooks"},
     {"bakeoff", "explore", "questions", "review", "testing", "cli", "__main__", "__init__"},
 ]
 MAX_FUNCTION_LINES = 60  # body lines, docstring excluded

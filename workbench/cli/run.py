@@ -14,7 +14,7 @@ import typer
 from ..errors import WorkbenchError
 from ..settings import Workspace, find_input
 from .app import CacheOpt, StoreOpt, app, console, out, parse_axes, print_board
-from .results import check_gates
+from .results import check_gates, mlflow_export
 
 # Exit codes of `workbench run` (documented in the README, "Scheduled runs"): cron and CI act on them.
 EXIT_OK, EXIT_GATE_FAILED, EXIT_ERROR, EXIT_LOCKED = 0, 1, 2, 3
@@ -134,6 +134,9 @@ def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int
     else:
         write_index(ws.reports_dir)
         out.print(f"notebook: {out_dir / 'bakeoff.ipynb'}", highlight=False, soft_wrap=True)
+    tracking = plan.experiment.spec.tracking
+    if tracking is not None and tracking.mlflow is not None:
+        mlflow_export(st, name, ws, report_dir=out_dir)
     return check_gates(st, plan.experiment.spec) if gate else 0
 
 
