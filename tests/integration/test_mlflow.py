@@ -36,7 +36,8 @@ def _children(client, experiment_id: str, parent_id: str):
 def _assert_matches_store(client, store, experiment: str, experiment_id: str):
     from workbench.export import export_run
 
-    parents = client.search_runs([experiment_id], filter_string=f"tags.`workbench.kind` = 'experiment' and tags.`workbench.experiment` = '{experiment}'")
+    query = f"tags.`workbench.kind` = 'experiment' and tags.`workbench.experiment` = '{experiment}'"
+    parents = client.search_runs([experiment_id], filter_string=query)
     assert len(parents) == 1
     parent = parents[0]
     children = {r.data.tags["workbench.run_id"]: r for r in _children(client, experiment_id, parent.info.run_id)}
