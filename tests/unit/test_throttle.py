@@ -97,3 +97,50 @@ def test_run_reports_the_outcome_and_reraises():
         gate.run(lambda: (_ for _ in ()).throw(ValueError("boom")), lambda exc: (False, None))
     assert gate.in_flight == 0 and gate.limit == 4
     assert gate.run(lambda: 7, lambda exc: (False, None)) == 7
+
+
+def test_calls_to_one_endpoint_run_concurrently_and_the_breaker_still_trips():
+    """pybreaker's call() holds a lock for the whole call (its issue #55): requests to one endpoint
+    went out one at a time. resilience.call runs them concurrently; the breaker still counts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pybreaker
+
+    from workbench.providers.resilience import RetryPolicy, call
+
+    policy = RetryPolicy(max_retries=0, breaker_failures=2, breaker_reset_s=600)
+    in_flight, peak, lock = [0], [0], threading.Lock()
+
+    def slow():
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.2)
+        with lock:
+            in_flight[0] -= 1
+        return 1
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda _: call(slow, "unit://concurrent#m", policy), range(4))) == [1, 1, 1, 1]
+    assert peak[0] >= 3
+
+    request = httpx.Request("POST", "http://x/v1/chat/completions")
+    limited = openai.RateLimitError("slow down", response=httpx.Response(429, request=request), body=None)
+    down = httpx.ConnectError("refused", request=request)
+
+    def raise_(exc):
+        def fn():
+            raise exc
+        return fn
+
+    for _ in range(3):  # rate limits are not endpoint failures: the breaker stays closed
+        with pytest.raises(openai.RateLimitError):
+            call(raise_(limited), "unit://breaker#m", policy)
+    with pytest.raises(httpx.ConnectError):
+        call(raise_(down), "unit://breaker#m", policy)
+    with pytest.raises(pybreaker.CircuitBreakerError):  # the second failure in a row trips it
+        call(raise_(down), "unit://breaker#m", policy)
+    called = []
+    with pytest.raises(pybreaker.CircuitBreakerError, match="circuit open"):  # open: fails fast, fn never runs
+        call(lambda: called.append(1), "unit://breaker#m", policy)
+    assert called == []
