@@ -136,7 +136,11 @@ def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int
         out.print(f"notebook: {out_dir / 'bakeoff.ipynb'}", highlight=False, soft_wrap=True)
     tracking = plan.experiment.spec.tracking
     if tracking is not None and tracking.mlflow is not None:
-        mlflow_export(st, name, ws, report_dir=out_dir)
+        try:  # the results are stored whatever the tracker says: its outage must not fail the run or skip the gates
+            mlflow_export(st, name, ws, report_dir=out_dir)
+        except WorkbenchError as exc:
+            console.print(f"[red]mlflow: not logged:[/red] {exc} (`workbench export {name} --to mlflow` logs it later)",
+                          highlight=False, soft_wrap=True)
     return check_gates(st, plan.experiment.spec) if gate else 0
 
 
