@@ -54,4 +54,4 @@ def workspace_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 # Session-scoped loopback servers (PostgreSQL, Chroma, Ray) for the team-setup tests.
-from tests.servers import chroma_server, e5_server, postgres_server, postgres_url, ray_cluster  # noqa: E402,F401
+from tests.servers import chroma_server, e5_server, mlflow_server, postgres_server, postgres_url, ray_cluster  # noqa: E402,F401

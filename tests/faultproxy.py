@@ -11,6 +11,10 @@ Faults, taken from a queue (``proxy.schedule("500", "429", ...)``) one per reque
 * ``drop``  close the connection without any response
 * ``dead``  like ``drop`` for every request while set as the default (a provider that is down)
 
+``max_in_flight`` (if set) models a provider's concurrency limit: a request to ``fault_paths``
+that arrives while that many are already being answered gets ``429`` with ``Retry-After`` (counted
+in ``faults["429"]``), whatever the queue says.
+
 The upstream being down (killed server) is not a fault of the proxy: it then drops the client's
 connection, as a transparent TCP proxy would. ``requests`` counts requests per path, ``faults`` the
 faults injected. ``on_request`` (if set) is called with the request number before anything else.
@@ -30,7 +34,7 @@ import httpx
 
 class FaultProxy:
     def __init__(self, upstream: str, *, default: str = "pass", retry_after: float = 1.0, hang_s: float = 5.0,
-                 fault_paths: tuple[str, ...] = ("/chat/completions", "/completions", "/embeddings")):
+                 fault_paths: tuple[str, ...] = ("/chat/completions", "/completions", "/embeddings"), max_in_flight: int | None = None):
         self.fault_paths = fault_paths  # other requests (token counting, health checks) just pass
         self.upstream = upstream.rstrip("/")  # e.g. http://127.0.0.1:PORT (no /v1)
         self.default = default
@@ -40,6 +44,8 @@ class FaultProxy:
         self.faults: Counter = Counter()
         self.n = 0
         self.on_request = None
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
         self._queue: deque[str] = deque()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -61,7 +67,16 @@ class FaultProxy:
     def _next_fault(self) -> tuple[int, str]:
         with self._lock:
             self.n += 1
-            return self.n, (self._queue.popleft() if self._queue else self.default)
+            if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+                return self.n, "429"
+            fault = self._queue.popleft() if self._queue else self.default
+            if fault == "pass":
+                self.in_flight += 1  # released by _handle once answered
+            return self.n, fault
+
+    def _done(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()
@@ -106,10 +121,15 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 proxy.requests[self.path] += 1
-                if self.path.endswith(proxy.fault_paths):
-                    n, fault = proxy._next_fault()
-                else:
-                    n, fault = 0, "pass"
+                counted = self.path.endswith(proxy.fault_paths)
+                n, fault = proxy._next_fault() if counted else (0, "pass")
+                try:
+                    self._answer(n, fault, body)
+                finally:
+                    if counted and fault == "pass":
+                        proxy._done()
+
+            def _answer(self, n: int, fault: str, body: bytes) -> None:
                 if n and proxy.on_request is not None:
                     proxy.on_request(n, self.path)
                 if fault != "pass":

@@ -227,3 +227,45 @@ def ray_cluster():
     proc.wait()
     log.close()
     shutil.rmtree(root, ignore_errors=True)
+
+
+# -- MLflow tracking server -----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def mlflow_server():
+    """``mlflow server`` on a free loopback port (SQLite backend, artifacts served from a temporary
+    folder, one worker): yields its URL. Skips when mlflow is not installed (``workbench[mlflow]``)."""
+    exe = BIN / "mlflow"
+    if not exe.exists():
+        pytest.skip(f"MLflow tests skipped: {exe} not found (pip install 'workbench[mlflow]')")
+    root = Path(tempfile.mkdtemp(prefix="wb-mlflow-"))
+    port = free_port()
+    log = (root / "server.log").open("wb")
+    cmd = [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240  # a loaded 2-core machine takes ~35 s (migrations, uvicorn)
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"`mlflow server` did not start: {(root / 'server.log').read_text()[-500:]}")
+        time.sleep(0.5)
+    yield url
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+    shutil.rmtree(root, ignore_errors=True)

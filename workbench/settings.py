@@ -46,6 +46,8 @@ ENVIRONMENT = {
     "WORKBENCH_NOTEBOOKS": "folder holding bakeoff/report/explore.ipynb (default: the ones shipped in the package)",
     "WORKBENCH_EXPERIMENT": "the explorer's and report notebook's experiment when their parameter is empty",
     "WORKBENCH_EXPERIMENT_PATH": "the bake-off notebook's experiment file when its parameter is empty",
+    "WORKBENCH_REPLAY": "a cassette file: every hosted call is answered from it, offline (workbench run --replay)",
+    "WORKBENCH_MLFLOW_URI": "MLflow tracking URI for exports (default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/results/mlflow.db)",
 }
 
 # Model libraries read these when they are imported: offline (no hub look-ups, which hang ~70 s
@@ -159,12 +161,14 @@ class Workspace:
     chroma_url: str | None = None
     executor: str = "local"
     ray_address: str | None = None
+    replay: str | None = None  # a cassette: hosted calls are answered from it (providers/recording.py)
+    replay_strict: bool = True  # a request missing from the cassette stops the run (else it goes live)
 
     @classmethod
     def resolve(cls, *, store: str | None = None, cache_dir: str | os.PathLike | None = None,
                 reports_dir: str | os.PathLike | None = None, threads: int | None = None, chroma_url: str | None = None,
                 executor: str | None = None, ray_address: str | None = None, root: str | os.PathLike | None = None,
-                environ: Mapping[str, str] | None = None) -> Workspace:
+                environ: Mapping[str, str] | None = None, replay: str | os.PathLike | None = None, replay_strict: bool = True) -> Workspace:
         """Explicit values, else the ``WORKBENCH_*`` environment variables, else the defaults."""
         base = Path(root).resolve() if root else project_root(environ=environ)
         store_url = store or env("WORKBENCH_STORE", environ) or sqlite_url(base / "results" / "workbench.sqlite")
@@ -187,6 +191,8 @@ class Workspace:
             chroma_url=chroma_url or env("WORKBENCH_CHROMA_URL", environ),
             executor=executor,
             ray_address=ray_address or env("WORKBENCH_RAY_ADDRESS", environ),
+            replay=_replay_path(replay or env("WORKBENCH_REPLAY", environ), base),
+            replay_strict=replay_strict,
         )
 
     def replace(self, **changes: Any) -> Workspace:
@@ -220,6 +226,17 @@ class Workspace:
         return self.cache_dir / "locks"
 
     @property
+    def recordings_dir(self) -> Path:
+        """Every hosted call's answer, recorded as it is made (``workbench cassette export`` reads them)."""
+        return self.cache_dir / "recordings"
+
+    @property
+    def mlflow_default_uri(self) -> str:
+        """The offline MLflow store: ``$WORKBENCH_MLFLOW_URI``, else ``$MLFLOW_TRACKING_URI``, else
+        a SQLite file next to the results store (artifacts beside it in ``mlflow-artifacts``)."""
+        return env("WORKBENCH_MLFLOW_URI") or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_url(self.root / "results" / "mlflow.db")
+
+    @property
     def logs_dir(self) -> Path:
         return self.cache_dir / "logs"
 
@@ -245,6 +262,11 @@ class Workspace:
     def from_dict(cls, data: Mapping[str, Any]) -> Workspace:
         paths = {"root", "cache_dir", "reports_dir"}
         return cls(**{k: Path(v) if k in paths else v for k, v in data.items()})
+
+
+def _replay_path(value: str | os.PathLike | None, root: Path) -> str | None:
+    """A cassette to replay, as an absolute path (a notebook kernel or a Ray worker reads it too)."""
+    return str(find_input(value, "cassette", root)) if value else None
 
 
 def max_document_bytes(environ: Mapping[str, str] | None = None) -> int:

@@ -27,7 +27,7 @@ LAYERS = [
     {"stages"},
     {"store", "migrations"},
     {"pipeline"},
-    {"compare", "gates", "effects", "export", "report", "notebooks"},
+    {"compare", "gates", "effects", "export", "tracking", "report", "notebooks"},
     {"bakeoff", "explore", "questions", "review", "testing", "cli", "__main__", "__init__"},
 ]
 MAX_FUNCTION_LINES = 60  # body lines, docstring excluded

@@ -279,21 +279,22 @@ def test_rate_limiter_spaces_request_starts_across_threads():
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from workbench.stages.generation import RateLimiter
+    from workbench.providers.throttle import AdaptiveLimiter
 
-    limiter = RateLimiter(requests_per_minute=600)  # one start every 0.1 s
+    limiter = AdaptiveLimiter(4, requests_per_minute=600)  # one start every 0.1 s
     starts = []
 
     def call(_):
-        limiter.wait()
-        starts.append(time.monotonic())
+        limiter.run(lambda: starts.append(time.monotonic()), lambda exc: (False, None))
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(call, range(5)))
     starts.sort()
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert min(gaps) >= 0.09
-    RateLimiter(None).wait()  # no limit: returns at once
+    t0 = time.monotonic()
+    AdaptiveLimiter(1).run(lambda: None, lambda exc: (False, None))  # no rate cap: at once
+    assert time.monotonic() - t0 < 0.05
 
 
 def test_local_llm_rejects_concurrency():

@@ -2,7 +2,7 @@
 
 Each module registers its commands on the one ``app`` (``workbench.cli.app``): ``run`` (a bake-off),
 ``results`` (leaderboards, reports, comparisons, exports, gates), ``questions`` (evaluation sets),
-``decisions`` (every pair of runs, sample size).
+``decisions`` (every pair of runs, sample size), ``cassette`` (record/replay of hosted calls).
 """
 
 # Importing a module registers its commands; their order is `workbench --help`'s.
@@ -10,6 +10,7 @@ from . import run  # noqa: F401  # isort: skip
 from . import results  # noqa: F401  # isort: skip
 from . import questions  # noqa: F401  # isort: skip
 from . import decisions  # noqa: F401  # isort: skip
+from . import cassette  # noqa: F401  # isort: skip
 from .app import app
 
 __all__ = ["app"]

@@ -138,12 +138,19 @@ def _print_flips(flipped, flip_metric: str) -> None:
 
 @app.command()
 def export(
-    run_id: Annotated[str, typer.Argument(help="run id (a unique prefix is enough)")],
+    run_id: Annotated[str, typer.Argument(help="run id (a unique prefix is enough); with --to mlflow: an experiment name")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="trec | jsonl | csv")] = "trec",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="file to write (default: stdout)")] = None,
     store: StoreOpt = None,
+    to: Annotated[str | None, typer.Option("--to", help="mlflow: log the experiment's runs to an MLflow tracking server or store")] = None,
+    tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", help="with --to mlflow (default: the experiment file's "
+                                                                            "tracking.mlflow, else $WORKBENCH_MLFLOW_URI, else "
+                                                                            "$MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")] = None,
 ) -> None:
-    """Export a run: TREC run file (qid Q0 docid rank score tag) or per-question rows (jsonl/csv)."""
+    """Export a run: TREC run file (qid Q0 docid rank score tag) or per-question rows (jsonl/csv);
+    or, with --to mlflow, a whole experiment as MLflow runs (one per grid point, under a parent run)."""
+    if to is not None:
+        return _export_mlflow(run_id, to, tracking_uri, store)
     from ..export import export_run
     from ..store import Store
 
@@ -155,6 +162,29 @@ def export(
         sys.stdout.write(text)
     else:
         out.print(f"wrote {output}")
+
+
+def _export_mlflow(experiment: str, to: str, tracking_uri: str | None, store: str | None) -> None:
+    from ..store import Store
+
+    try:
+        if to != "mlflow":
+            raise WorkbenchError(f"--to {to!r}: the only tracker is 'mlflow'")
+        ws = Workspace.resolve(store=store)
+        mlflow_export(Store(ws.store_url), experiment, ws, tracking_uri)
+    except WorkbenchError as exc:
+        fail(exc)
+
+
+def mlflow_export(st, experiment: str, ws: Workspace, tracking_uri: str | None = None, report_dir: Path | None = None) -> None:
+    """Log ``experiment`` to MLflow (the option's URI, else the file's, else the offline default) and say where."""
+    from ..tracking import export_to_mlflow, latest_report_dir, tracking_target
+
+    uri, name = tracking_target(st.experiment(experiment)["spec"], tracking_uri, ws)
+    summary = export_to_mlflow(st, experiment, uri, mlflow_experiment=name, report_dir=report_dir or latest_report_dir(experiment, ws.reports_dir))
+    out.print(f"mlflow: {len(summary.child_run_ids)} runs of {experiment} under parent run {summary.parent_run_id} in experiment "
+              f"{summary.experiment_id} at {uri} ({summary.created} created, {summary.metrics_logged} metric values logged)",
+              highlight=False, soft_wrap=True)
 
 
 @app.command()

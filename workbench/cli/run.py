@@ -14,7 +14,7 @@ import typer
 from ..errors import WorkbenchError
 from ..settings import Workspace, find_input
 from .app import EXIT_ERROR, EXIT_LOCKED, EXIT_OK, CacheOpt, StoreOpt, app, console, out, parse_axes, print_board
-from .results import check_gates
+from .results import check_gates, mlflow_export
 
 
 @app.command()
@@ -41,6 +41,11 @@ def run(
     lock: Annotated[bool | None, typer.Option("--lock/--no-lock", show_default=False,
                                               help="refuse to start (exit 3) while another run of this experiment holds its lock; "
                                                    "default: on with --gate or --log-file (scheduled runs)")] = None,
+    replay: Annotated[Path | None, typer.Option("--replay", help="answer every hosted call from this cassette (`workbench cassette "
+                                                                 "export`), offline and without keys (default: $WORKBENCH_REPLAY)")] = None,
+    replay_strict: Annotated[bool, typer.Option("--replay-strict/--replay-live-misses",
+                                                help="strict (default): a request missing from the cassette is an error; "
+                                                     "live misses: it goes to the provider (key needed) and is recorded")] = True,
 ) -> None:
     """Run an experiment's grid (by executing the bake-off notebook), print the leaderboard, render the report.
 
@@ -53,7 +58,7 @@ def run(
     with _output_to(log_file, ["workbench", "run", str(experiment)]) as record:
         try:
             ws = Workspace.resolve(store=store, cache_dir=cache_dir, threads=threads, chroma_url=chroma_url, executor=executor,
-                                   ray_address=address)
+                                   ray_address=address, replay=replay, replay_strict=replay_strict)
             exclusive = lock if lock is not None else bool(gate or log_file)
             _run(experiment, ws, rerun, report, limit, axis, gate, exclusive)
             code = EXIT_OK
@@ -112,6 +117,7 @@ def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int
     infra = f", executor {ws.executor}" + (f" at {ws.ray_address}" if ws.executor == "ray" else "")
     server = ws.chroma_server(plan.experiment.spec.index)
     infra += f", Chroma server {server}" if server else ""
+    infra += f", replaying {ws.replay}" + ("" if ws.replay_strict else " (live misses)") if ws.replay else ""
     console.print(f"{name}: {len(plan.runs)} runs x {len(plan.queries)} questions{infra}", highlight=False, soft_wrap=True)
     _print_ingest(plan.dataset)
     out_dir = new_report_dir(name, ws.reports_dir)
@@ -127,6 +133,13 @@ def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int
     else:
         write_index(ws.reports_dir)
         out.print(f"notebook: {out_dir / 'bakeoff.ipynb'}", highlight=False, soft_wrap=True)
+    tracking = plan.experiment.spec.tracking
+    if tracking is not None and tracking.mlflow is not None:
+        try:  # the results are stored whatever the tracker says: its outage must not fail the run or skip the gates
+            mlflow_export(st, name, ws, report_dir=out_dir)
+        except WorkbenchError as exc:
+            console.print(f"[red]mlflow: not logged:[/red] {exc} (`workbench export {name} --to mlflow` logs it later)",
+                          highlight=False, soft_wrap=True)
     return check_gates(st, plan.experiment.spec) if gate else EXIT_OK
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -233,7 +234,7 @@ class FallbackSpec(_Spec):
 
 # Fault-handling settings of a generation entry: they change how a run copes with a bad endpoint,
 # not what a working endpoint answers, so they stay out of the run id (see runner.plan_experiment).
-RESILIENCE_FIELDS = ("max_retries", "retry_backoff_s", "breaker_failures", "breaker_reset_s")
+RESILIENCE_FIELDS = ("max_retries", "retry_backoff_s", "breaker_failures", "breaker_reset_s", "adaptive_rate")
 
 
 class GenerationSpec(_Spec):
@@ -250,6 +251,7 @@ class GenerationSpec(_Spec):
     timeout_s: float = Field(default=120.0, gt=0)
     concurrency: int = Field(default=1, ge=1, le=64, description="parallel requests to a remote endpoint")
     requests_per_minute: float | None = Field(default=None, gt=0, description="rate limit for a remote endpoint")
+    adaptive_rate: bool = Field(default=True, description="AIMD: halve concurrency on 429/Retry-After, grow back by one per success window")
     max_retries: int = Field(default=3, ge=0, le=20, description="retries on 429/5xx/timeouts/connection errors")
     retry_backoff_s: float = Field(default=0.5, gt=0, le=60, description="first backoff; doubles per retry, with jitter")
     breaker_failures: int = Field(default=5, ge=1, description="failed attempts in a row that open the endpoint's circuit breaker")
@@ -453,6 +455,27 @@ class IndexSpec(_Spec):
     chroma: ChromaServerSpec | None = None
 
 
+class MlflowSpec(_Spec):
+    """Where ``workbench run`` logs the experiment's runs (``workbench export NAME --to mlflow`` too)."""
+
+    tracking_uri: str | None = Field(default=None, description="e.g. http://mlflow.internal:5000 or sqlite:///results/mlflow.db")
+    experiment: str | None = Field(default=None, description="the MLflow experiment (default: the workbench experiment's name)")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        if v and re.match(r"^[a-z+]+://[^/@]*:[^/@]*@", v):
+            raise ValueError("put no password in tracking_uri (it would be stored with the experiment): "
+                             "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD instead")
+        return v
+
+
+class TrackingSpec(_Spec):
+    """Experiment trackers the results are also logged to. Infrastructure only: never in a run id."""
+
+    mlflow: MlflowSpec | None = None
+
+
 class ExperimentSpec(_Spec):
     """One bake-off: a dataset, a query sample, and the grid of alternatives to compare."""
 
@@ -469,6 +492,7 @@ class ExperimentSpec(_Spec):
     safety: SafetySpec | None = None
     relevance: RelevanceSpec = RelevanceSpec()
     index: IndexSpec | None = None
+    tracking: TrackingSpec | None = None
 
     @model_validator(mode="after")
     def _gates_need_baseline(self) -> ExperimentSpec:

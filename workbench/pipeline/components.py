@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import diskcache
+import httpx
 
 from ..config import EmbeddingSpec, GenerationSpec, RerankSpec
 from ..config.files import Prompt
 from ..errors import WorkbenchError
-from ..providers.apikeys import api_key_for
+from ..providers.apikeys import api_key_for, keys_optional
 from ..providers.clients import OPENAI_BASE_URL, endpoint_for
 from ..providers.llm_server import LocalLLMServer
+from ..providers.recording import HostedHttp
+from ..providers.throttle import AdaptiveLimiter
 from ..settings import Workspace, apply_offline_defaults
 from ..stages import index as index_mod
 from ..stages import rerank as rr
@@ -44,13 +47,16 @@ class Generator(Protocol):
 
 @dataclass
 class ClientGenerator:
-    """A generation spec served through the ``openai`` client (local llama.cpp server or hosted)."""
+    """A generation spec served through the ``openai`` client (local llama.cpp server or hosted),
+    behind its endpoint's adaptive limiter (``gate``), over ``http`` (recorded or replayed) when hosted."""
 
     spec: GenerationSpec
     client: object
+    gate: AdaptiveLimiter | None = None
+    http: httpx.Client | None = None
 
     def generate(self, prompt: Prompt, question: str, context: list, answer: str | None = None) -> GenerationResult:
-        return generate(self.client, self.spec, prompt, question, context, answer=answer)
+        return generate(self.client, self.spec, prompt, question, context, answer=answer, gate=self.gate, http=self.http)
 
 
 @dataclass(frozen=True)
@@ -77,15 +83,23 @@ class Components:
         workspace: Cache folders, threads, the Chroma server.
         embedders, tokenizers, generators, rerankers: factories replacing the live ones (tests).
         log: Where one-line notes go (an index built or reused).
+        http: The HTTP layer of every hosted call; default: recording into the cache folder, or
+            replaying ``workspace.replay`` (``providers/recording.py``).
     """
 
     def __init__(self, plan: Plan, workspace: Workspace, *, embedders: EmbedderFactory | None = None,
                  tokenizers: TokenizerFactory | None = None, generators: GeneratorFactory | None = None,
-                 rerankers: RerankerFactory | None = None, log: Callable[[str], None] | None = None):
+                 rerankers: RerankerFactory | None = None, log: Callable[[str], None] | None = None,
+                 http: HostedHttp | None = None):
         apply_offline_defaults()
         self.plan, self.workspace = plan, workspace
         self.log = log or (lambda message: None)
         self._stack = contextlib.ExitStack()
+        self.http = self._stack.enter_context(
+            http or HostedHttp.for_workspace(workspace.recordings_dir, workspace.replay, workspace.replay_strict))
+        if self.http.replaying and self.http.strict:
+            self._stack.enter_context(keys_optional())  # every answer comes from the cassette: no key needed
+        self._roles: dict[GenerationSpec, str] = {}
         self.cache = self._stack.enter_context(diskcache.Cache(str(workspace.stages_dir), size_limit=2**34))
         self.memo = self._stack.enter_context(diskcache.Cache(str(workspace.memo_dir)))
         self._factories = {"embedder": embedders or self._live_embedder, "tokenizer": tokenizers or self._live_tokenizer,
@@ -121,8 +135,22 @@ class Components:
     def tokenizer(self, spec: EmbeddingSpec | None) -> Tokenizer:
         return self._once(("tokenizer", spec), lambda: self._factories["tokenizer"](spec))
 
-    def generator(self, spec: GenerationSpec) -> Generator:
+    def generator(self, spec: GenerationSpec, role: str = "generation") -> Generator:
+        """The generator of ``spec``; ``role`` (generation, judge, fallback) labels its recorded calls."""
+        self._roles.setdefault(spec, role)
         return self._once(("generator", spec), lambda: self._factories["generator"](spec))
+
+    def throttle(self, spec: GenerationSpec) -> AdaptiveLimiter:
+        """The adaptive limiter of a generation endpoint (shared by the runs that use it, so what it
+        learnt about the provider's limit carries over from one run to the next)."""
+        key = ("throttle", spec.provider, spec.model, spec.base_url, spec.azure_endpoint, spec.deployment, spec.concurrency,
+               spec.requests_per_minute, spec.adaptive_rate)
+        return self._once(key, lambda: AdaptiveLimiter(spec.concurrency, spec.requests_per_minute, adaptive=spec.adaptive_rate),
+                          timing=None)
+
+    def hosted_client(self, role: str, provider: str, model: str) -> httpx.Client | None:
+        """The HTTP client a hosted model's calls go through (None for local models: nothing to record)."""
+        return None if provider == "local" else self.http.client(role, provider, model)
 
     def local_server(self, model: str) -> LocalLLMServer:
         def start() -> LocalLLMServer:
@@ -133,7 +161,8 @@ class Components:
         return self._once(("server", model), start)
 
     def _live_embedder(self, spec: EmbeddingSpec) -> Embedder:
-        return make_embedder(spec, threads=self.workspace.local_threads, memo=self.memo)
+        return make_embedder(spec, threads=self.workspace.local_threads, memo=self.memo,
+                             http_client=self.hosted_client("embedding", spec.provider, spec.model))
 
     def _live_tokenizer(self, spec: EmbeddingSpec | None) -> Tokenizer:
         built = self._built.get(("embedder", spec))  # a loaded model's own tokenizer costs nothing more
@@ -141,7 +170,8 @@ class Components:
 
     def _live_generator(self, spec: GenerationSpec) -> Generator:
         base_url = self.local_server(spec.model).base_url if spec.provider == "local" else None
-        return ClientGenerator(spec, make_client(spec, base_url))
+        http = self.hosted_client(self._roles.get(spec, "generation"), spec.provider, spec.model)
+        return ClientGenerator(spec, make_client(spec, base_url, http_client=http), self.throttle(spec), http)
 
     def _live_reranker(self, spec: RerankSpec) -> Callable:
         if spec.method == "embedding":
@@ -151,9 +181,10 @@ class Components:
         if spec.method == "llm":
             base_url = self.local_server(spec.model).base_url if spec.provider == "local" else None
             ep = endpoint_for(spec, f"rerank llm {spec.provider}:{spec.model}", base_url=base_url, timeout_s=rr.LLM_TIMEOUT_S)
-            return rr.LLMReranker(ep.base_url or OPENAI_BASE_URL, ep.api_key, spec.model)
+            return rr.LLMReranker(ep.base_url or OPENAI_BASE_URL, ep.api_key, spec.model,
+                                  http_client=self.hosted_client("rerank", spec.provider, spec.model))
         key = api_key_for("openai_compatible", spec.api_key_env, f"rerank {spec.model}")
-        return rr.HostedReranker(spec.base_url, key, spec.model)
+        return rr.HostedReranker(spec.base_url, key, spec.model, http_client=self.hosted_client("rerank", "hosted", spec.model))
 
     # -- data stages -------------------------------------------------------------------------------
     def tokenizer_spec(self, run: PlannedRun) -> EmbeddingSpec | None:

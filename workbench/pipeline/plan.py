@@ -9,6 +9,7 @@ and to Ray workers, which reload the dataset and check its hash instead of plann
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
@@ -25,7 +26,7 @@ from ..data.loader import load_dataset
 from ..data.types import Dataset, Query
 from ..errors import WorkbenchError
 from ..hashing import file_sha256, hash_obj, sha256_text
-from ..providers.apikeys import api_key_for
+from ..providers.apikeys import api_key_for, keys_optional
 from ..providers.llm_server import local_model_path
 from ..settings import Workspace
 from ..stages.embedding import embedder_fingerprint, tokenizer_name
@@ -149,8 +150,11 @@ def sample_queries(experiment: Experiment, dataset: Dataset) -> list[Query]:
 
 
 def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
-    """Validate everything and compute run ids. Raises ``WorkbenchError``; writes nothing to the store."""
-    with diskcache.Cache(str(workspace.memo_dir)) as memo:
+    """Validate everything and compute run ids. Raises ``WorkbenchError``; writes nothing to the store.
+
+    A strict replay (``workspace.replay``) needs no API key: every answer comes from the cassette."""
+    offline = keys_optional() if workspace.replay and workspace.replay_strict else contextlib.nullcontext()
+    with offline, diskcache.Cache(str(workspace.memo_dir)) as memo:
         dataset = load_dataset(experiment.dataset_path, memo=memo)
         queries = sample_queries(experiment, dataset)
         shared = _shared_lineage(experiment, dataset, queries, memo)

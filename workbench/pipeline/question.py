@@ -22,7 +22,7 @@ from ..evaluation.spans import chunk_level_metrics, relevant_chunks
 from ..hashing import hash_obj
 from ..providers.clients import identity_fields
 from ..providers.prices import cost_usd, load_prices
-from ..stages.generation import ContextChunk, GenerationResult, RateLimiter, parse_verdict, render, rendered_hash
+from ..stages.generation import ContextChunk, GenerationResult, parse_verdict, render, rendered_hash
 from ..stages.retrieval import RetrievalResult
 from ..stages.safety import attack_succeeded, pii_metrics, plant, prompt_instruction_text, redact
 from .budget import Budget
@@ -62,7 +62,6 @@ class GenerationStep:
     def __init__(self, run: PlannedRun, prompt: Prompt, components: Components, budget: Budget):
         self.run, self.spec, self.prompt = run, run.config.generation, prompt
         self.components, self.budget = components, budget
-        self.limiter = RateLimiter(self.spec.requests_per_minute)
         self.prices = load_prices()
 
     @property
@@ -86,7 +85,6 @@ class GenerationStep:
             return found
         if self.budget.exhausted:
             return None
-        self.limiter.wait()
         out = self.generator.generate(self.prompt, question, context)
         if out.error is None:
             self.components.cache.set(key, out)
@@ -97,7 +95,7 @@ class GenerationStep:
 
     def _fallback(self, question: str, context: list[ContextChunk], failed: GenerationResult) -> GenerationResult:
         spec = self.spec.fallback_spec()
-        fb = self.components.generator(spec).generate(self.prompt, question, context)
+        fb = self.components.generator(spec, role="fallback").generate(self.prompt, question, context)
         if fb.error is not None:
             return failed
         # not cached under the primary's key: a resume must not take it for the primary's answer
@@ -127,7 +125,7 @@ class JudgeStep:
         key = "judge:" + hash_obj([self.lineage, rendered_hash(render(self.prompt, question, context, answer))])
         result = self.components.cache.get(key)
         if result is None:
-            result = self.components.generator(self.spec).generate(self.prompt, question, context, answer=answer)
+            result = self.components.generator(self.spec, role="judge").generate(self.prompt, question, context, answer=answer)
             if result.error is None:
                 self.components.cache.set(key, result)
         if result.error is not None:

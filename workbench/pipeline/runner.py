@@ -25,6 +25,7 @@ from ..data.types import Query
 from ..errors import WorkbenchError
 from ..evaluation.aggregate import aggregate_rows, clean_values
 from ..hashing import hash_obj
+from ..providers.recording import misses_as_errors
 from ..settings import Workspace
 from ..stages.chunking import truncation_rate
 from ..store import Store
@@ -48,12 +49,15 @@ class RunSession:
             self.store.delete_run_rows(run.run_id)
         self.done = self.store.done_query_ids(run.run_id)
         self.store.start_run(run.run_id, run.config.model_dump(), run.config.axes(), run.lineage, len(runner.plan.queries))
-        self.path = QuestionPath(run, runner.plan, runner.components, runner.budget)
+        with misses_as_errors():  # building an index embeds passages: a strict replay may miss one
+            self.path = QuestionPath(run, runner.plan, runner.components, runner.budget)
         self.computed = 0
         self.stopped: str | None = None
         self.timings: dict[str, float] = defaultdict(float)
         cfg = run.config.generation
         self._pool = ThreadPoolExecutor(cfg.concurrency) if cfg and cfg.concurrency > 1 else None
+        self._throttle = runner.components.throttle(cfg) if cfg else None
+        self._throttle_before = self._throttle.stats() if self._throttle else None
 
     def todo(self, items: Sequence[Item]) -> list[Item]:
         return [(i, q) for i, q in items if q.query_id not in self.done]
@@ -62,7 +66,10 @@ class RunSession:
         """Compute and store the rows of ``items`` (default: all the plan's questions) that are not
         stored yet; returns how many rows were written. Stops early when the budget runs out."""
         items = list(enumerate(self.runner.plan.queries)) if items is None else list(items)
-        todo = self.todo(items)
+        with misses_as_errors():
+            return self._compute(self.todo(items))
+
+    def _compute(self, todo: list[Item]) -> int:
         written = 0
         for start in range(0, len(todo), FLUSH_EVERY):
             if self.run.config.generation and self.runner.budget.exhausted:
@@ -107,12 +114,21 @@ class RunSession:
             status = "complete" if n_failed == 0 else ("failed" if n_failed == len(rows) else "partial")
             if self.stopped:
                 status = f"stopped: {self.stopped}"  # fewer rows than questions; a later run resumes
-        timings = {**self.path.timings, **self.timings}
+        timings = {**self.path.timings, **self.timings, **self._throttle_timings()}
         chunks = self.path.chunks
         self.store.finish_run(self.run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, self.path.max_tokens),
                               {**timings, "questions_computed": self.computed, "rerank_fallbacks": self.path.rerank_fallbacks},
                               evidence)
         return {"run_id": self.run.run_id, "status": status, "computed": self.computed, "n_failed": n_failed, **timings}
+
+
+    def _throttle_timings(self) -> dict[str, float]:
+        """What the generation endpoint's adaptive limiter did during this session (429s seen, how far
+        the concurrency was cut, time spent waiting): stored with the run's timings, shown in the report."""
+        if self._throttle is None:
+            return {}
+        delta = self._throttle.stats().minus(self._throttle_before)
+        return delta if delta["throttle_requests"] else {}
 
 
 class Runner:

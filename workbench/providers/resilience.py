@@ -31,6 +31,8 @@ import openai
 import pybreaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from .throttle import AdaptiveLimiter
+
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -58,7 +60,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _not_endpoint_fault(exc: BaseException) -> bool:
-    return not is_transient(exc)
+    """What the breaker does not count: the request's own faults (4xx), and rate limits (429): a
+    provider that says "slow down" is up, and the adaptive limiter (``throttle.py``) slows down."""
+    return not is_transient(exc) or is_rate_limited(exc)[0]
 
 
 def retry_after_s(exc: BaseException) -> float | None:
@@ -110,11 +114,57 @@ def breaker_for(endpoint: str, policy: RetryPolicy) -> pybreaker.CircuitBreaker:
         return _BREAKERS[endpoint]
 
 
-def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Callable[[BaseException], None] | None = None) -> T:
+def through_breaker(breaker: pybreaker.CircuitBreaker, fn: Callable[[], T]) -> T:
+    """``fn`` under ``breaker``, concurrently with other threads.
+
+    pybreaker's ``CircuitBreaker.call`` holds the breaker's lock for the whole call (pybreaker issue
+    #55, open): every thread's request to one endpoint waited for the one in flight, so
+    ``concurrency: 8`` sent one request at a time. While the breaker is closed the request runs
+    outside it and only its outcome passes through ``breaker.call`` (counting, tripping and
+    listeners stay pybreaker's); open or half-open, the call goes through the breaker itself (fail
+    fast while open; one trial call at a time while half-open).
+    """
+    if breaker.current_state != pybreaker.STATE_CLOSED:
+        return breaker.call(fn)
+    try:
+        out = fn()
+    except BaseException as exc:
+        if breaker.current_state != pybreaker.STATE_CLOSED:
+            raise  # another thread tripped it meanwhile: this failure is already history
+        error = exc
+
+        def failed():
+            raise error
+
+        return breaker.call(failed)
+    if breaker.current_state != pybreaker.STATE_CLOSED:
+        return out
+    return breaker.call(lambda: out)
+
+
+def is_rate_limited(exc: BaseException) -> tuple[bool, float | None]:
+    """(the answer was a 429, its Retry-After in seconds or None): what an adaptive gate backs off on."""
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    if status is None and response is not None:
+        status = getattr(response, "status_code", None)
+    return status == 429, retry_after_s(exc)
+
+
+def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Callable[[BaseException], None] | None = None,
+         gate: AdaptiveLimiter | None = None) -> T:
     """Run ``fn`` (one complete request, a consumed stream included) under the retry policy and the
     endpoint's circuit breaker. Raises the last error, or ``pybreaker.CircuitBreakerError`` while
-    the breaker is open (not retried: the breaker exists to stop hammering a dead endpoint)."""
+    the breaker is open (not retried: the breaker exists to stop hammering a dead endpoint).
+
+    ``gate`` (an :class:`~.throttle.AdaptiveLimiter`): every attempt, retries included, waits for a
+    slot there and reports back whether it was rate limited, so concurrency adapts (AIMD)."""
     breaker = breaker_for(endpoint, policy)
+
+    def guarded():
+        return through_breaker(breaker, fn)
+
+    attempt = (lambda: gate.run(guarded, is_rate_limited)) if gate is not None else guarded
 
     def _before_sleep(state) -> None:
         exc = state.outcome.exception()
@@ -126,7 +176,7 @@ def call(fn: Callable[[], T], endpoint: str, policy: RetryPolicy, on_retry: Call
     retrying = Retrying(stop=stop_after_attempt(policy.max_retries + 1), wait=WaitRetryAfterOrBackoff(policy),
                         retry=retry_if_exception(is_transient), reraise=True, before_sleep=_before_sleep)
     try:
-        return retrying(breaker.call, fn)
+        return retrying(attempt)
     except pybreaker.CircuitBreakerError:
         last = _LAST_FAILURE.get(endpoint)
         raise pybreaker.CircuitBreakerError(

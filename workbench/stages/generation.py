@@ -25,6 +25,7 @@ from ..hashing import canonical_json, sha256_text
 from ..providers import resilience
 from ..providers.clients import openai_client
 from ..providers.resilience import RetryPolicy
+from ..providers.throttle import AdaptiveLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +92,15 @@ def _chatml(messages: list[dict]) -> str:
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
 
 
-def _count_prompt_tokens(client: openai.OpenAI, rendered) -> int | None:
-    """Prompt tokens from the llama.cpp server's tokenizer when the stream carries no usage."""
+def _count_prompt_tokens(client: openai.OpenAI, rendered, http: httpx.Client | None = None) -> int | None:
+    """Prompt tokens from the llama.cpp server's tokenizer when the stream carries no usage (through
+    ``http``, the client's own transport, when given: so it is recorded and replayed like the answer)."""
     if isinstance(client, openai.AzureOpenAI):  # Azure sends usage; it has no llama.cpp tokenizer route
         return None
     text = rendered if isinstance(rendered, str) else _chatml(rendered)
     root = str(client.base_url).rstrip("/").removesuffix("/v1")
     try:
-        resp = httpx.post(f"{root}/extras/tokenize", json={"input": text}, timeout=10.0,
+        resp = (http or httpx).post(f"{root}/extras/tokenize", json={"input": text}, timeout=10.0,
                           headers={"Authorization": f"Bearer {client.api_key}"})
         resp.raise_for_status()
         return len(resp.json()["tokens"])
@@ -129,9 +131,12 @@ def _stream(client: openai.OpenAI, mode: str, rendered, kwargs: dict):
 
 
 def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, question: str, chunks: list[ContextChunk],
-             answer: str | None = None) -> GenerationResult:
+             answer: str | None = None, *, gate: AdaptiveLimiter | None = None, http: httpx.Client | None = None) -> GenerationResult:
     """Stream one answer (or, with ``answer``, one judge verdict); measure time to first token and
-    total latency; count tokens."""
+    total latency; count tokens.
+
+    ``gate``: the endpoint's adaptive limiter (every attempt waits for a slot, 429s shrink the
+    concurrency); ``http``: the client's transport, for the llama.cpp token count."""
     rendered = render(prompt, question, chunks, answer)
     common = {"model": spec.model, "temperature": spec.temperature, "seed": spec.seed, "max_tokens": spec.max_tokens,
               "stream": True, "stream_options": {"include_usage": True}}
@@ -161,7 +166,7 @@ def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, questi
 
     endpoint = f"{str(client.base_url).rstrip('/')}#{spec.model}"
     try:
-        parts, usage, ttft, n_deltas, latency = resilience.call(once, endpoint, retry_policy(spec), on_retry=retries.append)
+        parts, usage, ttft, n_deltas, latency = resilience.call(once, endpoint, retry_policy(spec), on_retry=retries.append, gate=gate)
     except (openai.OpenAIError, httpx.HTTPError, json.JSONDecodeError, CircuitBreakerError) as exc:
         # A failed call has no latency or token counts: None keeps it out of the P50/P95 and means,
         # and the error column counts it.
@@ -172,7 +177,7 @@ def generate(client: openai.OpenAI, spec: GenerationSpec, prompt: Prompt, questi
         return GenerationResult(answer, usage.prompt_tokens, usage.completion_tokens, False, ttft, latency, extra=extra)
     # llama.cpp's server sends no usage while streaming: it streams one token per delta, and its
     # tokenizer endpoint counts the prompt (rendered with the ChatML template SmolLM2 uses).
-    return GenerationResult(answer, _count_prompt_tokens(client, rendered), n_deltas, True, ttft, latency, extra=extra)
+    return GenerationResult(answer, _count_prompt_tokens(client, rendered, http), n_deltas, True, ttft, latency, extra=extra)
 
 
 def parse_verdict(text: str) -> float | None:
@@ -183,24 +188,3 @@ def parse_verdict(text: str) -> float | None:
         if word in ("no", "unsupported", "unfaithful"):
             return 0.0
     return None
-
-
-class RateLimiter:
-    """Space request starts at least ``60 / requests_per_minute`` seconds apart, across threads."""
-
-    def __init__(self, requests_per_minute: float | None):
-        import threading
-
-        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
-        self._lock = threading.Lock()
-        self._next = 0.0
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            time.sleep(start - now)
