@@ -30,7 +30,7 @@ from .errors import StoreError
 from .settings import Workspace, redact_url
 
 # The axes a run is stored with (``runs.axes``), in reading order; leaderboards have one column each.
-AXES = ["chunking", "embedding", "retrieval", "rerank", "generation"]
+AXES = ["chunking", "embedding", "retrieval", "rerank", "generation", "prompt"]
 # What a report needs of every question row: everything but the (large) hits and texts.
 LIGHT_COLUMNS = ["run_id", "query_id", "position", "question", "error", "retrieval_latency_s", "generation_latency_s",
                  "prompt_tokens", "completion_tokens", "cost_usd", "metrics"]
@@ -322,9 +322,10 @@ class Store:
         if rdf.empty:
             return rdf
         agg = self.aggregates(rdf["run_id"].tolist())
-        if "rerank" not in rdf:
-            rdf["rerank"] = "-"
-        rdf["rerank"] = rdf["rerank"].fillna("-")
+        for axis in ("rerank", "prompt"):  # axes added later: runs stored before them have none
+            if axis not in rdf:
+                rdf[axis] = "-"
+            rdf[axis] = rdf[axis].fillna("-")
         cols = ["run_id", *AXES, "status", "n_questions", "n_failed", "truncation_rate"]
         board = rdf[cols].copy()
         if not agg.empty:

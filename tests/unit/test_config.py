@@ -184,7 +184,7 @@ def test_quickstart_expands_to_six_runs(monkeypatch: pytest.MonkeyPatch):
         assert r.generation is not None and r.generation.model == "smollm2-135m"
         assert r.rerank is None and r.final_k == 5
     assert runs[1].axes() == {"chunking": "sentence 128/16", "embedding": "-", "retrieval": "bm25@5", "rerank": "-",
-                              "generation": "smollm2-135m / grounded_qa"}
+                              "generation": "smollm2-135m", "prompt": "grounded_qa"}
     assert len(set(runs)) == 6
 
 

@@ -237,11 +237,14 @@ RESILIENCE_FIELDS = ("max_retries", "retry_backoff_s", "breaker_failures", "brea
 
 
 class GenerationSpec(_Spec):
-    """An LLM and a prompt file. Every provider is reached through the OpenAI API."""
+    """An LLM and a prompt file. Every provider is reached through the OpenAI API.
+
+    ``prompt`` pins this entry to one prompt file; without it the entry is crossed with every
+    prompt of ``grid.prompt`` (the prompt axis)."""
 
     provider: str
     model: str
-    prompt: str
+    prompt: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
     temperature: float = Field(default=0.0, ge=0)
@@ -288,8 +291,8 @@ class GenerationSpec(_Spec):
         return self
 
     def label(self) -> str:
-        name = self.model if self.provider == "local" else f"{self.provider}:{self.model}"
-        return f"{name} / {Path(self.prompt).stem}"
+        """The model (the prompt is an axis of its own: :meth:`RunConfig.axes`)."""
+        return self.model if self.provider == "local" else f"{self.provider}:{self.model}"
 
 
 class JudgeSpec(_Spec):
@@ -344,6 +347,23 @@ class GridSpec(_Spec):
     retrieval: list[RetrievalSpec] = Field(min_length=1)
     rerank: list[RerankSpec] | None = None
     generation: list[GenerationSpec] | None = None
+    prompt: list[str] | None = Field(default=None, description="prompt files crossed with every generation entry that pins none")
+
+    @model_validator(mode="after")
+    def _prompts(self) -> GridSpec:
+        if self.prompt is not None:
+            if not self.prompt:
+                raise field_error("prompt", "give at least one prompt file, or omit the axis")
+            if len(set(self.prompt)) != len(self.prompt):
+                raise field_error("prompt", "repeats an earlier prompt file")
+            if not self.generation:
+                raise field_error("prompt", "the prompt axis needs models under grid.generation")
+            if all(g.prompt for g in self.generation):
+                raise field_error("prompt", "unused: every grid.generation entry pins its own prompt (remove one, or the axis)")
+        for i, g in enumerate(self.generation or []):
+            if g.prompt is None and not self.prompt:
+                raise field_error(("generation", i, "prompt"), "give the entry a prompt file, or list prompt files under grid.prompt")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> GridSpec:
@@ -507,6 +527,7 @@ class RunConfig(_Spec):
             "retrieval": self.retrieval.label(),
             "rerank": self.rerank.label() if self.rerank else "-",
             "generation": self.generation.label() if self.generation else "-",
+            "prompt": Path(self.generation.prompt).stem if self.generation else "-",
         }
 
 
@@ -530,13 +551,26 @@ class Experiment(BaseModel):
         return expand_grid(self.spec.grid)
 
 
+def generation_entries(grid: GridSpec) -> list[GenerationSpec]:
+    """The generation axis crossed with the prompt axis: an entry that pins its prompt stays as it
+    is (the same spec as before the prompt axis existed, so its run ids do not change); one without
+    is repeated for every prompt of ``grid.prompt``, model-major."""
+    out: list[GenerationSpec] = []
+    for g in grid.generation or []:
+        for p in [g.prompt] if g.prompt else grid.prompt or []:
+            entry = g if p == g.prompt else g.model_copy(update={"prompt": p})
+            if entry not in out:
+                out.append(entry)
+    return out
+
+
 def expand_grid(grid: GridSpec) -> list[RunConfig]:
     """Cartesian product of the axes, with unused stages dropped and duplicates removed, in order."""
     runs: list[RunConfig] = []
     seen: set[RunConfig] = set()
     embeddings = grid.embedding or [None]
     for chunking, embedding, retrieval, rerank, generation in itertools.product(
-        grid.chunking, embeddings, grid.retrieval, grid.rerank or [None], grid.generation or [None]
+        grid.chunking, embeddings, grid.retrieval, grid.rerank or [None], generation_entries(grid) or [None]
     ):
         run = RunConfig(
             chunking=chunking,
@@ -578,7 +612,10 @@ def parse_experiment(text: str, path: Path) -> Experiment:
     dataset_path = resolve_path(spec.dataset, path, "dataset")
     prompt_paths: dict[str, Path] = {}
     for i, g in enumerate(spec.grid.generation or []):
-        prompt_paths[g.prompt] = resolve_path(g.prompt, path, f"grid.generation[{i}].prompt")
+        if g.prompt is not None:
+            prompt_paths[g.prompt] = resolve_path(g.prompt, path, f"grid.generation[{i}].prompt")
+    for i, p in enumerate(spec.grid.prompt or []):
+        prompt_paths[p] = resolve_path(p, path, f"grid.prompt[{i}]")
     if spec.judge is not None:
         prompt_paths[spec.judge.prompt] = resolve_path(spec.judge.prompt, path, "judge.prompt")
     model_paths: dict[str, Path] = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 import diskcache
 
 from ..config import RESILIENCE_FIELDS, EmbeddingSpec, Experiment, RunConfig
+from ..config.experiment import generation_entries
 from ..config.files import JUDGE_PLACEHOLDERS, load_attack_suite, load_prompt
 from ..data.corpus import unanswerable_slice
 from ..data.loader import load_dataset
@@ -165,7 +166,7 @@ def _shared_lineage(experiment: Experiment, dataset: Dataset, queries: list[Quer
         if e.provider != "local":
             api_key_for(e.provider, e.api_key_env, f"embedding {e.provider}:{e.model}")
     prompts, llms = {}, {}
-    for g in grid.generation or []:
+    for g in generation_entries(grid):  # the models crossed with the prompt axis
         prompts[g.prompt] = load_prompt(experiment.prompt_paths[g.prompt]).content_hash
         llms[g] = _llm_file_hash(g.provider, g.model, g.api_key_env, f"generation {g.provider}:{g.model}", memo)
         if g.fallback is not None and g.fallback.provider != "local":
