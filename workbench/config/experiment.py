@@ -11,12 +11,15 @@ import itertools
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ..errors import ConfigError, unknown_name
 from .yamlfile import StrictModel, field_error, parse_yaml, validation_error
 
 SPLITTERS = ("sentence", "token", "none")
+# What a chunk is prefixed with when it is embedded and indexed (never part of its offsets):
+# nothing, its document's title, or the title and the Markdown/HTML headings it sits under.
+CHUNK_CONTEXTS = ("none", "title", "heading_path")
 RETRIEVAL_METHODS = ("dense", "bm25", "hybrid")
 EMBEDDING_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
 GENERATION_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
@@ -54,16 +57,39 @@ def _check_name(kind: str, value: str, choices: tuple[str, ...], field: str | No
 
 
 class ChunkingSpec(_Spec):
-    """How documents become chunks. ``splitter: none`` keeps whole documents."""
+    """How documents become chunks. ``splitter: none`` keeps whole documents.
+
+    ``context`` is what each chunk is prefixed with when it is embedded, indexed by BM25 and shown
+    to a reranker (the LLM sees it as the passage header): ``none``, ``title`` (the document's
+    title, as BEIR and MTEB index title + text) or ``heading_path`` (title and the Markdown/HTML
+    headings above the chunk). Left unset, it is ``title`` for a dataset whose documents have
+    titles apart from their text (BEIR) and ``none`` otherwise (:func:`expand_grid`). Chunk
+    boundaries and offsets do not depend on it: ``chunk_size`` counts the chunk's own text.
+    """
 
     splitter: str
     chunk_size: int | None = Field(default=None, gt=0)
     chunk_overlap: int = Field(default=0, ge=0)
+    context: str | None = None
 
     @field_validator("splitter")
     @classmethod
     def _splitter(cls, v: str) -> str:
         return _check_name("splitter", v, SPLITTERS)
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: str | None) -> str | None:
+        return None if v is None else _check_name("chunk context", v, CHUNK_CONTEXTS)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # No context (unset, or resolved to none) is left out of every dump -- run ids, chunk-set
+        # keys, stored configs -- so they stay what they were before chunk context existed.
+        out = handler(self)
+        if isinstance(out, dict) and out.get("context") is None:
+            out.pop("context", None)
+        return out
 
     @model_validator(mode="after")
     def _sizes(self) -> ChunkingSpec:
@@ -77,7 +103,14 @@ class ChunkingSpec(_Spec):
         return self
 
     def label(self) -> str:
-        return "whole documents" if self.splitter == "none" else f"{self.splitter} {self.chunk_size}/{self.chunk_overlap}"
+        base = "whole documents" if self.splitter == "none" else f"{self.splitter} {self.chunk_size}/{self.chunk_overlap}"
+        return base + {"title": " +title", "heading_path": " +headings"}.get(self.context or "", "")
+
+    def resolved(self, titled: bool) -> ChunkingSpec:
+        """The spec a run uses: an unset context becomes ``title`` for a titled dataset, and
+        ``none`` becomes None (no context), so equal grid points compare and hash equal."""
+        context = ("title" if titled else None) if self.context is None else (None if self.context == "none" else self.context)
+        return self if context == self.context else self.model_copy(update={"context": context})
 
 
 class EmbeddingSpec(_Spec):
@@ -547,8 +580,9 @@ class Experiment(BaseModel):
     def name(self) -> str:
         return self.spec.name
 
-    def runs(self) -> list[RunConfig]:
-        return expand_grid(self.spec.grid)
+    def runs(self, titled: bool = False) -> list[RunConfig]:
+        """The grid points; ``titled``: the dataset's documents have titles (the chunk context default)."""
+        return expand_grid(self.spec.grid, titled)
 
 
 def generation_entries(grid: GridSpec) -> list[GenerationSpec]:
@@ -564,13 +598,15 @@ def generation_entries(grid: GridSpec) -> list[GenerationSpec]:
     return out
 
 
-def expand_grid(grid: GridSpec) -> list[RunConfig]:
-    """Cartesian product of the axes, with unused stages dropped and duplicates removed, in order."""
+def expand_grid(grid: GridSpec, titled: bool = False) -> list[RunConfig]:
+    """Cartesian product of the axes, with unused stages dropped and duplicates removed, in order.
+
+    ``titled``: the dataset's documents have titles, so an unset chunk context is ``title``."""
     runs: list[RunConfig] = []
     seen: set[RunConfig] = set()
     embeddings = grid.embedding or [None]
     for chunking, embedding, retrieval, rerank, generation in itertools.product(
-        grid.chunking, embeddings, grid.retrieval, grid.rerank or [None], generation_entries(grid) or [None]
+        [c.resolved(titled) for c in grid.chunking], embeddings, grid.retrieval, grid.rerank or [None], generation_entries(grid) or [None]
     ):
         run = RunConfig(
             chunking=chunking,

@@ -155,7 +155,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
         dataset = load_dataset(experiment.dataset_path, memo=memo)
         queries = sample_queries(experiment, dataset)
         shared = _shared_lineage(experiment, dataset, queries, memo)
-        runs = [_planned_run(cfg, experiment, shared) for cfg in experiment.runs()]
+        runs = [_planned_run(cfg, experiment, shared) for cfg in experiment.runs(dataset.titled)]
     return Plan(experiment, dataset, queries, runs)
 
 

@@ -217,10 +217,11 @@ class QuestionPath:
             item.rerank_latency_s = reranked.latency_s
             result = RetrievalResult(reranked.hits, result.latency_s + reranked.latency_s)
         item.result = result
-        item.hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": self.chunks.text(h.chunk_id)}
-                     for r, h in enumerate(result.hits, start=1)]
+        item.hits = [self._hit(r, h) for r, h in enumerate(result.hits, start=1)]
         if self.generation is not None:
-            item.context = [ContextChunk(h["rank"], h["doc_id"], self.dataset.docs[h["doc_id"]].title, h["text"]) for h in item.hits]
+            # the passage header: the chunk's context (title and heading path), else its document's title
+            item.context = [ContextChunk(h["rank"], h["doc_id"], h.get("context") or self.dataset.docs[h["doc_id"]].title, h["text"])
+                            for h in item.hits]
             item.rendered = render(self.generation.prompt, query.text, item.context)
             item.attack = self.safety.attack_for(position) if self.safety else None
         return item
@@ -251,6 +252,12 @@ class QuestionPath:
         return self._row(item, gen, relevant, metrics, trace)
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _hit(self, rank: int, hit) -> dict:
+        """A hit as stored: its text, and the context it was indexed with (when it has one)."""
+        chunk = self.chunks.get(hit.chunk_id)
+        stored = {"rank": rank, "chunk_id": hit.chunk_id, "doc_id": hit.doc_id, "score": hit.score, "text": chunk.text}
+        return {**stored, "context": chunk.context} if chunk.context else stored
+
     def relevant(self, query: Query) -> dict[str, int]:
         return {} if query.unanswerable else self.dataset.qrels.get(query.query_id, {})
 
@@ -320,7 +327,7 @@ def redact_row(row: dict) -> dict:
     out = dict(row)
     out["question"] = redact(row["question"])
     out["answer"] = redact(row.get("answer"))
-    out["hits"] = [{**h, "text": redact(h["text"])} for h in row["hits"]]
+    out["hits"] = [{**h, "text": redact(h["text"]), **({"context": redact(h["context"])} if h.get("context") else {})} for h in row["hits"]]
     if row.get("trace") and row["trace"].get("attack"):
         a = row["trace"]["attack"]
         out["trace"] = {**row["trace"], "attack": {**a, **{k: redact(a[k]) for k in ("question", "passage", "answer")}}}
