@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, select, update
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -194,12 +194,25 @@ class Store:
                 conn.execute(runs.insert().values(**row))
 
     def finish_run(self, run_id: str, status: str, n_failed: int, n_chunks: int | None, truncation_rate: float | None, timings: dict,
-                   evidence: dict | None = None) -> None:
-        """Record how a run ended; ``evidence`` says why it stopped early (None: it ran to the end)."""
+                   evidence: dict | None = None, lineage: dict | None = None) -> None:
+        """Record how a run ended; ``evidence`` says why it stopped early (None: it ran to the end);
+        ``lineage`` replaces the run's lineage (with every code version that computed its rows)."""
+        values = {"status": status, "n_failed": n_failed, "n_chunks": n_chunks, "truncation_rate": truncation_rate,
+                  "timings": timings, "finished_at": now(), "evidence": evidence}
         with self.engine.begin() as conn:
-            conn.execute(update(runs).where(runs.c.run_id == run_id).values(
-                status=status, n_failed=n_failed, n_chunks=n_chunks, truncation_rate=truncation_rate,
-                timings=timings, finished_at=now(), evidence=evidence))
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values, **({"lineage": lineage} if lineage else {})))
+
+    def code_versions(self, run_id: str) -> dict[str, int]:
+        """How many of a run's stored rows each code version computed (``questions.code_version``)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(questions.c.code_version, func.count()).where(questions.c.run_id == run_id)
+                                .group_by(questions.c.code_version))
+            return {str(version) if version else "unknown": int(n) for version, n in rows}
+
+    def stored_lineage(self, run_id: str) -> dict | None:
+        """A run's stored lineage, None when the run is not stored (exact id, not a prefix)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(runs.c.lineage).where(runs.c.run_id == run_id)).scalar()
 
     def write_questions(self, rows: list[dict]) -> None:
         """Upsert per-question rows in one short transaction."""

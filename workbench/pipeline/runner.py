@@ -46,6 +46,8 @@ class RunSession:
         self.runner, self.run, self.store = runner, run, runner.store
         if rerun == "all":
             self.store.delete_run_rows(run.run_id)
+        # the commits of code versions that computed rows in earlier sessions (their rows are kept)
+        self.known_commits = {v["code_hash"]: v.get("git_commit") for v in (self.store.stored_lineage(run.run_id) or {}).get("code_versions", [])}
         self.done = self.store.done_query_ids(run.run_id)
         self.store.start_run(run.run_id, run.config.model_dump(), run.config.axes(), run.lineage, len(runner.plan.queries))
         self.path = QuestionPath(run, runner.plan, runner.components, runner.budget)
@@ -111,8 +113,18 @@ class RunSession:
         chunks = self.path.chunks
         self.store.finish_run(self.run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, self.path.max_tokens),
                               {**timings, "questions_computed": self.computed, "rerank_fallbacks": self.path.rerank_fallbacks},
-                              evidence)
+                              evidence, self.lineage())
         return {"run_id": self.run.run_id, "status": status, "computed": self.computed, "n_failed": n_failed, **timings}
+
+
+    def lineage(self) -> dict:
+        """The run's lineage with ``code_versions``: every code version that computed stored rows,
+        with how many (most first) and its git commit where known. A resumed run keeps the rows an
+        older version computed, labelled with that version, never relabelled with the new one."""
+        commits = {**self.known_commits, self.run.lineage.get("code_hash"): self.run.lineage.get("git_commit")}
+        counts = self.store.code_versions(self.run.run_id)
+        versions = [{"code_hash": h, "git_commit": commits.get(h), "rows": n} for h, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        return {**self.run.lineage, "code_versions": versions}
 
 
 class Runner:

@@ -325,9 +325,15 @@ def _short(value, n: int = 12) -> str:
 
 
 def _code(lineage: Mapping) -> str:
-    commit = str(lineage.get("git_commit") or "")
-    short = (commit[:12] + (" (uncommitted changes)" if commit.endswith("-dirty") else "")) if commit else "no git commit"
-    return f"{short}; code hash {_short(lineage.get('code_hash'))}"
+    versions = lineage.get("code_versions") or []
+    if len(versions) > 1:  # a run resumed under other code: each version with the rows it computed
+        return "; ".join(f"{_commit(v.get('git_commit'))}, code hash {_short(v.get('code_hash'))} ({v.get('rows')} rows)" for v in versions)
+    return f"{_commit(lineage.get('git_commit'))}; code hash {_short(lineage.get('code_hash'))}"
+
+
+def _commit(commit) -> str:
+    commit = str(commit or "")
+    return (commit[:12] + (" (uncommitted changes)" if commit.endswith("-dirty") else "")) if commit else "no git commit"
 
 
 def lineage_html(data: ReportData) -> str:
