@@ -231,6 +231,16 @@ class Store:
                     (questions.c.run_id == row["run_id"]) & (questions.c.query_id == row["query_id"])))
             conn.execute(questions.insert(), rows)
 
+    def merge_question_metrics(self, run_id: str, updates: dict[str, dict]) -> None:
+        """Add metrics to stored rows (``{query_id: {metric: value}}``; a value of None removes the
+        metric), in one transaction: human labels imported after the run."""
+        with self.engine.begin() as conn:
+            for query_id, extra in updates.items():
+                where = (questions.c.run_id == run_id) & (questions.c.query_id == query_id)
+                current = conn.execute(select(questions.c.metrics).where(where)).scalar() or {}
+                merged = {k: v for k, v in {**current, **extra}.items() if v is not None or k not in extra}
+                conn.execute(update(questions).where(where).values(metrics=merged))
+
     def write_aggregates(self, run_id: str, values: Iterable[dict]) -> None:
         rows = [{"run_id": run_id, **v} for v in values]
         with self.engine.begin() as conn:

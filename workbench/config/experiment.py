@@ -329,7 +329,13 @@ class GenerationSpec(_Spec):
 
 
 class JudgeSpec(_Spec):
-    """An optional LLM-as-judge of faithfulness, reached like any generation model."""
+    """An optional LLM-as-judge of faithfulness, reached like any generation model.
+
+    ``repeats: k`` asks the judge k times per answer (seeds ``seed``, ``seed + 1``, ...; at the
+    configured ``temperature``) to measure its noise: agreement between repeats and the flip rate
+    (see workbench/evaluation/judge.py). At temperature 0 most servers answer every seed alike, so
+    repeats then measure only the server's own nondeterminism; set a temperature to measure sampling.
+    """
 
     provider: str
     model: str
@@ -337,6 +343,8 @@ class JudgeSpec(_Spec):
     base_url: str | None = None
     api_key_env: str | None = None
     seed: int = 0
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    repeats: int = Field(default=1, ge=1, le=20, description="verdicts asked per answer (distinct seeds)")
     max_tokens: int = Field(default=8, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
 
@@ -345,10 +353,21 @@ class JudgeSpec(_Spec):
         self.as_generation()  # same rules as a generation model
         return self
 
-    def as_generation(self) -> GenerationSpec:
+    def as_generation(self, repeat: int = 0) -> GenerationSpec:
+        """The judge as a generation spec for its ``repeat``-th verdict (seed ``seed + repeat``)."""
         return GenerationSpec(provider=self.provider, model=self.model, prompt=self.prompt, base_url=self.base_url,
-                              api_key_env=self.api_key_env, temperature=0.0, seed=self.seed, max_tokens=self.max_tokens,
-                              timeout_s=self.timeout_s)
+                              api_key_env=self.api_key_env, temperature=self.temperature, seed=self.seed + repeat,
+                              max_tokens=self.max_tokens, timeout_s=self.timeout_s)
+
+    def identity(self) -> dict:
+        """What identifies the judge's verdicts (prompt aside: its hash is kept apart); ``repeats``
+        and ``temperature`` only when set, so judges configured before they existed keep their ids."""
+        out = self.model_dump(exclude={"prompt"})
+        if out["repeats"] == 1:
+            del out["repeats"]
+        if out["temperature"] == 0:
+            del out["temperature"]
+        return out
 
 
 class QuerySpec(_Spec):
@@ -485,6 +504,22 @@ class PIISpec(_Spec):
 class SafetySpec(_Spec):
     injection: InjectionSpec | None = None
     pii: PIISpec | None = None
+class PassBound(_Spec):
+    """One criterion of ``pass``: the question's value of a metric must be at least ``min`` and/or at
+    most ``max``."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> PassBound:
+        if self.min is None and self.max is None:
+            raise ValueError("a pass criterion needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
 class ChromaServerSpec(_Spec):
     """A Chroma server (``chroma run --host H --port P``) holding the vector indexes."""
 
@@ -520,6 +555,13 @@ class ExperimentSpec(_Spec):
     safety: SafetySpec | None = None
     relevance: RelevanceSpec = RelevanceSpec()
     index: IndexSpec | None = None
+    # KPIs: a question passes when it meets every criterion (per-question metrics, checked by the
+    # pipeline); token_budget bounds prompt + completion tokens per question. Both decide stored
+    # per-question values, so both are part of the run ids (only when set).
+    pass_criteria: dict[str, PassBound] = Field(default_factory=dict, alias="pass")
+    token_budget: int | None = Field(default=None, gt=0, description="prompt + completion tokens a question may use")
+
+    model_config = ConfigDict(populate_by_name=True)
 
     @model_validator(mode="after")
     def _gates_need_baseline(self) -> ExperimentSpec:

@@ -24,12 +24,15 @@ from scipy.stats import binomtest
 from ..data.types import Query
 from ..errors import WorkbenchError
 from ..evaluation.aggregate import aggregate_rows, clean_values
+from ..evaluation.judge import judge_aggregates
+from ..evaluation.kpis import kpi_aggregates
 from ..hashing import hash_obj
 from ..settings import Workspace
 from ..stages.chunking import truncation_rate
 from ..store import Store
 from .budget import Budget
 from .components import Components
+from .costs import index_cost
 from .plan import Plan, PlannedRun
 from .progress import NullProgress, Progress
 from .question import Answered, QuestionPath
@@ -104,7 +107,7 @@ class RunSession:
             self._pool.shutdown()
         rows = self.store.questions(self.run.run_id)
         n_failed = int(rows["error"].notna().sum()) if not rows.empty else 0
-        self.store.write_aggregates(self.run.run_id, aggregate_rows(rows) + safety_aggregates(rows))
+        self.store.write_aggregates(self.run.run_id, run_aggregates(rows) + index_cost(self.run, self.path.chunks))
         if status is None:
             status = "complete" if n_failed == 0 else ("failed" if n_failed == len(rows) else "partial")
             if self.stopped:
@@ -202,6 +205,12 @@ def run_experiment(plan: Plan, workspace: Workspace, *, rerun: str = "missing", 
     """Execute a whole plan in this process; returns a summary per run (and the shared timings)."""
     with Runner(plan, workspace, components=components, progress=progress) as runner:
         return runner.run(rerun=rerun)
+
+
+def run_aggregates(rows) -> list[dict]:
+    """Every aggregate of a run computed from its stored rows: means and percentiles with their
+    intervals, the safety rates, the judge's noise and agreement with people, and the KPIs."""
+    return aggregate_rows(rows) + safety_aggregates(rows) + judge_aggregates(rows) + kpi_aggregates(rows)
 
 
 SAFETY_RATES = (("attack_success", "attack_success_rate"), ("pii_leakage", "pii_leakage_rate"),

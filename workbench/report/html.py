@@ -59,6 +59,10 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "", 
     return f'<div style="overflow-x:auto"><table class="{cls}">{head}<tbody>{"".join(body)}</tbody></table></div>'
 
 
+# Public names for the sections kept in their own modules (report/kpis.py).
+metric_cell, table = _cell, _table
+
+
 def title_html(data: ReportData) -> str:
     desc = data.spec.get("description") if isinstance(data.spec, dict) else None
     lineage = (data.runs.iloc[0]["lineage"] if not data.runs.empty else None) or {}

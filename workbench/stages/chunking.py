@@ -255,6 +255,10 @@ class ChunkSet(Sequence[Chunk]):
             total += self._query(f"SELECT COUNT(*) FROM chunks WHERE doc_id IN ({','.join('?' * len(part))})", tuple(part))[0][0]
         return total
 
+    def total_tokens(self) -> int:
+        """Tokens of every chunk as embedded (context included): what building an index sends."""
+        return int(self._query("SELECT COALESCE(SUM(n_tokens), 0) FROM chunks")[0][0])
+
     def truncation_rate(self, max_tokens: int | None) -> float | None:
         if max_tokens is None or not self._len:
             return None
