@@ -86,8 +86,8 @@ def kpi_html(data: ReportData) -> str:
     spec = _spec(data)
     kpis = [m for m in ("pass_rate", "cost_per_success_usd", "token_budget_adherence") if m in data.board and data.board[m].notna().any()]
     costs = [m for m in STAGE_COSTS if m in data.board and data.board[m].notna().any()]
-    if not kpis and not costs:
-        return ""
+    if not kpis and not any((pd.to_numeric(data.board[m], errors="coerce").fillna(0) != 0).any() for m in costs):
+        return ""  # nothing configured and every stage free (local models): no section
     header = ["#", "run", *[label(m) for m in kpis], *[label(m) + (" (once)" if m == "index_cost_usd" else " / question") for m in costs]]
     rows = []
     for _, r in data.board.iterrows():
