@@ -176,8 +176,10 @@ FAMILIES: list[Family] = [
 HEADLINE: tuple[str, ...] = (
     "hit_at_5", "recall_at_5", "mrr", "ndcg_at_10", "map", "chunk_hit_at_5", "chunk_mrr", "chunk_ndcg_at_10", "exact_match", "f1",
     "contains_gold", "citation_accuracy", "answer_support", "hallucination", "refusal_correct", "false_refusal",
+    "pass_rate", "token_budget_adherence", "judge_faithful",
     "retrieval_latency_p50_s", "rerank_latency_p50_s", "generation_latency_p50_s", "generation_latency_p95_s", "ttft_p50_s",
-    "prompt_tokens", "completion_tokens", "cost_per_question_usd", "error_rate", "attack_success_rate", "pii_leakage_rate")
+    "prompt_tokens", "completion_tokens", "cost_per_question_usd", "cost_per_success_usd", "error_rate", "attack_success_rate",
+    "pii_leakage_rate")
 
 # Columns of a stored question row (``Store.questions``) that are not metrics. Everything else in
 # a row is a metric and must be in this registry.
