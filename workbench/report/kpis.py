@@ -19,7 +19,10 @@ from .html import esc, metric_cell, table
 from .leaderboard import as_float, fmt
 
 JUDGE_COLUMNS = ("judge_faithful", "judge_repeat_agreement", "judge_flip_rate", "judge_agrees", "judge_human_accuracy", "judge_human_kappa")
-STAGE_COSTS = ("index_cost_usd", "embedding_cost_usd", "rerank_cost_usd", "cost_per_question_usd", "judge_cost_usd")
+# Each stage's cost column, with its heading in the table
+STAGE_COSTS = {"index_cost_usd": "Index build (once)", "embedding_cost_usd": "Query embedding / question",
+               "rerank_cost_usd": "Reranking / question", "cost_per_question_usd": "Generation / question",
+               "judge_cost_usd": "Judge / question"}
 
 
 def _spec(data: ReportData) -> Mapping:
@@ -51,8 +54,8 @@ def judge_html(data: ReportData) -> str:
     if not judge or "judge_unparseable" not in data.board:
         return ""
     repeats = int(judge.get("repeats") or 1)
-    header = ["#", "run", label("judge_faithful"), "measured on", "unreadable verdicts", *[label(m) for m in JUDGE_COLUMNS[1:]],
-              "human labels"]
+    header = ["#", "run", label("judge_faithful"), "measured on", "unreadable verdicts",
+              *[label(m) if m != "judge_agrees" else "Judge vs hallucination flag" for m in JUDGE_COLUMNS[1:]], "human labels"]
     rows = []
     for _, r in data.board.iterrows():
         c = judge_counts(data, r["run_id"], repeats)
@@ -88,7 +91,7 @@ def kpi_html(data: ReportData) -> str:
     costs = [m for m in STAGE_COSTS if m in data.board and data.board[m].notna().any()]
     if not kpis and not any((pd.to_numeric(data.board[m], errors="coerce").fillna(0) != 0).any() for m in costs):
         return ""  # nothing configured and every stage free (local models): no section
-    header = ["#", "run", *[label(m) for m in kpis], *[label(m) + (" (once)" if m == "index_cost_usd" else " / question") for m in costs]]
+    header = ["#", "run", *[label(m) for m in kpis], *[STAGE_COSTS[m] for m in costs]]
     rows = []
     for _, r in data.board.iterrows():
         rows.append([str(r["rank"]), str(r["label"]), *[_with_ci(r, m) for m in kpis], *[_with_ci(r, m) for m in costs]])
