@@ -159,3 +159,23 @@ def test_judge_against_human_labels(tmp_path, ws):
     with pytest.raises(DatasetError, match="stale.csv:2: the stored answer changed since this file was exported"):
         import_judge_review(store, run_id, tmp_path / "stale.csv")
     assert store.questions(run_id)["human_faithful"].notna().sum() == 11
+
+
+def test_questions_review_run_from_the_command_line(tmp_path, ws):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    plan = _plan(tmp_path, ws)
+    store, run_id, _, _ = _run(plan, ws)
+    out = tmp_path / "answers.csv"
+    res = CliRunner().invoke(app, ["questions", "review", "--run", run_id[:8], "--export", str(out), "--store", ws.store_url])
+    assert res.exit_code == 0, res.output
+    assert "12 answers" in res.output and out.exists()
+    text = out.read_text(encoding="utf-8")
+    out.write_text(text.replace(",,", ",yes,", 1), encoding="utf-8")  # the first answer labelled faithful
+    res = CliRunner().invoke(app, ["questions", "review", "--run", run_id, "--import", str(out), "--store", ws.store_url])
+    assert res.exit_code == 0, res.output
+    assert "1 answers labelled" in res.output and store.questions(run_id)["human_faithful"].notna().sum() == 1
+    res = CliRunner().invoke(app, ["questions", "review", "--export", str(out)])
+    assert res.exit_code == 2 and "give the evaluation set folder (or --run RUN_ID" in res.output
