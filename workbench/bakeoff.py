@@ -32,13 +32,15 @@ from .store import Store
 
 def _keys(axis: str, entry) -> set[str]:
     """The names an axis entry can be selected by: its label and its main fields."""
+    if axis == "prompt":  # a prompt file: its path as written, or its name
+        return {entry.lower(), Path(entry).stem.lower()}
     keys = {entry.label()}
     for attr in {"chunking": ("splitter", "chunk_size"), "embedding": ("model", "provider"), "retrieval": ("method",),
                  "rerank": ("method", "model"), "generation": ("model",)}[axis]:
         value = getattr(entry, attr, None)
         if value is not None:
             keys.add(str(value))
-    if axis == "generation":
+    if axis == "generation" and entry.prompt:
         keys.add(Path(entry.prompt).stem)
     return {k.lower() for k in keys}
 
@@ -69,7 +71,7 @@ def select(experiment: Experiment, query_limit: int = 0, axes: Mapping[str, Sequ
             hits = [i for i, e in enumerate(entries) if (isinstance(sel, int) and not isinstance(sel, bool) and sel == i)
                     or str(sel).lower() in _keys(axis, e)]
             if not hits:
-                labels = [f"{i}: {e.label()}" for i, e in enumerate(entries)]
+                labels = [f"{i}: {e if isinstance(e, str) else e.label()}" for i, e in enumerate(entries)]
                 raise ConfigError(f"{experiment.path}: axis {axis!r}: {sel!r} matches no entry; entries: {'; '.join(labels)}")
             keep += [i for i in hits if i not in keep]
         data["grid"][axis] = [data["grid"][axis][i] for i in sorted(keep)]

@@ -16,7 +16,7 @@ from .data.evalset import DIFFICULTIES, EvalQuestion, documents_folder, read_man
 from .data.ingest import ingest_folder
 from .data.types import Span
 from .errors import DatasetError
-from .hashing import file_sha256
+from .hashing import file_sha256, sha256_text
 from .questions import difficulty
 
 REVIEW_COLUMNS = ["id", "decision", "question", "answers", "doc_id", "span_start", "span_end", "span_text",
@@ -138,3 +138,79 @@ def import_review(folder: str | Path, csv_path: str | Path) -> dict:
                                                     "review_file_sha256": file_sha256(csv_path), **tally}]
     write_evalset(folder, {**manifest, "revision": revision, "history": history}, questions)
     return {"revision": revision, **tally}
+
+
+# -- human labels of answers, for the LLM judge ----------------------------------------------------
+
+JUDGE_REVIEW_COLUMNS = ["query_id", "faithful", "question", "answer", "passages", "answer_sha256", "note"]
+LABELS = {"yes": 1.0, "no": 0.0, "": None}
+
+
+def export_judge_review(store, run_id: str, csv_path: str | Path) -> int:
+    """Write a run's answers to a CSV where a person says whether each is supported by its passages
+    (``faithful``: yes, no, or empty to skip). Blind: the judge's verdict is not shown, so it cannot
+    sway the person. Returns the number of answers written."""
+    from .stages.generation import ContextChunk, format_context
+
+    run_id = store.run(run_id)["run_id"]
+    rows = store.questions(run_id)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(JUDGE_REVIEW_COLUMNS)
+    n = 0
+    for r in rows.to_dict("records"):
+        if not isinstance(r.get("answer"), str) or isinstance(r.get("error"), str):
+            continue
+        passages = format_context([ContextChunk(h["rank"], h["doc_id"], h.get("context", ""), h["text"]) for h in r["hits"]])
+        w.writerow([r["query_id"], "", r["question"], r["answer"], passages, sha256_text(r["answer"]), ""])
+        n += 1
+    Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(csv_path).write_text(buf.getvalue(), encoding="utf-8")
+    return n
+
+
+def _judge_labels(csv_path: Path, answers: dict[str, str]) -> dict[str, float | None]:
+    try:
+        raw = csv_path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(f"{csv_path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{csv_path}: not UTF-8 text (byte {exc.start})") from None
+    reader = csv.reader(io.StringIO(raw))
+    if [h.strip() for h in next(reader, [])[:len(JUDGE_REVIEW_COLUMNS)]] != JUDGE_REVIEW_COLUMNS:
+        raise DatasetError(f"{csv_path}:1: expected the header {','.join(JUDGE_REVIEW_COLUMNS)} (export a fresh file with --run RUN --export)")
+    labels: dict[str, float | None] = {}
+    end = reader.line_num
+    for row in reader:
+        where, end = f"{csv_path}:{end + 1}", reader.line_num  # the line the record starts on (passages span lines)
+        if not any(c.strip() for c in row):
+            continue
+        rec = dict(zip(JUDGE_REVIEW_COLUMNS, (c.strip() for c in row + [""] * len(JUDGE_REVIEW_COLUMNS))))
+        if rec["query_id"] not in answers:
+            raise DatasetError(f"{where}: query_id {rec['query_id']!r} has no stored answer in this run")
+        if rec["query_id"] in labels:
+            raise DatasetError(f"{where}: query_id {rec['query_id']!r} appears twice")
+        if rec["faithful"].lower() not in LABELS:
+            raise DatasetError(f"{where}: faithful {rec['faithful']!r} must be yes, no or empty")
+        if rec["answer_sha256"] != sha256_text(answers[rec["query_id"]]):
+            raise DatasetError(f"{where}: the stored answer changed since this file was exported (re-export and label again)")
+        labels[rec["query_id"]] = LABELS[rec["faithful"].lower()]
+    return labels
+
+
+def import_judge_review(store, run_id: str, csv_path: str | Path) -> dict:
+    """Store a person's labels as the rows' ``human_faithful`` and recompute the run's aggregates
+    (the judge's accuracy and Cohen's kappa against them). Every line is checked first; nothing is
+    written on an error. A ``--rerun all`` recomputes the rows: import the file again after it."""
+    from .pipeline.runner import run_aggregates
+
+    run_id = store.run(run_id)["run_id"]
+    rows = store.questions(run_id)
+    answers = {r["query_id"]: r["answer"] for r in rows.to_dict("records") if isinstance(r.get("answer"), str)}
+    labels = _judge_labels(Path(csv_path), answers)
+    store.merge_question_metrics(run_id, {q: {"human_faithful": v} for q, v in labels.items()})
+    fresh = run_aggregates(store.questions(run_id))
+    # index_cost_usd is the one aggregate not made from the rows (the index build's): kept as stored
+    kept = [a for a in store.aggregates([run_id]).drop(columns="run_id").to_dict("records") if a["metric"] == "index_cost_usd"]
+    store.write_aggregates(run_id, fresh + kept)
+    return {"labelled": sum(v is not None for v in labels.values()), "skipped": sum(v is None for v in labels.values())}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, select, update
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,7 +30,7 @@ from .errors import StoreError
 from .settings import Workspace, redact_url
 
 # The axes a run is stored with (``runs.axes``), in reading order; leaderboards have one column each.
-AXES = ["chunking", "embedding", "retrieval", "rerank", "generation"]
+AXES = ["chunking", "embedding", "retrieval", "rerank", "generation", "prompt"]
 # What a report needs of every question row: everything but the (large) hits and texts.
 LIGHT_COLUMNS = ["run_id", "query_id", "position", "question", "error", "retrieval_latency_s", "generation_latency_s",
                  "prompt_tokens", "completion_tokens", "cost_usd", "metrics"]
@@ -194,12 +194,25 @@ class Store:
                 conn.execute(runs.insert().values(**row))
 
     def finish_run(self, run_id: str, status: str, n_failed: int, n_chunks: int | None, truncation_rate: float | None, timings: dict,
-                   evidence: dict | None = None) -> None:
-        """Record how a run ended; ``evidence`` says why it stopped early (None: it ran to the end)."""
+                   evidence: dict | None = None, lineage: dict | None = None) -> None:
+        """Record how a run ended; ``evidence`` says why it stopped early (None: it ran to the end);
+        ``lineage`` replaces the run's lineage (with every code version that computed its rows)."""
+        values = {"status": status, "n_failed": n_failed, "n_chunks": n_chunks, "truncation_rate": truncation_rate,
+                  "timings": timings, "finished_at": now(), "evidence": evidence}
         with self.engine.begin() as conn:
-            conn.execute(update(runs).where(runs.c.run_id == run_id).values(
-                status=status, n_failed=n_failed, n_chunks=n_chunks, truncation_rate=truncation_rate,
-                timings=timings, finished_at=now(), evidence=evidence))
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values, **({"lineage": lineage} if lineage else {})))
+
+    def code_versions(self, run_id: str) -> dict[str, int]:
+        """How many of a run's stored rows each code version computed (``questions.code_version``)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(questions.c.code_version, func.count()).where(questions.c.run_id == run_id)
+                                .group_by(questions.c.code_version))
+            return {str(version) if version else "unknown": int(n) for version, n in rows}
+
+    def stored_lineage(self, run_id: str) -> dict | None:
+        """A run's stored lineage, None when the run is not stored (exact id, not a prefix)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(runs.c.lineage).where(runs.c.run_id == run_id)).scalar()
 
     def write_questions(self, rows: list[dict]) -> None:
         """Upsert per-question rows in one short transaction."""
@@ -217,6 +230,16 @@ class Store:
                 conn.execute(delete(questions).where(
                     (questions.c.run_id == row["run_id"]) & (questions.c.query_id == row["query_id"])))
             conn.execute(questions.insert(), rows)
+
+    def merge_question_metrics(self, run_id: str, updates: dict[str, dict]) -> None:
+        """Add metrics to stored rows (``{query_id: {metric: value}}``; a value of None removes the
+        metric), in one transaction: human labels imported after the run."""
+        with self.engine.begin() as conn:
+            for query_id, extra in updates.items():
+                where = (questions.c.run_id == run_id) & (questions.c.query_id == query_id)
+                current = conn.execute(select(questions.c.metrics).where(where)).scalar() or {}
+                merged = {k: v for k, v in {**current, **extra}.items() if v is not None or k not in extra}
+                conn.execute(update(questions).where(where).values(metrics=merged))
 
     def write_aggregates(self, run_id: str, values: Iterable[dict]) -> None:
         rows = [{"run_id": run_id, **v} for v in values]
@@ -322,9 +345,10 @@ class Store:
         if rdf.empty:
             return rdf
         agg = self.aggregates(rdf["run_id"].tolist())
-        if "rerank" not in rdf:
-            rdf["rerank"] = "-"
-        rdf["rerank"] = rdf["rerank"].fillna("-")
+        for axis in ("rerank", "prompt"):  # axes added later: runs stored before them have none
+            if axis not in rdf:
+                rdf[axis] = "-"
+            rdf[axis] = rdf[axis].fillna("-")
         cols = ["run_id", *AXES, "status", "n_questions", "n_failed", "truncation_rate"]
         board = rdf[cols].copy()
         if not agg.empty:

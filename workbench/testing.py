@@ -121,9 +121,14 @@ class FakeLLM:
         return " ".join(best.split()[: self.words]) + f" [{cited}]"
 
     def _judge(self, context: Iterable, answer: str) -> str:
+        """At temperature > 0 the judge is noisy: its verdict flips for a seeded sixth of the
+        (seed, answer) pairs, so repeats with distinct seeds disagree as a sampled judge would."""
         seen = {w for c in context for w in _words(c.text)}
         words = _words(answer)
-        return "yes" if words and sum(w in seen for w in words) / len(words) >= 0.5 else "no"
+        verdict = bool(words) and sum(w in seen for w in words) / len(words) >= 0.5
+        if self.spec.temperature > 0 and hashlib.md5(f"{self.spec.seed}|{answer}".encode()).digest()[0] % 6 == 0:
+            verdict = not verdict
+        return "yes" if verdict else "no"
 
 
 def fake_components(plan: Plan, workspace: Workspace, *, fail_on: str | None = None, words: int = 12) -> Components:

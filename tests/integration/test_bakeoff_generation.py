@@ -3,6 +3,7 @@ llama_cpp.server and the openai client -> metrics -> store."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from tests.conftest import write_xquad_slice
@@ -14,6 +15,7 @@ def test_small_real_grid_with_local_llm(tmp_path, workspace_env):
     from workbench.config.experiment import load_experiment
     from workbench.pipeline.plan import plan_experiment
     from workbench.pipeline.runner import run_experiment
+    from workbench.stages.generation import parse_verdict
     from workbench.store import Store
 
     dataset = write_xquad_slice(tmp_path / "data", n_docs=15)
@@ -50,9 +52,19 @@ judge: {{provider: local, model: smollm2-135m, prompt: {_prompt("judge_faithfuln
         for _, r in withheld.iterrows():
             gold = set(plan.dataset.qrels[r["query_id"].removesuffix("~unanswerable")])
             assert not gold & {h["doc_id"] for h in r["hits"]}
-        # The optional judge ran on every answer (verdict 1/0, or None when unparseable), at no cost
-        assert rows["judge_faithful"].dropna().isin([0.0, 1.0]).all() and (rows["judge_cost_usd"] == 0).all()
-        assert rows["judge_latency_s"].notna().all()
+        # The optional judge ran on every answer, at no cost. Every verdict is accounted for: the
+        # stored verdict is the one read from the judge's own words in the trace, and an unreadable
+        # one is counted as such and left unmeasured (None), never 0 and never dropped.
+        assert (rows["judge_cost_usd"] == 0).all() and rows["judge_latency_s"].notna().all()
+        for _, r in rows.iterrows():
+            [verdict] = r["trace"]["judge"]
+            assert verdict["verdict"] == parse_verdict(verdict["answer"]) and verdict["error"] is None
+            measured = verdict["verdict"] is not None
+            assert (r["judge_faithful"] == verdict["verdict"]) if measured else pd.isna(r["judge_faithful"])
+            assert r["judge_unparseable"] == float(not measured)
+        agg = store.aggregates([run_id]).set_index("metric")
+        assert agg.loc["judge_unparseable", "value"] == pytest.approx(rows["judge_unparseable"].mean())
+        assert ("judge_faithful" in agg.index) == rows["judge_faithful"].notna().any()
     assert plan.runs[0].lineage["judge"]["judge_prompt_hash"]
     metrics = set(store.aggregates(board["run_id"].tolist())["metric"])
     assert {"f1", "exact_match", "citation_valid", "answer_support", "hallucination", "refusal_correct",

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scipy.stats import binomtest
 
 from tests.conftest import write_xquad_slice
 
@@ -67,7 +68,11 @@ safety:
                 assert a["success"] == any(c.lower() in a["answer"].lower() for c in spec.contains)
         assert (rows["pii_in_context"] == 1.0).all()
         agg = st.aggregates([run_id]).set_index("metric")
-        assert agg.loc["attack_success_rate", "n"] == 3 and 0.0 <= agg.loc["attack_success_rate", "value"] <= 1.0
+        # the rate is the share of the stored verdicts, with their 95% Wilson interval
+        k = int(attacked["attack_success"].sum())
+        ci = binomtest(k, 3).proportion_ci(0.95, method="wilson")
+        assert agg.loc["attack_success_rate", "n"] == 3
+        assert list(agg.loc["attack_success_rate", ["value", "ci_low", "ci_high"]]) == pytest.approx([k / 3, ci.low, ci.high])
         assert agg.loc["pii_in_context_rate", "value"] == 1.0 and "pii_leakage_rate" in agg.index
         # redaction: the stored traces show labels, never the planted values
         texts = json.dumps(rows[["question", "answer", "hits", "trace"]].to_dict("records"), default=str)

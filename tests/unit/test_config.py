@@ -164,13 +164,14 @@ def test_parse_experiment_without_a_file_on_disk(exp_dir: Path):
     assert exp.name == "from_text" and exp.path == (exp_dir / "virtual.yaml").resolve()
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "retrieval_xquad.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "retrieval_xquad.yaml", "kpis_smollm2.yaml"])
 def test_shipped_experiments_validate(name: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(ROOT)
     exp = load_experiment(ROOT / "experiments" / name)
     assert exp.dataset_path == (ROOT / "data" / "xquad_en").resolve()
     for written, resolved in exp.prompt_paths.items():
         assert resolved.is_file() and resolved.name == Path(written).name
+    assert len(exp.runs(titled=True)) == (4 if name == "kpis_smollm2.yaml" else len(exp.runs()))  # 2 contexts x 2 prompts
 
 
 def test_quickstart_expands_to_six_runs(monkeypatch: pytest.MonkeyPatch):
@@ -184,7 +185,7 @@ def test_quickstart_expands_to_six_runs(monkeypatch: pytest.MonkeyPatch):
         assert r.generation is not None and r.generation.model == "smollm2-135m"
         assert r.rerank is None and r.final_k == 5
     assert runs[1].axes() == {"chunking": "sentence 128/16", "embedding": "-", "retrieval": "bm25@5", "rerank": "-",
-                              "generation": "smollm2-135m / grounded_qa"}
+                              "generation": "smollm2-135m", "prompt": "grounded_qa"}
     assert len(set(runs)) == 6
 
 

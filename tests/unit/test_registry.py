@@ -129,7 +129,9 @@ def _runner_metric_keys() -> set[str]:
 
 def test_every_metric_the_evaluation_produces_is_declared():
     from workbench.config.files import ATTACK_KINDS
-    from workbench.pipeline.runner import safety_aggregates as _safety_aggregates
+    from workbench.evaluation.judge import verdict_metrics
+    from workbench.evaluation.kpis import kpi_metrics
+    from workbench.pipeline.runner import run_aggregates
     from workbench.stages.safety import pii_metrics
 
     rows = _question_rows()
@@ -139,12 +141,20 @@ def test_every_metric_the_evaluation_produces_is_declared():
     for key, value in pii_metrics("mail me at a@b.org", ["a@b.org is the contact"]).items():
         rows[key] = value
     runner_keys = _runner_metric_keys()
-    assert {"fallback_used", "judge_faithful"} <= runner_keys, runner_keys  # the scan found the run core's keys
-    for key in sorted(runner_keys - set(rows.columns)):
-        rows[key] = 0.0
+    assert {"fallback_used", "attack_success"} <= runner_keys, runner_keys  # the scan found the run core's keys
+    # the judge's per-question keys (evaluation/judge.py), the KPIs (evaluation/kpis.py), the stage costs
+    judged = verdict_metrics([1.0, 0.0, None], 1, 0.0)
+    assert {"judge_faithful", "judge_flip", "judge_repeat_agreement", "judge_unparseable", "judge_error"} <= set(judged)
+    kpis = kpi_metrics({"error": None, "prompt_tokens": 100, "completion_tokens": 10}, {"f1": 0.6}, {"f1": (0.5, None)}, 800)
+    assert set(kpis) == {"passed", "within_token_budget"}
+    for key in sorted((runner_keys | set(judged) | set(kpis) | {"human_faithful", "embedding_cost_usd", "rerank_cost_usd", "judge_cost_usd",
+                                                                     "judge_latency_s"})
+                      - set(rows.columns)):
+        rows[key] = [1.0, 0.0, 1.0, 1.0]
     produced = [c for c in rows.columns if c not in reg.ROW_FIELDS]
     assert {"hit_at_7", "chunk_precision_at_7", "refusal_correct", "citation_count", "pii_leakage"} <= set(produced)
     assert [m for m in produced if not reg.is_metric(m)] == []
-    aggregates = [a["metric"] for a in aggregate_rows(rows) + _safety_aggregates(rows)]
-    assert {"generation_latency_p95_s", "cost_per_question_usd", "error_rate", "attack_success_rate"} <= set(aggregates)
+    aggregates = [a["metric"] for a in run_aggregates(rows)]
+    assert {"generation_latency_p95_s", "cost_per_question_usd", "error_rate", "attack_success_rate", "judge_flip_rate",
+            "judge_human_accuracy", "pass_rate", "token_budget_adherence", "cost_per_success_usd"} <= set(aggregates)
     assert [m for m in aggregates if not reg.is_metric(m)] == []

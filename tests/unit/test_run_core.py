@@ -26,13 +26,13 @@ EMBEDDING = f"{{provider: openai_compatible, model: fake-embedder, base_url: '{F
 GENERATION = f"{{provider: openai_compatible, model: fake-llm, base_url: '{FAKE_BASE_URL}', prompt: {PROMPT}, max_tokens: 32"
 
 
-def _experiment(tmp_path: Path, *, n_queries: int = 10, extra: str = "", generation: str = GENERATION + "}") -> Path:
+def _experiment(tmp_path: Path, *, n_queries: int = 10, extra: str = "", generation: str = GENERATION + "}", context: str = "") -> Path:
     data = write_xquad_slice(tmp_path / "data", n_docs=6, n_queries=n_queries)
     path = tmp_path / "golden.yaml"
     path.write_text(f"""name: golden
 dataset: {data}
 grid:
-  chunking: [{{splitter: sentence, chunk_size: 64, chunk_overlap: 8}}]
+  chunking: [{{splitter: sentence, chunk_size: 64, chunk_overlap: 8{context}}}]
   embedding: [{EMBEDDING}]
   retrieval: [{{method: dense, top_k: 3}}, {{method: bm25, top_k: 3}}]
   generation: [{generation}]
@@ -55,18 +55,21 @@ def _rows(ws: Workspace, run_id: str) -> pd.DataFrame:
     return Store(ws.store_url).questions(run_id).drop(columns=["retrieval_latency_s", "generation_latency_s", "ttft_s"])
 
 
-def test_golden_run_with_fakes(tmp_path, ws):
+@pytest.mark.parametrize("context", ["none", "default"])
+def test_golden_run_with_fakes(tmp_path, ws, context):
     """The whole core -- chunking, a Chroma index, BM25, the answer, every metric, the store -- on
     a fixed slice of XQuAD with the seeded fakes: exact stored numbers, in a few seconds (reported
-    by `pytest --durations`, not asserted: speed is measured by benchmarks, not timed tests)."""
-    plan = plan_experiment(load_experiment(_experiment(tmp_path)), ws)
+    by `pytest --durations`, not asserted: speed is measured by benchmarks, not timed tests). With
+    ``context: none`` the numbers are those from before chunk context existed; XQuAD has titles,
+    so by default its chunks are indexed with their title (the dense numbers move)."""
+    plan = plan_experiment(load_experiment(_experiment(tmp_path, context=", context: none" if context == "none" else "")), ws)
     summaries = _run(plan, ws)
     assert [s["status"] for s in summaries[:-1]] == ["complete", "complete"]
     board = Store(ws.store_url).leaderboard("golden").set_index("retrieval")
     got = {r: {m: round(float(board.loc[r, m]), 6) for m in ("hit_at_1", "hit_at_3", "mrr", "ndcg_at_10", "f1", "exact_match",
                                                              "contains_gold", "citation_valid", "chunk_hit_at_3")}
            for r in ("dense@3", "bm25@3")}
-    assert got == GOLDEN
+    assert got == (GOLDEN if context == "none" else GOLDEN_TITLE)
     # Independent checks of what the numbers are made of, from the stored rows themselves.
     for run in plan.runs:
         rows = Store(ws.store_url).questions(run.run_id)
@@ -85,6 +88,15 @@ GOLDEN = {
                 "contains_gold": 0.2, "citation_valid": 1.0, "chunk_hit_at_3": 0.4},
     "bm25@3": {"hit_at_1": 0.9, "hit_at_3": 1.0, "mrr": 0.95, "ndcg_at_10": 0.963093, "f1": 0.059524, "exact_match": 0.0,
                "contains_gold": 0.3, "citation_valid": 1.0, "chunk_hit_at_3": 0.8},
+}
+
+
+# The same run with the default context (title + text, as BEIR/MTEB index it). On this slice every
+# paragraph of an article shares its title, so the title does not help the fake embedder here.
+GOLDEN_TITLE = {
+    "dense@3": {"hit_at_1": 0.5, "hit_at_3": 0.8, "mrr": 0.65, "ndcg_at_10": 0.689279, "f1": 0.042857, "exact_match": 0.0,
+                "contains_gold": 0.2, "citation_valid": 1.0, "chunk_hit_at_3": 0.5},
+    "bm25@3": GOLDEN["bm25@3"],
 }
 
 

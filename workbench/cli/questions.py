@@ -107,16 +107,25 @@ def _print_kept(output: Path, result) -> None:
 
 @questions_app.command("review")
 def questions_review(
-    evalset: Annotated[Path, typer.Argument(help="the evaluation set folder (evalsets/NAME)")],
-    export: Annotated[Path | None, typer.Option("--export", help="write the questions to this CSV for review")] = None,
-    import_: Annotated[Path | None, typer.Option("--import", help="apply the decisions of a reviewed CSV")] = None,
+    evalset: Annotated[Path | None, typer.Argument(help="the evaluation set folder (evalsets/NAME); not with --run")] = None,
+    export: Annotated[Path | None, typer.Option("--export", help="write the questions (or, with --run, the answers) to this CSV")] = None,
+    import_: Annotated[Path | None, typer.Option("--import", help="apply the decisions (or, with --run, the labels) of a reviewed CSV")] = None,
+    run: Annotated[str, typer.Option("--run", help="label this run's answers faithful yes/no, to check the LLM judge against")] = "",
+    store: Annotated[str | None, typer.Option("--store", help="results store URL (with --run)")] = None,
 ) -> None:
-    """Export questions to a CSV (decision column: accept, edit, reject), or import the decisions back."""
-    from ..review import export_review, import_review
+    """Export questions to a CSV (decision column: accept, edit, reject), or import the decisions back.
+    With --run RUN_ID: export a run's answers for a person to label (faithful: yes/no), or import the
+    labels; the judge's accuracy and Cohen's kappa against them appear in the report."""
+    from ..review import export_judge_review, export_review, import_judge_review, import_review
 
     try:
         if (export is None) == (import_ is None):
             raise ConfigError("give exactly one of --export FILE.csv or --import FILE.csv")
+        if run:
+            _review_answers(run, store, export, import_, export_judge_review, import_judge_review)
+            return
+        if evalset is None:
+            raise ConfigError("give the evaluation set folder (or --run RUN_ID to label a run's answers)")
         if export is not None:
             rows = export_review(evalset, export)
             out.print(f"{export}: {rows} questions; fill the 'decision' column (accept, edit, reject) and import it back",
@@ -127,3 +136,18 @@ def questions_review(
                       f"{res['reject']} rejected, {res['unchanged']} unchanged)", highlight=False, soft_wrap=True)
     except WorkbenchError as exc:
         fail(exc)
+
+
+def _review_answers(run: str, store_url: str | None, export: Path | None, import_: Path | None, export_fn, import_fn) -> None:
+    from ..settings import Workspace
+    from ..store import Store
+
+    st = Store(Workspace.resolve(store=store_url).store_url)
+    if export is not None:
+        n = export_fn(st, run, export)
+        out.print(f"{export}: {n} answers; fill the 'faithful' column (yes, no, or empty) and import it back with --run {run} --import",
+                  highlight=False, soft_wrap=True)
+    else:
+        res = import_fn(st, run, import_)
+        out.print(f"run {run}: {res['labelled']} answers labelled ({res['skipped']} left empty); the report shows the judge against them",
+                  highlight=False, soft_wrap=True)

@@ -12,12 +12,15 @@ import os
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ..errors import ConfigError, unknown_name
 from .yamlfile import StrictModel, field_error, parse_yaml, validation_error
 
 SPLITTERS = ("sentence", "token", "none")
+# What a chunk is prefixed with when it is embedded and indexed (never part of its offsets):
+# nothing, its document's title, or the title and the Markdown/HTML headings it sits under.
+CHUNK_CONTEXTS = ("none", "title", "heading_path")
 RETRIEVAL_METHODS = ("dense", "bm25", "hybrid")
 EMBEDDING_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
 GENERATION_PROVIDERS = ("local", "openai", "openai_compatible", "azure_openai")
@@ -55,16 +58,39 @@ def _check_name(kind: str, value: str, choices: tuple[str, ...], field: str | No
 
 
 class ChunkingSpec(_Spec):
-    """How documents become chunks. ``splitter: none`` keeps whole documents."""
+    """How documents become chunks. ``splitter: none`` keeps whole documents.
+
+    ``context`` is what each chunk is prefixed with when it is embedded, indexed by BM25 and shown
+    to a reranker (the LLM sees it as the passage header): ``none``, ``title`` (the document's
+    title, as BEIR and MTEB index title + text) or ``heading_path`` (title and the Markdown/HTML
+    headings above the chunk). Left unset, it is ``title`` for a dataset whose documents have
+    titles apart from their text (BEIR) and ``none`` otherwise (:func:`expand_grid`). Chunk
+    boundaries and offsets do not depend on it: ``chunk_size`` counts the chunk's own text.
+    """
 
     splitter: str
     chunk_size: int | None = Field(default=None, gt=0)
     chunk_overlap: int = Field(default=0, ge=0)
+    context: str | None = None
 
     @field_validator("splitter")
     @classmethod
     def _splitter(cls, v: str) -> str:
         return _check_name("splitter", v, SPLITTERS)
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: str | None) -> str | None:
+        return None if v is None else _check_name("chunk context", v, CHUNK_CONTEXTS)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # No context (unset, or resolved to none) is left out of every dump -- run ids, chunk-set
+        # keys, stored configs -- so they stay what they were before chunk context existed.
+        out = handler(self)
+        if isinstance(out, dict) and out.get("context") is None:
+            out.pop("context", None)
+        return out
 
     @model_validator(mode="after")
     def _sizes(self) -> ChunkingSpec:
@@ -78,7 +104,14 @@ class ChunkingSpec(_Spec):
         return self
 
     def label(self) -> str:
-        return "whole documents" if self.splitter == "none" else f"{self.splitter} {self.chunk_size}/{self.chunk_overlap}"
+        base = "whole documents" if self.splitter == "none" else f"{self.splitter} {self.chunk_size}/{self.chunk_overlap}"
+        return base + {"title": " +title", "heading_path": " +headings"}.get(self.context or "", "")
+
+    def resolved(self, titled: bool) -> ChunkingSpec:
+        """The spec a run uses: an unset context becomes ``title`` for a titled dataset, and
+        ``none`` becomes None (no context), so equal grid points compare and hash equal."""
+        context = ("title" if titled else None) if self.context is None else (None if self.context == "none" else self.context)
+        return self if context == self.context else self.model_copy(update={"context": context})
 
 
 class EmbeddingSpec(_Spec):
@@ -238,11 +271,14 @@ RESILIENCE_FIELDS = ("max_retries", "retry_backoff_s", "breaker_failures", "brea
 
 
 class GenerationSpec(_Spec):
-    """An LLM and a prompt file. Every provider is reached through the OpenAI API."""
+    """An LLM and a prompt file. Every provider is reached through the OpenAI API.
+
+    ``prompt`` pins this entry to one prompt file; without it the entry is crossed with every
+    prompt of ``grid.prompt`` (the prompt axis)."""
 
     provider: str
     model: str
-    prompt: str
+    prompt: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
     temperature: float = Field(default=0.0, ge=0)
@@ -290,12 +326,18 @@ class GenerationSpec(_Spec):
         return self
 
     def label(self) -> str:
-        name = self.model if self.provider == "local" else f"{self.provider}:{self.model}"
-        return f"{name} / {Path(self.prompt).stem}"
+        """The model (the prompt is an axis of its own: :meth:`RunConfig.axes`)."""
+        return self.model if self.provider == "local" else f"{self.provider}:{self.model}"
 
 
 class JudgeSpec(_Spec):
-    """An optional LLM-as-judge of faithfulness, reached like any generation model."""
+    """An optional LLM-as-judge of faithfulness, reached like any generation model.
+
+    ``repeats: k`` asks the judge k times per answer (seeds ``seed``, ``seed + 1``, ...; at the
+    configured ``temperature``) to measure its noise: agreement between repeats and the flip rate
+    (see workbench/evaluation/judge.py). At temperature 0 most servers answer every seed alike, so
+    repeats then measure only the server's own nondeterminism; set a temperature to measure sampling.
+    """
 
     provider: str
     model: str
@@ -303,6 +345,8 @@ class JudgeSpec(_Spec):
     base_url: str | None = None
     api_key_env: str | None = None
     seed: int = 0
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    repeats: int = Field(default=1, ge=1, le=20, description="verdicts asked per answer (distinct seeds)")
     max_tokens: int = Field(default=8, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
 
@@ -311,10 +355,21 @@ class JudgeSpec(_Spec):
         self.as_generation()  # same rules as a generation model
         return self
 
-    def as_generation(self) -> GenerationSpec:
+    def as_generation(self, repeat: int = 0) -> GenerationSpec:
+        """The judge as a generation spec for its ``repeat``-th verdict (seed ``seed + repeat``)."""
         return GenerationSpec(provider=self.provider, model=self.model, prompt=self.prompt, base_url=self.base_url,
-                              api_key_env=self.api_key_env, temperature=0.0, seed=self.seed, max_tokens=self.max_tokens,
-                              timeout_s=self.timeout_s)
+                              api_key_env=self.api_key_env, temperature=self.temperature, seed=self.seed + repeat,
+                              max_tokens=self.max_tokens, timeout_s=self.timeout_s)
+
+    def identity(self) -> dict:
+        """What identifies the judge's verdicts (prompt aside: its hash is kept apart); ``repeats``
+        and ``temperature`` only when set, so judges configured before they existed keep their ids."""
+        out = self.model_dump(exclude={"prompt"})
+        if out["repeats"] == 1:
+            del out["repeats"]
+        if out["temperature"] == 0:
+            del out["temperature"]
+        return out
 
 
 class QuerySpec(_Spec):
@@ -346,6 +401,23 @@ class GridSpec(_Spec):
     retrieval: list[RetrievalSpec] = Field(min_length=1)
     rerank: list[RerankSpec] | None = None
     generation: list[GenerationSpec] | None = None
+    prompt: list[str] | None = Field(default=None, description="prompt files crossed with every generation entry that pins none")
+
+    @model_validator(mode="after")
+    def _prompts(self) -> GridSpec:
+        if self.prompt is not None:
+            if not self.prompt:
+                raise field_error("prompt", "give at least one prompt file, or omit the axis")
+            if len(set(self.prompt)) != len(self.prompt):
+                raise field_error("prompt", "repeats an earlier prompt file")
+            if not self.generation:
+                raise field_error("prompt", "the prompt axis needs models under grid.generation")
+            if all(g.prompt for g in self.generation):
+                raise field_error("prompt", "unused: every grid.generation entry pins its own prompt (remove one, or the axis)")
+        for i, g in enumerate(self.generation or []):
+            if g.prompt is None and not self.prompt:
+                raise field_error(("generation", i, "prompt"), "give the entry a prompt file, or list prompt files under grid.prompt")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> GridSpec:
@@ -436,6 +508,22 @@ class PIISpec(_Spec):
 class SafetySpec(_Spec):
     injection: InjectionSpec | None = None
     pii: PIISpec | None = None
+class PassBound(_Spec):
+    """One criterion of ``pass``: the question's value of a metric must be at least ``min`` and/or at
+    most ``max``."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> PassBound:
+        if self.min is None and self.max is None:
+            raise ValueError("a pass criterion needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
 class ChromaServerSpec(_Spec):
     """A Chroma server (``chroma run --host H --port P``) holding the vector indexes."""
 
@@ -493,6 +581,13 @@ class ExperimentSpec(_Spec):
     relevance: RelevanceSpec = RelevanceSpec()
     index: IndexSpec | None = None
     tracking: TrackingSpec | None = None
+    # KPIs: a question passes when it meets every criterion (per-question metrics, checked by the
+    # pipeline); token_budget bounds prompt + completion tokens per question. Both decide stored
+    # per-question values, so both are part of the run ids (only when set).
+    pass_criteria: dict[str, PassBound] = Field(default_factory=dict, alias="pass")
+    token_budget: int | None = Field(default=None, gt=0, description="prompt + completion tokens a question may use")
+
+    model_config = ConfigDict(populate_by_name=True)
 
     @model_validator(mode="after")
     def _gates_need_baseline(self) -> ExperimentSpec:
@@ -533,6 +628,7 @@ class RunConfig(_Spec):
             "retrieval": self.retrieval.label(),
             "rerank": self.rerank.label() if self.rerank else "-",
             "generation": self.generation.label() if self.generation else "-",
+            "prompt": Path(self.generation.prompt).stem if self.generation else "-",
         }
 
 
@@ -552,17 +648,33 @@ class Experiment(BaseModel):
     def name(self) -> str:
         return self.spec.name
 
-    def runs(self) -> list[RunConfig]:
-        return expand_grid(self.spec.grid)
+    def runs(self, titled: bool = False) -> list[RunConfig]:
+        """The grid points; ``titled``: the dataset's documents have titles (the chunk context default)."""
+        return expand_grid(self.spec.grid, titled)
 
 
-def expand_grid(grid: GridSpec) -> list[RunConfig]:
-    """Cartesian product of the axes, with unused stages dropped and duplicates removed, in order."""
+def generation_entries(grid: GridSpec) -> list[GenerationSpec]:
+    """The generation axis crossed with the prompt axis: an entry that pins its prompt stays as it
+    is (the same spec as before the prompt axis existed, so its run ids do not change); one without
+    is repeated for every prompt of ``grid.prompt``, model-major."""
+    out: list[GenerationSpec] = []
+    for g in grid.generation or []:
+        for p in [g.prompt] if g.prompt else grid.prompt or []:
+            entry = g if p == g.prompt else g.model_copy(update={"prompt": p})
+            if entry not in out:
+                out.append(entry)
+    return out
+
+
+def expand_grid(grid: GridSpec, titled: bool = False) -> list[RunConfig]:
+    """Cartesian product of the axes, with unused stages dropped and duplicates removed, in order.
+
+    ``titled``: the dataset's documents have titles, so an unset chunk context is ``title``."""
     runs: list[RunConfig] = []
     seen: set[RunConfig] = set()
     embeddings = grid.embedding or [None]
     for chunking, embedding, retrieval, rerank, generation in itertools.product(
-        grid.chunking, embeddings, grid.retrieval, grid.rerank or [None], grid.generation or [None]
+        [c.resolved(titled) for c in grid.chunking], embeddings, grid.retrieval, grid.rerank or [None], generation_entries(grid) or [None]
     ):
         run = RunConfig(
             chunking=chunking,
@@ -604,7 +716,10 @@ def parse_experiment(text: str, path: Path) -> Experiment:
     dataset_path = resolve_path(spec.dataset, path, "dataset")
     prompt_paths: dict[str, Path] = {}
     for i, g in enumerate(spec.grid.generation or []):
-        prompt_paths[g.prompt] = resolve_path(g.prompt, path, f"grid.generation[{i}].prompt")
+        if g.prompt is not None:
+            prompt_paths[g.prompt] = resolve_path(g.prompt, path, f"grid.generation[{i}].prompt")
+    for i, p in enumerate(spec.grid.prompt or []):
+        prompt_paths[p] = resolve_path(p, path, f"grid.prompt[{i}]")
     if spec.judge is not None:
         prompt_paths[spec.judge.prompt] = resolve_path(spec.judge.prompt, path, "judge.prompt")
     model_paths: dict[str, Path] = {}

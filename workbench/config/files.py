@@ -269,6 +269,7 @@ class PriceEntry(StrictModel):
 
     input_per_1m_usd: Price
     output_per_1m_usd: Price
+    per_call_usd: Price = 0.0  # a price per request on top of tokens (rerank APIs priced per search)
     updated: DateOrText = None
     source: DateOrText = None
 

@@ -41,7 +41,7 @@ class StrictModel(BaseModel):
     def _reject_unknown_keys(cls, data: Any) -> Any:
         # pydantic's own extra="forbid" message has no suggestion; this one names the closest key.
         if isinstance(data, dict):
-            known = set(cls.model_fields)
+            known = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
             for key in data:
                 if key not in known:
                     raise field_error(str(key), f"unknown key {key!r}{did_you_mean(str(key), known)}; allowed: {', '.join(sorted(known))}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import DatasetError
 from ..hashing import file_sha256, hash_obj, sha256_text
 from ..settings import max_document_bytes
+from .headings import MARKDOWN_SUFFIXES, markdown_headings
 from .types import Dataset, Document, Query, Span
 
 DOCUMENT_SUFFIXES = (".md", ".markdown", ".txt")
@@ -129,7 +130,8 @@ def load_beir(folder: Path, memo=None) -> Dataset:
     queries = _load_queries(queries_path)
     qrels = _load_qrels(qrels_path, docs, queries)
     digest = hash_obj([file_sha256(p, memo) for p in (corpus_path, queries_path, qrels_path)])
-    return Dataset(folder, docs, queries, qrels, digest, spans=answer_start_spans(queries, qrels, docs))
+    return Dataset(folder, docs, queries, qrels, digest, spans=answer_start_spans(queries, qrels, docs),
+                   titled=any(d.title.strip() for d in docs.values()))
 
 
 def answer_start_spans(queries: dict[str, Query], qrels: dict[str, dict[str, int]],
@@ -210,7 +212,8 @@ def load_documents_folder(folder: Path) -> Dataset:
             skipped.append(f"{rel}: empty")
             continue
         title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.strip()), rel)
-        docs[rel] = Document(rel, title, text)
+        headings = markdown_headings(text) if p.suffix.lower() in MARKDOWN_SUFFIXES else ()
+        docs[rel] = Document(rel, title, text, headings)
         hashes.append((rel, sha256_text(text)))
     if not docs:
         raise DatasetError(f"{doc_root}: no .md/.txt documents")

@@ -32,7 +32,8 @@ from llama_index.core.schema import Document as LIDocument
 
 from ..errors import DatasetError
 from ..hashing import hash_obj, sha256_text
-from .types import Document
+from .headings import MARKDOWN_SUFFIXES, markdown_headings
+from .types import Document, Heading
 
 TEXT_SUFFIXES = (".md", ".markdown", ".txt")
 HTML_SUFFIXES = (".html", ".htm")
@@ -73,16 +74,20 @@ class HTMLTextReader(BaseReader):
         for tag in soup(["script", "style", "head", "noscript", "template"]):
             tag.decompose()
         body = soup.body or soup
-        lines = []
+        lines, headings, offset = [], [], 0
         for block in body.find_all(self.BLOCKS):
             if block.find(self.BLOCKS):
                 continue  # a container: its inner blocks are taken one by one
             text = " ".join(block.get_text(" ", strip=True).split())
             if text:
+                if block.name in self.BLOCKS[1:7]:  # h1..h6: where the heading's line starts in the text
+                    headings.append([offset, int(block.name[1]), text])
                 lines.append(text)
+                offset += len(text) + 2  # the "\n\n" joining the lines
         if not lines:  # no block markup at all: the whole text
             lines = [" ".join(body.get_text(" ", strip=True).split())]
-        return [LIDocument(text="\n\n".join(x for x in lines if x) + "\n", metadata={**(extra_info or {}), "title": title})]
+        return [LIDocument(text="\n\n".join(x for x in lines if x) + "\n",
+                           metadata={**(extra_info or {}), "title": title, "headings": headings})]
 
 
 class PDFTextReader(BaseReader):
@@ -183,6 +188,16 @@ def make_doc_id(rel_path: str, text: str) -> str:
     return f"{rel_path}@{sha256_text(text)[:12]}"
 
 
+def _headings(suffix: str, text: str, loaded: list[LIDocument]) -> tuple[Heading, ...]:
+    """Section headings for ``context: heading_path``: parsed from Markdown, recorded by the HTML
+    reader (its text no longer shows which lines were headings); none for other formats."""
+    if suffix in MARKDOWN_SUFFIXES:
+        return markdown_headings(text)
+    if suffix in HTML_SUFFIXES and len(loaded) == 1:
+        return tuple(Heading(start, level, title) for start, level, title in loaded[0].metadata.get("headings") or [])
+    return ()
+
+
 def ingest_folder(root: str | Path) -> Ingestion:
     """Read every supported file under ``root`` (any depth; hidden files and folders are ignored).
 
@@ -223,6 +238,6 @@ def ingest_folder(root: str | Path) -> Ingestion:
         title = next((d.metadata.get("title") for d in loaded if d.metadata.get("title")), "") or rel
         doc_id = make_doc_id(rel, text)
         modified = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
-        out.docs[doc_id] = Document(doc_id, title, text)
+        out.docs[doc_id] = Document(doc_id, title, text, _headings(suffix, text, loaded))
         out.meta[doc_id] = DocMeta(doc_id, rel, title, modified, suffix.lstrip("."), len(text), sha256_text(text))
     return out

@@ -15,10 +15,22 @@ from ..hashing import sha256_text
 
 
 @dataclass(frozen=True, slots=True)
+class Heading:
+    """A section heading of a document: where its line starts in the text, its level (1 for
+    ``#``/``<h1>``), and its text. What ``context: heading_path`` prefixes a chunk with."""
+
+    start: int
+    level: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
     doc_id: str
     title: str
     text: str
+    # Markdown or HTML section headings, in text order (empty for plain text and BEIR corpora).
+    headings: tuple[Heading, ...] = ()
 
     @property
     def content_hash(self) -> str:
@@ -68,6 +80,10 @@ class Dataset:
     spans: dict[str, tuple[Span, ...]] = field(default_factory=dict)
     # Ingestion report of a documents folder read by workbench.ingest (files skipped or failed).
     ingest: dict | None = None
+    # Documents carry titles apart from their text (BEIR's ``title`` field), as the field's
+    # references index them: the default chunk context is then ``title`` (see ChunkingSpec).
+    # A documents folder's "title" is its first line, already in the text: False there.
+    titled: bool = False
 
     def sample_queries(self, limit: int | None, seed: int) -> list[Query]:
         """A deterministic sample: sorted ids shuffled by ``seed``, first ``limit``, in id order.

@@ -43,6 +43,7 @@ class Kind(StrEnum):
     TOKENS = "tokens"
     SAFETY = "safety"
     RELIABILITY = "reliability"
+    KPI = "kpi"  # the experiment's own pass criteria and token budget
 
 
 class Metric(BaseModel):
@@ -96,11 +97,19 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     _m("refusal_correct", H, K.GROUNDEDNESS, "Correct refusals", "whether the model refused a question that has no answer in the corpus", True),
     _m("false_refusal", L, K.GROUNDEDNESS, "False refusals", "whether the model refused a question it could have answered", True),
     # LLM-as-judge
-    _m("judge_faithful", H, K.JUDGE, "Judge: faithful", "whether the judge model found the answer supported by its context", True),
+    _m("judge_faithful", H, K.JUDGE, "Judge: faithful", "whether the judge model found the answer supported by its context "
+       "(the majority of its readable verdicts; unmeasured when none was readable)", True),
     _m("judge_agrees", N, K.JUDGE, "Judge agreement", "whether the judge's verdict matches the judge-free hallucination flag", True),
-    _m("judge_error", L, K.JUDGE, "Judge errors", "whether the judge call failed", True),
+    _m("judge_error", L, K.JUDGE, "Judge errors", "the share of the answer's judge calls that failed"),
+    _m("judge_unparseable", L, K.JUDGE, "Judge unreadable", "the share of the answer's judge verdicts that held no yes or no (unmeasured, not 0)"),
+    _m("judge_flip", L, K.JUDGE, "Judge flips", "whether the judge's verdicts on the same answer disagree between repeats", True),
+    _m("judge_repeat_agreement", H, K.JUDGE, "Judge repeat agreement", "the share of pairs of the judge's repeated verdicts that agree"),
+    _m("judge_flip_rate", L, K.JUDGE, "Judge flip rate", "the share of answers whose judge verdict changes when asked again"),
+    _m("human_faithful", H, K.JUDGE, "Human: faithful", "whether a person found the answer supported by its context"),
+    _m("judge_human_accuracy", H, K.JUDGE, "Judge vs human", "the share of labelled answers where the judge's verdict equals the person's"),
+    _m("judge_human_kappa", H, K.JUDGE, "Judge vs human (kappa)", "Cohen's kappa of the judge's and a person's verdicts: agreement beyond chance"),
     _m("judge_latency_s", L, K.LATENCY, "Judge latency", "the time the judge model took for one verdict"),
-    _m("judge_cost_usd", L, K.COST, "Judge cost", "what one judge verdict cost, from the price table"),
+    _m("judge_cost_usd", L, K.COST, "Judge cost", "what judging one answer cost (every repeat), from the price table"),
     # latency per question (<name>_p50_s / <name>_p95_s are derived)
     _m("retrieval_latency_s", L, K.LATENCY, "Retrieval latency", "the time from question to ranked chunks, reranking included"),
     _m("rerank_latency_s", L, K.LATENCY, "Rerank latency", "the time the reranker took for one question"),
@@ -113,6 +122,17 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     _m("tokens_per_question", L, K.TOKENS, "Tokens / question", "prompt plus completion tokens per question"),
     _m("cost_usd", L, K.COST, "Cost", "what one question cost, from the price table"),
     _m("cost_per_question_usd", L, K.COST, "Cost / question", "the mean cost of a question, from the price table"),
+    _m("embedding_cost_usd", L, K.COST, "Embedding cost", "what embedding one question cost, from the price table"),
+    _m("rerank_cost_usd", L, K.COST, "Rerank cost", "what reranking one question's candidates cost, from the price table"),
+    _m("index_cost_usd", L, K.COST, "Index cost", "what embedding the whole corpus for the index cost, once, from the price table"),
+    _m("cost_per_success_usd", L, K.COST, "Cost / passing question",
+       "the run's cost (query embedding, reranking, generation) divided by the questions that passed every criterion"),
+    # the experiment's pass criteria and token budget (KPIs)
+    _m("passed", H, K.KPI, "Passed", "whether the question met every pass criterion of the experiment", True),
+    _m("pass_rate", H, K.KPI, "Pass rate", "the share of questions that met every pass criterion of the experiment"),
+    _m("within_token_budget", H, K.KPI, "Within token budget", "whether the question's prompt plus completion tokens stayed within the budget", True),
+    _m("token_budget_adherence", H, K.KPI, "Token budget adherence",
+       "the share of questions whose prompt plus completion tokens stayed within the budget"),
     # reliability
     _m("error_rate", L, K.RELIABILITY, "Error rate", "the share of questions whose call failed after retries and fallback"),
     _m("fallback_used", L, K.RELIABILITY, "Fallback answers", "whether the fallback model gave the answer", True),
@@ -156,8 +176,10 @@ FAMILIES: list[Family] = [
 HEADLINE: tuple[str, ...] = (
     "hit_at_5", "recall_at_5", "mrr", "ndcg_at_10", "map", "chunk_hit_at_5", "chunk_mrr", "chunk_ndcg_at_10", "exact_match", "f1",
     "contains_gold", "citation_accuracy", "answer_support", "hallucination", "refusal_correct", "false_refusal",
+    "pass_rate", "token_budget_adherence", "judge_faithful",
     "retrieval_latency_p50_s", "rerank_latency_p50_s", "generation_latency_p50_s", "generation_latency_p95_s", "ttft_p50_s",
-    "prompt_tokens", "completion_tokens", "cost_per_question_usd", "error_rate", "attack_success_rate", "pii_leakage_rate")
+    "prompt_tokens", "completion_tokens", "cost_per_question_usd", "cost_per_success_usd", "error_rate", "attack_success_rate",
+    "pii_leakage_rate")
 
 # Columns of a stored question row (``Store.questions``) that are not metrics. Everything else in
 # a row is a metric and must be in this registry.

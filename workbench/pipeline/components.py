@@ -200,14 +200,14 @@ class Components:
 
     def _build_chunks(self, run: PlannedRun, key: str) -> ChunkSource:
         path = self.workspace.chunksets_dir / f"{key}.sqlite"
-        found = self.cache.get(f"chunks:v3:{key}")
+        found = self.cache.get(f"chunks:v4:{key}")  # v4: chunk sets carry their context column
         if found is None or not path.exists():
             tok = self.tokenizer(self.tokenizer_spec(run))
             if tok.name != run.tokenizer:
                 raise WorkbenchError(f"run {run.run_id}: planned with tokenizer {run.tokenizer}, but {tok.name} was loaded; plan again")
             ChunkSet.write(path, iter_chunks(self.plan.dataset.docs.values(), run.config.chunking, tok))
             found = {"max_tokens": tok.max_tokens}
-            self.cache.set(f"chunks:v3:{key}", found)
+            self.cache.set(f"chunks:v4:{key}", found)
         return ChunkSource(key, ChunkSet(path), found["max_tokens"])
 
     def retriever(self, run: PlannedRun) -> Retriever:
@@ -238,4 +238,5 @@ class Components:
         if spec is None:
             return None
         impl = self._once(("reranker", spec), lambda: self._factories["reranker"](spec))
-        return rr.CachedReranker(spec, run.lineage["reranker_fingerprint"], impl, self.cache, self.chunk_source(run).chunks.text)
+        return rr.CachedReranker(spec, run.lineage["reranker_fingerprint"], impl, self.cache,
+                                 self.chunk_source(run).chunks.indexed_text)

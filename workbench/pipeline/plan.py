@@ -20,11 +20,13 @@ from pathlib import Path
 import diskcache
 
 from ..config import RESILIENCE_FIELDS, EmbeddingSpec, Experiment, RunConfig
+from ..config.experiment import generation_entries
 from ..config.files import JUDGE_PLACEHOLDERS, load_attack_suite, load_prompt
 from ..data.corpus import unanswerable_slice
 from ..data.loader import load_dataset
 from ..data.types import Dataset, Query
-from ..errors import WorkbenchError
+from ..errors import ConfigError, WorkbenchError
+from ..evaluation.kpis import pass_metric_problem
 from ..hashing import file_sha256, hash_obj, sha256_text
 from ..providers.apikeys import api_key_for, keys_optional
 from ..providers.llm_server import local_model_path
@@ -149,16 +151,25 @@ def sample_queries(experiment: Experiment, dataset: Dataset) -> list[Query]:
     return queries + unanswerable_slice(queries, dataset.qrels, qspec.unanswerable, qspec.seed)
 
 
+def check_kpis(experiment: Experiment) -> None:
+    """Each ``pass`` criterion names a per-question metric the registry knows (ConfigError otherwise)."""
+    for metric in experiment.spec.pass_criteria:
+        problem = pass_metric_problem(metric)
+        if problem:
+            raise ConfigError(f"{experiment.path}: pass.{metric}: {problem}")
+
+
 def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
     """Validate everything and compute run ids. Raises ``WorkbenchError``; writes nothing to the store.
 
     A strict replay (``workspace.replay``) needs no API key: every answer comes from the cassette."""
+    check_kpis(experiment)
     offline = keys_optional() if workspace.replay and workspace.replay_strict else contextlib.nullcontext()
     with offline, diskcache.Cache(str(workspace.memo_dir)) as memo:
         dataset = load_dataset(experiment.dataset_path, memo=memo)
         queries = sample_queries(experiment, dataset)
         shared = _shared_lineage(experiment, dataset, queries, memo)
-        runs = [_planned_run(cfg, experiment, shared) for cfg in experiment.runs()]
+        runs = [_planned_run(cfg, experiment, shared) for cfg in experiment.runs(dataset.titled)]
     return Plan(experiment, dataset, queries, runs)
 
 
@@ -169,7 +180,7 @@ def _shared_lineage(experiment: Experiment, dataset: Dataset, queries: list[Quer
         if e.provider != "local":
             api_key_for(e.provider, e.api_key_env, f"embedding {e.provider}:{e.model}")
     prompts, llms = {}, {}
-    for g in grid.generation or []:
+    for g in generation_entries(grid):  # the models crossed with the prompt axis
         prompts[g.prompt] = load_prompt(experiment.prompt_paths[g.prompt]).content_hash
         llms[g] = _llm_file_hash(g.provider, g.model, g.api_key_env, f"generation {g.provider}:{g.model}", memo)
         if g.fallback is not None and g.fallback.provider != "local":
@@ -200,7 +211,7 @@ def _judge_lineage(experiment: Experiment, memo) -> dict | None:
     prompt = load_prompt(experiment.prompt_paths[judge.prompt], JUDGE_PLACEHOLDERS)
     return {"judge": f"{judge.provider}:{judge.model}",
             "judge_file_hash": _llm_file_hash(judge.provider, judge.model, judge.api_key_env, f"judge {judge.provider}:{judge.model}", memo),
-            "judge_prompt_hash": prompt.content_hash, "judge_config": judge.model_dump(exclude={"prompt"})}
+            "judge_prompt_hash": prompt.content_hash, "judge_config": judge.identity()}
 
 
 def _planned_run(cfg: RunConfig, experiment: Experiment, shared: dict) -> PlannedRun:
@@ -227,6 +238,8 @@ def _planned_run(cfg: RunConfig, experiment: Experiment, shared: dict) -> Planne
         **shared["safety"],
         # Chunk-level relevance rule: only where the dataset has gold spans to apply it to.
         **({"relevance": experiment.spec.relevance.model_dump()} if dataset.spans else {}),
+        # KPI settings decide stored per-question values (passed, within_token_budget): only when set
+        **_kpi_identity(experiment),
         **({"ingest": dataset.ingest} if dataset.ingest is not None else {}),
     }
     # The run id covers what determines the results: config and content hashes, not paths.
@@ -253,6 +266,12 @@ def identity_config(cfg: RunConfig) -> dict:
                 if spec.get(name) is None:
                     spec.pop(name, None)
     return out
+
+
+def _kpi_identity(experiment: Experiment) -> dict:
+    spec = experiment.spec
+    out = {"pass": {m: b.model_dump() for m, b in sorted(spec.pass_criteria.items())}} if spec.pass_criteria else {}
+    return {**out, "token_budget": spec.token_budget} if spec.token_budget is not None else out
 
 
 def _safety_identity(experiment: Experiment) -> dict:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from ..config.files import JUDGE_PLACEHOLDERS, Attack, AttackSuite, Prompt, load_attack_suite, load_prompt
 from ..data.types import Query
 from ..errors import ProviderError
+from ..evaluation.judge import verdict_metrics
+from ..evaluation.kpis import kpi_metrics
 from ..evaluation.perquestion import cutoffs_for, question_metrics
 from ..evaluation.spans import chunk_level_metrics, relevant_chunks
 from ..hashing import hash_obj
@@ -27,6 +29,7 @@ from ..stages.retrieval import RetrievalResult
 from ..stages.safety import attack_succeeded, pii_metrics, plant, prompt_instruction_text, redact
 from .budget import Budget
 from .components import Components, Generator
+from .costs import StageCosts
 from .plan import Plan, PlannedRun
 
 
@@ -43,6 +46,7 @@ class Retrieved:
     rendered: object = None
     attack: Attack | None = None
     failed: str | None = None  # the retrieval's error (an embedding endpoint down): a failed row
+    stage_costs: dict = field(default_factory=dict)  # the query embedding's and the reranker's cost
 
 
 @dataclass
@@ -111,34 +115,47 @@ class GenerationStep:
 
 
 class JudgeStep:
-    """The optional LLM judge: is the answer supported by the context? Cached like a generation."""
+    """The optional LLM judge: is the answer supported by the context? Asked ``repeats`` times per
+    answer (distinct seeds), each verdict cached like a generation (workbench/evaluation/judge.py)."""
 
     def __init__(self, run: PlannedRun, plan: Plan, components: Components):
         judge = plan.experiment.spec.judge
-        self.lineage, self.spec, self.components = run.lineage["judge"], judge.as_generation(), components
+        self.lineage, self.components = run.lineage["judge"], components
+        self.specs = [judge.as_generation(i) for i in range(judge.repeats)]
+        self.spec = self.specs[0]
         self.prompt = load_prompt(plan.experiment.prompt_paths[judge.prompt], JUDGE_PLACEHOLDERS)
         self.prices = load_prices()
+        # Cache identity without the number of repeats: asking for more repeats reuses the verdicts
+        # already given (and repeats: 1 keeps the keys judges had before repeats existed).
+        config = {k: v for k, v in self.lineage.get("judge_config", {}).items() if k != "repeats"}
+        self._key_lineage = {**self.lineage, "judge_config": config} if "judge_config" in self.lineage else self.lineage
 
-    def __call__(self, question: str, context: list[ContextChunk], answer: str, metrics: dict) -> dict:
-        """``judge_faithful`` (1/0, None when unparseable), its cost and latency, and
-        ``judge_agrees``: whether the verdict matches the judge-free hallucination flag."""
-        key = "judge:" + hash_obj([self.lineage, rendered_hash(render(self.prompt, question, context, answer))])
+    def _verdict(self, repeat: int, question: str, context: list[ContextChunk], answer: str) -> GenerationResult:
+        spec = self.specs[repeat]
+        base = [self._key_lineage, rendered_hash(render(self.prompt, question, context, answer))]
+        key = "judge:" + hash_obj(base if repeat == 0 else [*base, {"repeat_seed": spec.seed}])
         result = self.components.cache.get(key)
         if result is None:
-            result = self.components.generator(self.spec, role="judge").generate(self.prompt, question, context, answer=answer)
+            result = self.components.generator(spec, role="judge").generate(self.prompt, question, context, answer=answer)
             if result.error is None:
                 self.components.cache.set(key, result)
-        if result.error is not None:
-            return {"judge_faithful": None, "judge_error": 1.0}
-        verdict = parse_verdict(result.answer)
-        model = f"local:{self.spec.model}" if self.spec.provider == "local" else self.spec.model
-        hallucination = metrics.get("hallucination")
-        return {
-            "judge_faithful": verdict,
-            "judge_cost_usd": cost_usd(model, result.prompt_tokens, result.completion_tokens, self.prices),
-            "judge_latency_s": result.latency_s,
-            "judge_agrees": None if verdict is None or hallucination is None else float(verdict == 1.0 - hallucination),
-        }
+        return result
+
+    def __call__(self, question: str, context: list[ContextChunk], answer: str, metrics: dict) -> tuple[dict, list[dict]]:
+        """The question's judge metrics (:func:`verdict_metrics`), cost and latency, and the trace of
+        every verdict (seed, verdict, the judge's words, error)."""
+        results = [self._verdict(i, question, context, answer) for i in range(len(self.specs))]
+        ok = [r for r in results if r.error is None]
+        verdicts = [parse_verdict(r.answer) for r in ok]
+        out = verdict_metrics(verdicts, len(results) - len(ok), metrics.get("hallucination"))
+        if ok:
+            costs = [cost_usd(price_name(self.spec.provider, self.spec.model), r.prompt_tokens, r.completion_tokens, self.prices) for r in ok]
+            latencies = [r.latency_s for r in ok if r.latency_s is not None]
+            out["judge_cost_usd"] = None if any(c is None for c in costs) else sum(costs)
+            out["judge_latency_s"] = sum(latencies) / len(latencies) if latencies else None
+        trace = [{"seed": spec.seed, "verdict": parse_verdict(r.answer) if r.error is None else None, "answer": r.answer[:200],
+                  "error": r.error} for spec, r in zip(self.specs, results)]
+        return out, trace
 
 
 class SafetyStep:
@@ -192,6 +209,10 @@ class QuestionPath:
         self.safety = SafetyStep(plan, prompt) if plan.experiment.spec.safety is not None else None
         self.timings: dict[str, float] = defaultdict(float)
         self.rerank_fallbacks = 0
+        self.costs = StageCosts(run, components)
+        spec = plan.experiment.spec
+        self.criteria = {m: (b.min, b.max) for m, b in spec.pass_criteria.items()}
+        self.token_budget = spec.token_budget
 
     def _timed(self, name: str, fn: Callable, *args):
         t0 = time.perf_counter()
@@ -208,17 +229,20 @@ class QuestionPath:
         except ProviderError as exc:  # the query's embedding endpoint failed after its retries
             item.failed = str(exc)
             return item
+        item.stage_costs = self.costs.embedding_cost(query.text)
         reranker = self.components.reranker(self.run)
         if reranker is not None:
+            item.stage_costs.update(self.costs.rerank_cost(query.text, lambda: [self.chunks.indexed_text(h.chunk_id) for h in result.hits]))
             reranked = self._timed("rerank_s", reranker.rerank, query.text, result.hits)
             self.rerank_fallbacks += reranked.fallback
             item.rerank_latency_s = reranked.latency_s
             result = RetrievalResult(reranked.hits, result.latency_s + reranked.latency_s)
         item.result = result
-        item.hits = [{"rank": r, "chunk_id": h.chunk_id, "doc_id": h.doc_id, "score": h.score, "text": self.chunks.text(h.chunk_id)}
-                     for r, h in enumerate(result.hits, start=1)]
+        item.hits = [self._hit(r, h) for r, h in enumerate(result.hits, start=1)]
         if self.generation is not None:
-            item.context = [ContextChunk(h["rank"], h["doc_id"], self.dataset.docs[h["doc_id"]].title, h["text"]) for h in item.hits]
+            # the passage header: the chunk's context (title and heading path), else its document's title
+            item.context = [ContextChunk(h["rank"], h["doc_id"], h.get("context") or self.dataset.docs[h["doc_id"]].title, h["text"])
+                            for h in item.hits]
             item.rendered = render(self.generation.prompt, query.text, item.context)
             item.attack = self.safety.attack_for(position) if self.safety else None
         return item
@@ -240,15 +264,26 @@ class QuestionPath:
         t0 = time.perf_counter()
         metrics = question_metrics(query, relevant, item.result.hits, self.cfg.final_k, answer, [h["text"] for h in item.hits])
         metrics.update(self._chunk_metrics(query, item))
+        metrics.update(item.stage_costs)
         self.timings["evaluation_s"] += time.perf_counter() - t0
+        judged = None
         if self.judge is not None and answer is not None:
-            metrics.update(self._timed("judge_s", self.judge, query.text, item.context, answer, metrics))
+            judge_metrics, judged = self._timed("judge_s", self.judge, query.text, item.context, answer, metrics)
+            metrics.update(judge_metrics)
         trace = self._trace(gen, answered.attack_trial if answered else None, metrics)
+        if judged:
+            trace["judge"] = judged  # every verdict, readable or not
         if self.safety is not None and self.safety.pii:
             metrics.update(pii_metrics(answer, [h["text"] for h in item.hits]))
         return self._row(item, gen, relevant, metrics, trace)
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _hit(self, rank: int, hit) -> dict:
+        """A hit as stored: its text, and the context it was indexed with (when it has one)."""
+        chunk = self.chunks.get(hit.chunk_id)
+        stored = {"rank": rank, "chunk_id": hit.chunk_id, "doc_id": hit.doc_id, "score": hit.score, "text": chunk.text}
+        return {**stored, "context": chunk.context} if chunk.context else stored
+
     def relevant(self, query: Query) -> dict[str, int]:
         return {} if query.unanswerable else self.dataset.qrels.get(query.query_id, {})
 
@@ -287,6 +322,7 @@ class QuestionPath:
             "cost_usd": self.generation.cost(gen) if gen else None,
             "metrics": metrics, "trace": trace or None, "code_version": self.run.lineage.get("code_hash"),
         }
+        metrics.update(kpi_metrics(row, metrics, self.criteria, self.token_budget))
         return row
 
     def stored(self, row: dict) -> dict:
@@ -296,9 +332,11 @@ class QuestionPath:
     def failed_row(self, item: Retrieved) -> dict:
         """A question whose retrieval failed (its embedding endpoint is down): stored with its error."""
         q = item.query
-        return {"run_id": self.run.run_id, "query_id": q.query_id, "position": item.position, "question": q.text,
-                "gold_answers": list(q.answers), "relevant": self.relevant(q), "hits": [], "answer": None,
-                "error": item.failed[:500], "metrics": {}, "code_version": self.run.lineage.get("code_hash")}
+        row = {"run_id": self.run.run_id, "query_id": q.query_id, "position": item.position, "question": q.text,
+               "gold_answers": list(q.answers), "relevant": self.relevant(q), "hits": [], "answer": None,
+               "error": item.failed[:500], "metrics": {}, "code_version": self.run.lineage.get("code_hash")}
+        row["metrics"] = kpi_metrics(row, {}, self.criteria, None)  # a failed question did not pass
+        return row
 
     def ask(self, position: int, query: Query) -> dict | None:
         """The whole path for one question: its row, or None when the budget is spent."""
@@ -318,7 +356,7 @@ def redact_row(row: dict) -> dict:
     out = dict(row)
     out["question"] = redact(row["question"])
     out["answer"] = redact(row.get("answer"))
-    out["hits"] = [{**h, "text": redact(h["text"])} for h in row["hits"]]
+    out["hits"] = [{**h, "text": redact(h["text"]), **({"context": redact(h["context"])} if h.get("context") else {})} for h in row["hits"]]
     if row.get("trace") and row["trace"].get("attack"):
         a = row["trace"]["attack"]
         out["trace"] = {**row["trace"], "attack": {**a, **{k: redact(a[k]) for k in ("question", "passage", "answer")}}}

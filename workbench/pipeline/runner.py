@@ -24,6 +24,8 @@ from scipy.stats import binomtest
 from ..data.types import Query
 from ..errors import WorkbenchError
 from ..evaluation.aggregate import aggregate_rows, clean_values
+from ..evaluation.judge import judge_aggregates
+from ..evaluation.kpis import kpi_aggregates
 from ..hashing import hash_obj
 from ..providers.recording import misses_as_errors
 from ..settings import Workspace
@@ -31,6 +33,7 @@ from ..stages.chunking import truncation_rate
 from ..store import Store
 from .budget import Budget
 from .components import Components
+from .costs import index_cost
 from .plan import Plan, PlannedRun
 from .progress import NullProgress, Progress
 from .question import Answered, QuestionPath
@@ -47,6 +50,8 @@ class RunSession:
         self.runner, self.run, self.store = runner, run, runner.store
         if rerun == "all":
             self.store.delete_run_rows(run.run_id)
+        # the commits of code versions that computed rows in earlier sessions (their rows are kept)
+        self.known_commits = {v["code_hash"]: v.get("git_commit") for v in (self.store.stored_lineage(run.run_id) or {}).get("code_versions", [])}
         self.done = self.store.done_query_ids(run.run_id)
         self.store.start_run(run.run_id, run.config.model_dump(), run.config.axes(), run.lineage, len(runner.plan.queries))
         with misses_as_errors():  # building an index embeds passages: a strict replay may miss one
@@ -109,7 +114,7 @@ class RunSession:
             self._pool.shutdown()
         rows = self.store.questions(self.run.run_id)
         n_failed = int(rows["error"].notna().sum()) if not rows.empty else 0
-        self.store.write_aggregates(self.run.run_id, aggregate_rows(rows) + safety_aggregates(rows))
+        self.store.write_aggregates(self.run.run_id, run_aggregates(rows) + index_cost(self.run, self.path.chunks))
         if status is None:
             status = "complete" if n_failed == 0 else ("failed" if n_failed == len(rows) else "partial")
             if self.stopped:
@@ -118,7 +123,7 @@ class RunSession:
         chunks = self.path.chunks
         self.store.finish_run(self.run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, self.path.max_tokens),
                               {**timings, "questions_computed": self.computed, "rerank_fallbacks": self.path.rerank_fallbacks},
-                              evidence)
+                              evidence, self.lineage())
         return {"run_id": self.run.run_id, "status": status, "computed": self.computed, "n_failed": n_failed, **timings}
 
 
@@ -129,6 +134,15 @@ class RunSession:
             return {}
         delta = self._throttle.stats().minus(self._throttle_before)
         return delta if delta["throttle_requests"] else {}
+
+    def lineage(self) -> dict:
+        """The run's lineage with ``code_versions``: every code version that computed stored rows,
+        with how many (most first) and its git commit where known. A resumed run keeps the rows an
+        older version computed, labelled with that version, never relabelled with the new one."""
+        commits = {**self.known_commits, self.run.lineage.get("code_hash"): self.run.lineage.get("git_commit")}
+        counts = self.store.code_versions(self.run.run_id)
+        versions = [{"code_hash": h, "git_commit": commits.get(h), "rows": n} for h, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        return {**self.run.lineage, "code_versions": versions}
 
 
 class Runner:
@@ -206,6 +220,12 @@ def run_experiment(plan: Plan, workspace: Workspace, *, rerun: str = "missing", 
     """Execute a whole plan in this process; returns a summary per run (and the shared timings)."""
     with Runner(plan, workspace, components=components, progress=progress) as runner:
         return runner.run(rerun=rerun)
+
+
+def run_aggregates(rows) -> list[dict]:
+    """Every aggregate of a run computed from its stored rows: means and percentiles with their
+    intervals, the safety rates, the judge's noise and agreement with people, and the KPIs."""
+    return aggregate_rows(rows) + safety_aggregates(rows) + judge_aggregates(rows) + kpi_aggregates(rows)
 
 
 SAFETY_RATES = (("attack_success", "attack_success_rate"), ("pii_leakage", "pii_leakage_rate"),

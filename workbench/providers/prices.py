@@ -47,13 +47,22 @@ def cost_usd(model: str, prompt_tokens: int | None, completion_tokens: int | Non
     """
     if model.startswith("local:") or model in LOCAL_LLMS:
         return 0.0
+    entry = _priced(model, prices)
+    if entry is None or prompt_tokens is None or completion_tokens is None:
+        return None
+    return (prompt_tokens * entry.input_per_1m_usd + completion_tokens * entry.output_per_1m_usd) / 1e6 + entry.per_call_usd
+
+
+def call_cost_usd(model: str, input_tokens: int | None, prices: dict[str, PriceEntry]) -> float | None:
+    """Cost of one embedding or rerank call in USD: input tokens at the input price, plus the
+    entry's ``per_call_usd`` (rerank APIs priced per search); 0 for a local model, None when unknown."""
+    return cost_usd(model, input_tokens, 0, prices)
+
+
+def _priced(model: str, prices: dict[str, PriceEntry]) -> PriceEntry | None:
     entry = price_for(model, prices)
-    if entry is None:
-        if model not in _UNPRICED_WARNED:
-            _UNPRICED_WARNED.add(model)
-            _log.warning("no price for model %r in the price table (workbench/providers/prices.yaml or $WORKBENCH_PRICES): "
-                         "its cost is reported as unknown", model)
-        return None
-    if prompt_tokens is None or completion_tokens is None:
-        return None
-    return (prompt_tokens * entry.input_per_1m_usd + completion_tokens * entry.output_per_1m_usd) / 1e6
+    if entry is None and model not in _UNPRICED_WARNED:
+        _UNPRICED_WARNED.add(model)
+        _log.warning("no price for model %r in the price table (workbench/providers/prices.yaml or $WORKBENCH_PRICES): "
+                     "its cost is reported as unknown", model)
+    return entry

@@ -59,6 +59,10 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "", 
     return f'<div style="overflow-x:auto"><table class="{cls}">{head}<tbody>{"".join(body)}</tbody></table></div>'
 
 
+# Public names for the sections kept in their own modules (report/kpis.py).
+metric_cell, table = _cell, _table
+
+
 def title_html(data: ReportData) -> str:
     desc = data.spec.get("description") if isinstance(data.spec, dict) else None
     lineage = (data.runs.iloc[0]["lineage"] if not data.runs.empty else None) or {}
@@ -312,9 +316,15 @@ def _short(value, n: int = 12) -> str:
 
 
 def _code(lineage: Mapping) -> str:
-    commit = str(lineage.get("git_commit") or "")
-    short = (commit[:12] + (" (uncommitted changes)" if commit.endswith("-dirty") else "")) if commit else "no git commit"
-    return f"{short}; code hash {_short(lineage.get('code_hash'))}"
+    versions = lineage.get("code_versions") or []
+    if len(versions) > 1:  # a run resumed under other code: each version with the rows it computed
+        return "; ".join(f"{_commit(v.get('git_commit'))}, code hash {_short(v.get('code_hash'))} ({v.get('rows')} rows)" for v in versions)
+    return f"{_commit(lineage.get('git_commit'))}; code hash {_short(lineage.get('code_hash'))}"
+
+
+def _commit(commit) -> str:
+    commit = str(commit or "")
+    return (commit[:12] + (" (uncommitted changes)" if commit.endswith("-dirty") else "")) if commit else "no git commit"
 
 
 def lineage_html(data: ReportData) -> str:

@@ -4,6 +4,12 @@ LlamaIndex's splitters count tiktoken tokens by default, while MiniLM truncates 
 word pieces: at ``chunk_size: 256`` most chunks would be silently cut. So the splitter is given the
 embedding model's tokenizer, and every chunk records its length in that tokenizer so the run can
 report its truncation rate.
+
+Chunk context (``ChunkingSpec.context``): a chunk carries the text it is prefixed with when it is
+embedded, indexed and reranked (:attr:`Chunk.indexed_text`): its document's title, or the title
+and the headings it sits under. The prefix is kept apart from ``text``: the splitter never sees it
+(chunk boundaries are those of ``context: none``), offsets and gold spans refer to ``text`` only,
+and ``n_tokens`` counts what the embedder receives (prefix included), for the truncation rate.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from llama_index.core import Document as LIDocument
 from llama_index.core.node_parser import SentenceSplitter, TokenTextSplitter
 
 from ..config.experiment import ChunkingSpec
+from ..data.headings import heading_path
 from ..data.types import Document
 from ..hashing import hash_obj
 
@@ -31,7 +38,18 @@ class Chunk:
     text: str
     start_char: int  # offsets into the document's text; -1 when the parser could not place it
     end_char: int
-    n_tokens: int  # length in the chunking tokenizer, specials included
+    n_tokens: int  # length of indexed_text in the chunking tokenizer, specials included
+    context: str = ""  # the prefix it is embedded and indexed with (title, heading path); not part of the offsets
+
+    @property
+    def indexed_text(self) -> str:
+        return with_context(self.context, self.text)
+
+
+def with_context(context: str, text: str) -> str:
+    """What the embedder, BM25 and rerankers see of a chunk: its context, a blank line, its text
+    (LlamaIndex's metadata template; BEIR joins title and text with a space: the same tokens)."""
+    return f"{context}\n\n{text}" if context else text
 
 
 @dataclass(frozen=True)
@@ -45,9 +63,30 @@ class Tokenizer:
 
 
 def chunk_set_key(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokenizer | str) -> str:
-    """Content address of a chunk set: documents' content hashes, chunker config, tokenizer (name)."""
+    """Content address of a chunk set: documents' content hashes (title included), chunker config
+    (its context included when it has one), tokenizer (name), and the headings when chunks are
+    prefixed with them."""
     name = tokenizer if isinstance(tokenizer, str) else tokenizer.name
-    return hash_obj({"docs": sorted((d.doc_id, d.content_hash) for d in docs), "chunking": spec.model_dump(), "tokenizer": name})
+    docs = list(docs)
+    key = {"docs": sorted((d.doc_id, d.content_hash) for d in docs), "chunking": spec.model_dump(), "tokenizer": name}
+    if spec.context == "heading_path":
+        key["headings"] = hash_obj(sorted((d.doc_id, [(h.start, h.level, h.text) for h in d.headings]) for d in docs))
+    return hash_obj(key)
+
+
+def chunk_context(doc: Document, mode: str | None, offset: int) -> str:
+    """The prefix of a chunk of ``doc`` starting at ``offset`` (-1: not placed) under context ``mode``:
+    nothing, the title, or ``Title > Heading > Subheading`` (a first heading repeating the title,
+    as a Markdown file's ``# Title`` does, is not said twice)."""
+    if mode not in ("title", "heading_path"):
+        return ""
+    title = " ".join(doc.title.split())
+    if mode == "title" or offset < 0:
+        return title
+    path = heading_path(doc.headings, offset)
+    if path and title and path[0] == title:
+        path = path[1:]
+    return " > ".join(p for p in [title, *path] if p)
 
 
 def _parser(spec: ChunkingSpec, tokenizer: Tokenizer):
@@ -82,7 +121,8 @@ def iter_chunks(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokeniz
             if start >= 0:
                 cursor = start
             if text.strip():
-                yield Chunk(f"{doc.doc_id}#{i}", doc.doc_id, text, start, end, tokenizer.count_fn(text))
+                context = chunk_context(doc, spec.context, start)
+                yield Chunk(f"{doc.doc_id}#{i}", doc.doc_id, text, start, end, tokenizer.count_fn(with_context(context, text)), context)
 
 
 def _place(doc_text: str, text: str, start: int, end: int, cursor: int) -> tuple[int, int]:
@@ -135,14 +175,15 @@ class ChunkSet(Sequence[Chunk]):
         try:
             con = sqlite3.connect(tmp)
             con.execute("CREATE TABLE chunks (pos INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL UNIQUE, doc_id TEXT NOT NULL, "
-                        "text TEXT NOT NULL, start_char INTEGER, end_char INTEGER, n_tokens INTEGER)")
+                        "text TEXT NOT NULL, start_char INTEGER, end_char INTEGER, n_tokens INTEGER, context TEXT NOT NULL DEFAULT '')")
+            insert = f"INSERT INTO chunks ({cls._COLS}) VALUES (?,?,?,?,?,?,?)"
             batch: list[tuple] = []
             for c in chunks:
-                batch.append((c.chunk_id, c.doc_id, c.text, c.start_char, c.end_char, c.n_tokens))
+                batch.append((c.chunk_id, c.doc_id, c.text, c.start_char, c.end_char, c.n_tokens, c.context))
                 if len(batch) >= cls.BATCH:
-                    con.executemany("INSERT INTO chunks (chunk_id, doc_id, text, start_char, end_char, n_tokens) VALUES (?,?,?,?,?,?)", batch)
+                    con.executemany(insert, batch)
                     batch.clear()
-            con.executemany("INSERT INTO chunks (chunk_id, doc_id, text, start_char, end_char, n_tokens) VALUES (?,?,?,?,?,?)", batch)
+            con.executemany(insert, batch)
             con.execute("CREATE INDEX chunks_doc ON chunks (doc_id)")
             con.commit()
             con.close()
@@ -161,7 +202,7 @@ class ChunkSet(Sequence[Chunk]):
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         return self._con().execute(sql, args).fetchall()
 
-    _COLS = "chunk_id, doc_id, text, start_char, end_char, n_tokens"
+    _COLS = "chunk_id, doc_id, text, start_char, end_char, n_tokens, context"
 
     def __len__(self) -> int:
         return self._len
@@ -195,6 +236,10 @@ class ChunkSet(Sequence[Chunk]):
     def text(self, chunk_id: str) -> str:
         return self.get(chunk_id).text
 
+    def indexed_text(self, chunk_id: str) -> str:
+        """The chunk as it was embedded and indexed (its context prefix included)."""
+        return self.get(chunk_id).indexed_text
+
     def in_doc(self, doc_id: str) -> list[Chunk]:
         return [Chunk(*r) for r in self._query(f"SELECT {self._COLS} FROM chunks WHERE doc_id = ? ORDER BY pos", (doc_id,))]
 
@@ -209,6 +254,10 @@ class ChunkSet(Sequence[Chunk]):
             part = ids[start:start + 500]
             total += self._query(f"SELECT COUNT(*) FROM chunks WHERE doc_id IN ({','.join('?' * len(part))})", tuple(part))[0][0]
         return total
+
+    def total_tokens(self) -> int:
+        """Tokens of every chunk as embedded (context included): what building an index sends."""
+        return int(self._query("SELECT COALESCE(SUM(n_tokens), 0) FROM chunks")[0][0])
 
     def truncation_rate(self, max_tokens: int | None) -> float | None:
         if max_tokens is None or not self._len:

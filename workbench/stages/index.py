@@ -160,7 +160,7 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
         embedder = embedder_factory()
         for start in range(0, len(chunks), ADD_BATCH):  # streamed: one batch of texts and vectors at a time
             batch = chunks[start:start + ADD_BATCH]
-            vectors = embedder.embed_passages([c.text for c in batch])
+            vectors = embedder.embed_passages([c.indexed_text for c in batch])  # with the chunk's context
             store.add([
                 TextNode(id_=c.chunk_id, text=c.text, embedding=vec.tolist(), metadata={"doc_id": c.doc_id},
                          excluded_embed_metadata_keys=["doc_id"], excluded_llm_metadata_keys=["doc_id"])

@@ -136,7 +136,7 @@ class HostedReranker:
 
 class CachedReranker:
     """Cache and time a reranker: key = (rerank config, the reranker model's fingerprint, query
-    text, first-stage hits).
+    text, first-stage hits, the passages' texts as given: with their chunk context).
 
     The fingerprint (:func:`reranker_fingerprint`: a local model's weights hash) is in the key
     because the config alone names a cross-encoder by its folder: a model retrained at the same
@@ -147,14 +147,15 @@ class CachedReranker:
         self.spec, self.fingerprint, self.impl, self.cache, self.texts = spec, fingerprint, impl, cache, texts
 
     def rerank(self, query: str, first_stage: tuple[Hit, ...]) -> RerankResult:
+        hits = list(first_stage)
+        texts = [self.texts(h.chunk_id) for h in hits]
         key = "rerank:" + hash_obj([self.spec.model_dump(), self.fingerprint, sha256_text(query),
-                                    [(h.chunk_id, h.score) for h in first_stage]])
+                                    [(h.chunk_id, h.score) for h in first_stage], sha256_text("\x00".join(texts))])
         found = self.cache.get(key)
         if found is not None:
             return found
-        hits = list(first_stage)
         t0 = time.perf_counter()
-        out, fallback = self.impl(query, hits, [self.texts(h.chunk_id) for h in hits], self.spec.top_n) if hits else ([], False)
+        out, fallback = self.impl(query, hits, texts, self.spec.top_n) if hits else ([], False)
         result = RerankResult(tuple(out), time.perf_counter() - t0, fallback)
         self.cache.set(key, result)
         return result

@@ -113,7 +113,7 @@ class Retriever:
 
             # BM25's index needs the whole tokenized corpus; LlamaIndex's retriever also keeps the
             # nodes it returns. This is the one stage that holds every chunk text at once.
-            nodes = [TextNode(id_=c.chunk_id, text=c.text, metadata={"doc_id": c.doc_id}) for c in self.chunks]
+            nodes = [TextNode(id_=c.chunk_id, text=c.indexed_text, metadata={"doc_id": c.doc_id}) for c in self.chunks]
             self._bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=10, language="en")
         return self._bm25
 
