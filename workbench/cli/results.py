@@ -12,26 +12,31 @@ from rich.table import Table
 
 from ..errors import WorkbenchError
 from ..settings import Workspace
-from .app import StoreOpt, app, fail, out, print_board
+from .app import StoreOpt, app, fail, out
 
 
 @app.command()
 def results(
     experiment: Annotated[str, typer.Argument(help="experiment name")],
     store: StoreOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON (one object per run)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON: one object per run, best first, every metric")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="show every metric (tables of metrics x runs)")] = False,
+    metric: Annotated[str | None, typer.Option("--metric", "-m", help="rank by this metric (default: answer F1, else nDCG@10, "
+                                                                      "else MRR)")] = None,
 ) -> None:
-    """Print an experiment's leaderboard: one row per run with its axes and every aggregate metric."""
-    from ..store import Store, to_json_records
+    """Print an experiment's leaderboard: one line per run, best first, with the ranking metric's 95% CI."""
+    from ..report.board import rank_runs
+    from ..store import Store
+    from .board import print_ranked
 
     try:
-        board = Store(Workspace.resolve(store=store).store_url).leaderboard(experiment)
+        ranked = rank_runs(Store(Workspace.resolve(store=store).store_url), experiment, metric=metric)
     except WorkbenchError as exc:
         fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps(to_json_records(board), indent=2) + "\n")
+        sys.stdout.write(json.dumps(ranked.records(), indent=2) + "\n")
     else:
-        print_board(board, f"{experiment} leaderboard")
+        print_ranked(out, ranked, show_all=show_all)
 
 
 @app.command(name="ls")
@@ -89,16 +94,19 @@ def compare(
     try:
         st = Store(Workspace.resolve(store=store).store_url)
         df = compare_runs(st, run_a, run_b, metric or None)
-        qa = st.questions(st.run(run_a)["run_id"])
+        a, b = st.run(run_a), st.run(run_b)
+        qa = st.questions(a["run_id"])
         flip_metric = flips or primary_metric(qa)
         flipped = flipped_questions(st, run_a, run_b, flip_metric)
     except WorkbenchError as exc:
         fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps({"metrics": to_json_records(df), "flipped_metric": flip_metric,
-                                     "flipped": to_json_records(flipped)}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"a": _run_json(a), "b": _run_json(b), "difference": "b - a", "metrics": to_json_records(df),
+                                     "flipped_metric": flip_metric, "flipped": to_json_records(flipped)}, indent=2) + "\n")
         return
-    table = Table(title=f"{run_b[:10]} vs {run_a[:10]} (diff = B - A, paired over questions)")
+    out.print(f"A: {_run_text(a)} vs B: {_run_text(b)}, difference = B − A (paired over the questions both answered)",
+              highlight=False, markup=False)
+    table = Table()
     for col in ("metric", "n", "A", "B", "diff", "95% CI", "p", "test"):
         table.add_column(col)
     for _, r in df.iterrows():
@@ -113,6 +121,19 @@ def compare(
     out.print(f"{len(flipped)} questions changed {flip_metric} ({counts})")
     for _, r in flipped.head(20).iterrows():
         out.print(f"  {r['change']:+.3g}  {r['query_id']}  {r['question']}", highlight=False, markup=False)
+
+
+def _run_json(run: dict) -> dict:
+    return {"run_id": run["run_id"], "config": config_label(run), "axes": run["axes"]}
+
+
+def _run_text(run: dict) -> str:
+    return f"{run['run_id'][:10]} ({config_label(run)})"
+
+
+def config_label(run: dict) -> str:
+    """A stored run's configuration in one line: every axis it uses (``sentence 128/16 | bm25@5 | ...``)."""
+    return " | ".join(str(v) for v in (run.get("axes") or {}).values() if v not in (None, "", "-")) or "?"
 
 
 @app.command()

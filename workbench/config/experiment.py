@@ -451,6 +451,14 @@ class IndexSpec(_Spec):
     chroma: ChromaServerSpec | None = None
 
 
+class LeaderboardSpec(_Spec):
+    """What ``workbench results`` shows next to the ranking metric: at most five metric columns
+    (registry names, e.g. ``[hit_at_5, f1, hallucination, latency_p95_s, cost_per_question_usd]``,
+    the default; checked when the experiment is planned)."""
+
+    columns: list[str] = Field(max_length=5)
+
+
 class ExperimentSpec(_Spec):
     """One bake-off: a dataset, a query sample, and the grid of alternatives to compare."""
 
@@ -467,6 +475,7 @@ class ExperimentSpec(_Spec):
     safety: SafetySpec | None = None
     relevance: RelevanceSpec = RelevanceSpec()
     index: IndexSpec | None = None
+    leaderboard: LeaderboardSpec | None = None
 
     @model_validator(mode="after")
     def _gates_need_baseline(self) -> ExperimentSpec:

@@ -23,7 +23,8 @@ from ..config.files import JUDGE_PLACEHOLDERS, load_attack_suite, load_prompt
 from ..data.corpus import unanswerable_slice
 from ..data.loader import load_dataset
 from ..data.types import Dataset, Query
-from ..errors import WorkbenchError
+from ..errors import ConfigError, MetricError, WorkbenchError
+from ..evaluation.registry import metric_info
 from ..hashing import file_sha256, hash_obj, sha256_text
 from ..providers.apikeys import api_key_for
 from ..providers.llm_server import local_model_path
@@ -150,12 +151,23 @@ def sample_queries(experiment: Experiment, dataset: Dataset) -> list[Query]:
 
 def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
     """Validate everything and compute run ids. Raises ``WorkbenchError``; writes nothing to the store."""
+    check_leaderboard(experiment)
     with diskcache.Cache(str(workspace.memo_dir)) as memo:
         dataset = load_dataset(experiment.dataset_path, memo=memo)
         queries = sample_queries(experiment, dataset)
         shared = _shared_lineage(experiment, dataset, queries, memo)
         runs = [_planned_run(cfg, experiment, shared) for cfg in experiment.runs()]
     return Plan(experiment, dataset, queries, runs)
+
+
+def check_leaderboard(experiment: Experiment) -> None:
+    """The ``leaderboard.columns`` an experiment file names are metrics (the registry's names)."""
+    spec = experiment.spec.leaderboard
+    for i, name in enumerate(spec.columns if spec else []):
+        try:
+            metric_info(name)
+        except MetricError as exc:
+            raise ConfigError(f"{experiment.path}: leaderboard.columns[{i}]: {exc}") from None
 
 
 def _shared_lineage(experiment: Experiment, dataset: Dataset, queries: list[Query], memo) -> dict:
