@@ -23,7 +23,7 @@ from ..config.files import Prompt
 from ..errors import WorkbenchError
 from ..providers.apikeys import api_key_for
 from ..providers.clients import OPENAI_BASE_URL, endpoint_for
-from ..providers.llm_server import LocalLLMServer
+from ..providers.llm_server import LocalLLMServer, ServerPool
 from ..settings import Workspace, apply_offline_defaults
 from ..stages import index as index_mod
 from ..stages import rerank as rr
@@ -32,6 +32,7 @@ from ..stages.embedding import CachedEmbedder, Embedder, load_tokenizer, make_em
 from ..stages.generation import GenerationResult, generate, make_client
 from ..stages.retrieval import Retriever
 from .plan import Plan, PlannedRun
+from .progress import Progress
 
 
 class Generator(Protocol):
@@ -76,15 +77,19 @@ class Components:
         plan: What is executed (chunking tokenizers and model files are the plan's).
         workspace: Cache folders, threads, the Chroma server.
         embedders, tokenizers, generators, rerankers: factories replacing the live ones (tests).
-        log: Where one-line notes go (an index built or reused).
+        progress: Where notes (an index built or reused) and the index build's progress (chunks
+            embedded) go; a runner given these components fills it in when it is None.
+        servers: Local LLM servers shared beyond these components (one per kernel in the
+            explorer); default: started here and stopped by :meth:`close`.
     """
 
     def __init__(self, plan: Plan, workspace: Workspace, *, embedders: EmbedderFactory | None = None,
                  tokenizers: TokenizerFactory | None = None, generators: GeneratorFactory | None = None,
-                 rerankers: RerankerFactory | None = None, log: Callable[[str], None] | None = None):
+                 rerankers: RerankerFactory | None = None, progress: Progress | None = None, servers: ServerPool | None = None):
         apply_offline_defaults()
         self.plan, self.workspace = plan, workspace
-        self.log = log or (lambda message: None)
+        self.progress = progress
+        self.servers = servers
         self._stack = contextlib.ExitStack()
         self.cache = self._stack.enter_context(diskcache.Cache(str(workspace.stages_dir), size_limit=2**34))
         self.memo = self._stack.enter_context(diskcache.Cache(str(workspace.memo_dir)))
@@ -127,10 +132,16 @@ class Components:
     def local_server(self, model: str) -> LocalLLMServer:
         def start() -> LocalLLMServer:
             self.workspace.logs_dir.mkdir(parents=True, exist_ok=True)
+            if self.servers is not None:
+                return self.servers.get(model, n_threads=self.workspace.local_threads, log_dir=self.workspace.logs_dir)
             server = LocalLLMServer(model, n_threads=self.workspace.local_threads, log_dir=self.workspace.logs_dir)
             return self._stack.enter_context(server)
 
         return self._once(("server", model), start)
+
+    def log(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.message(text)
 
     def _live_embedder(self, spec: EmbeddingSpec) -> Embedder:
         return make_embedder(spec, threads=self.workspace.local_threads, memo=self.memo)
@@ -190,8 +201,12 @@ class Components:
             return Retriever(source.chunks, source.key, self.cache)
         name = index_mod.collection_name(source.key, run.lineage["embedding_fingerprint"])
         t0 = time.perf_counter()
+        def embedded(done: int, total: int) -> None:
+            if self.progress is not None:
+                self.progress.update(f"index:{name}", f"index {spec.model}", done, total, "chunks embedded")
+
         collection, built = index_mod.ensure_collection(self._chroma_client(), name, source.chunks, lambda: self.embedder(spec),
-                                                        self.workspace.locks_dir)
+                                                        self.workspace.locks_dir, on_batch=embedded)
         self.timings["embed_index_s"] += time.perf_counter() - t0
         self.log(f"index {name} ({len(source.chunks)} chunks, {spec.model}): {'built' if built else 'reused'}")
         return Retriever(source.chunks, source.key, self.cache, collection, name, lambda: self.embedder(spec))
