@@ -157,8 +157,8 @@ def validate_parameters(path: str | os.PathLike, parameters: Mapping[str, Any]) 
 
 
 def assigned_names(source: str) -> list[str] | None:
-    """The names a cell assigns when it holds nothing but assignments to plain names (a
-    parameters cell, or the cell papermill injects after it); None for any other cell."""
+    """The names a cell assigns when it holds nothing but assignments of literals to plain names
+    (a parameters cell, or the cell papermill injects after it); None for any other cell."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -166,11 +166,16 @@ def assigned_names(source: str) -> list[str] | None:
     names = []
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            names.append(node.targets[0].id)
+            target = node.targets[0]
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            names.append(node.target.id)
+            target = node.target
         else:
             return None
+        try:
+            ast.literal_eval(node.value)  # parameters are literals (papermill injects them so)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+        names.append(target.id)
     return names or None
 
 
@@ -224,7 +229,7 @@ def check_parameters(name: str, namespace: Mapping[str, Any]) -> None:
         declared, injected = papermill.inspect_notebook(str(notebook_path(name))), []
     else:
         declared, injected = declared_parameters(found[0]), found[1]
-    names = [*[k for k in declared if k in namespace], *[k for k in injected if k not in declared]]
+    names = [*[k for k in injected if k not in declared], *[k for k in declared if k in namespace]]  # typos first
     check_values(f"{name}.ipynb", declared, {k: namespace.get(k) for k in names})
 
 
