@@ -349,11 +349,6 @@ class ExplorerWidgets:
         finally:
             self._filling = False
         self.fill_questions()
-        if self.listing.options:
-            self.listing.value = self.listing.options[0][1]
-            self.detail.value = x.question_html(self.listing.value)
-        else:
-            self.detail.value = ""
 
     def fill_questions(self, _=None) -> None:
         x = self.x
@@ -370,9 +365,11 @@ class ExplorerWidgets:
         try:
             self.listing.options = [(f"{OUTCOME_MARKS.get(o, '·')} {str(q)[:110]}", qid)
                                     for qid, q, o in zip(table["query_id"], table["question"], table["outcome"])]
+            self.listing.value = self.listing.options[0][1] if self.listing.options else None
         finally:
             self._filling = False
         self.status.value = wrap(f"<span>{len(table)} questions · {esc(outcome_note(x.metric))}</span>")
+        self.detail.value = x.question_html(self.listing.value) if self.listing.value else ""  # the list's first question
 
     def on_experiment(self, change) -> None:
         previous = self.x.experiment
@@ -395,8 +392,6 @@ class ExplorerWidgets:
         if x.run_b == x.run_a:
             x.run_b = None
         self.fill_questions()
-        if self.listing.value:
-            self.detail.value = x.question_html(self.listing.value)
 
     def on_question(self, change) -> None:
         if not self._filling:

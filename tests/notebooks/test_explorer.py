@@ -52,6 +52,10 @@ grid:
     return {"url": url, "cache": str(fx.cache_dir)}
 
 
+def widgets_search(explorer):
+    return explorer.widget().children[4]
+
+
 def _options(dropdown) -> list[str]:
     return [value for _, value in dropdown.options]
 
@@ -84,6 +88,14 @@ def test_switching_experiments_refills_both_runs_and_the_list_together(store):
         # run A and run B side by side, each with collapsible passages
         assert detail.value.count('class="side"') == 1 and "A: #1" in detail.value and "B: #2" in detail.value
         assert "<details class=\"passage" in detail.value
+
+    # filtering the list shows the first question that matches, not the one shown before
+    shown = detail.value
+    words = st.question_values(run_a.value)["question"].iloc[-1].split()
+    search = widgets_search(explorer)
+    search.value = " ".join(words[:3])
+    assert listing.options and detail.value != shown and listing.value in detail.value
+    search.value = ""
 
     # picking run B by hand, then switching experiments: nothing from the old experiment survives
     run_b.value = sorted(first_runs - {run_a.value, run_b.value})[0]

@@ -50,9 +50,7 @@ class RankedBoard:
     @property
     def metrics(self) -> list[str]:
         """Every metric some run measured, the ranking metric first, then in registry reading order."""
-        found = [c for c in self.board.columns if is_metric(c) and self.board[c].notna().any()]
-        ordered = [m for m in HEADLINE if m in found] + [m for m in metric_columns(found) if m not in HEADLINE]
-        return [self.metric, *[m for m in ordered if m != self.metric]]
+        return measured_metrics(self.board, self.metric)
 
     @property
     def tested(self) -> bool:
@@ -82,6 +80,14 @@ class RankedBoard:
                         rec[f"{m}_{side}"] = _plain(r.get(f"{m}_{side}"))
             out.append(rec)
         return out
+
+
+def measured_metrics(board: pd.DataFrame, first: str) -> list[str]:
+    """Every metric some run of ``board`` measured: ``first``, then the leaderboard's reading
+    order (:data:`~workbench.evaluation.registry.HEADLINE`), then quality before costs."""
+    found = [c for c in board.columns if is_metric(c) and board[c].notna().any()]
+    ordered = [m for m in HEADLINE if m in found] + [m for m in metric_columns(found) if m not in HEADLINE]
+    return [first, *[m for m in ordered if m != first]]
 
 
 def _plain(value):

@@ -20,7 +20,7 @@ from ..compare import ALPHA
 from ..evaluation.registry import description, label, lower_is_better
 from ..hashing import hash_obj
 from ..settings import redact_url
-from .board import choose_columns
+from .board import choose_columns, measured_metrics
 from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, axis_tables, quality_columns, reliability_table
 from .leaderboard import AXES, as_float, fmt
 from .style import wrap
@@ -153,7 +153,7 @@ def leaderboard_html(data: ReportData) -> str:
     note = ("Quality: mean over questions, with its 95% bootstrap interval below. ↓ marks metrics where lower is better. "
             "Latency: end-to-end per question (retrieval, reranking and generation). Click a column header to sort.")
     return ('<h2>Leaderboard</h2>' + (f'<p class="muted">Same in every run: {esc("; ".join(fixed))}</p>' if fixed else "")
-            + table + f'<p class="muted">{esc(note)}</p>' + all_metrics_html(data, every + costs) + _levels_note(data, every))
+            + table + f'<p class="muted">{esc(note)}</p>' + all_metrics_html(data, measured_metrics(b, data.metric)) + _levels_note(data, every))
 
 
 def all_metrics_html(data: ReportData, metrics: Sequence[str]) -> str:
@@ -164,7 +164,7 @@ def all_metrics_html(data: ReportData, metrics: Sequence[str]) -> str:
     rows = [[label(m) + (" ↓" if lower_is_better(m) else ""), *[_cell(m, r.get(m), r.get(m + "_ci_low"), r.get(m + "_ci_high"))
                                                                 for _, r in b.iterrows()]] for m in metrics]
     runs = "; ".join(f"#{int(r['rank'])} {r['label']}" for _, r in b.iterrows())
-    return (f'<details class="all-metrics"><summary>All {len(metrics)} metrics of every run</summary>'
+    return (f'<details class="all-metrics"><summary>Every metric of every run ({len(metrics)})</summary>'
             f'<p class="muted">{esc(runs)}</p>{_table(header, rows, "all-metrics")}</details>')
 
 
