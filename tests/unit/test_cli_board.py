@@ -68,12 +68,12 @@ def _cli(store: dict, *args: str, **env) -> subprocess.CompletedProcess:
                           env=_env(**env), timeout=300, cwd=store["root"])
 
 
-def _in_terminal(store: dict, columns: int, *args: str) -> str:
+def _in_terminal(store: dict, columns: int, *args: str, **env: str) -> str:
     """Run the command in a pseudo-terminal of ``columns`` x 50 (no $COLUMNS): what a user's terminal shows."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "workbench", *args, "--store", store["url"]], stdin=follower, stdout=follower,
-                            stderr=follower, env=_env(TERM="xterm-256color"), cwd=store["root"], close_fds=True)
+                            stderr=follower, env=_env(TERM="xterm-256color", **env), cwd=store["root"], close_fds=True)
     os.close(follower)
     chunks, deadline = [], time.time() + 300
     while time.time() < deadline:

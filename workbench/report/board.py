@@ -110,10 +110,21 @@ def short_labels(board: pd.DataFrame) -> list[str]:
 def choose_columns(board: pd.DataFrame, metric: str, wanted: Sequence[str] | None) -> list[str]:
     """At most :data:`MAX_COLUMNS` metrics besides ``metric``: ``wanted`` (the experiment's
     ``leaderboard.columns``) or :data:`DEFAULT_COLUMNS`, those the runs measured."""
-    names = list(wanted) if wanted else list(DEFAULT_COLUMNS)
+    names = list(wanted) if wanted else [_hit_rate(board) if n == "hit_at_5" else n for n in DEFAULT_COLUMNS]
     for name in names:
         metric_info(name)  # a typo is an error with a suggestion, not a silently missing column
     return [m for m in names if m != metric and m in board and board[m].notna().any()][:MAX_COLUMNS]
+
+
+def _hit_rate(board: pd.DataFrame) -> str:
+    """The default "hit rate" column: Hit@5, else the Hit@k with the largest k the runs measured
+    (runs retrieving 3 chunks have no Hit@5)."""
+    ks = sorted(int(c[len("hit_at_"):]) for c in board.columns
+                if c.startswith("hit_at_") and c[len("hit_at_"):].isdigit() and board[c].notna().any())
+    if not ks or 5 in ks:
+        return "hit_at_5"
+    up_to_5 = [k for k in ks if k <= 5]
+    return f"hit_at_{up_to_5[-1] if up_to_5 else ks[0]}"
 
 
 def _spec_columns(store: Store, experiment: str) -> list[str] | None:
