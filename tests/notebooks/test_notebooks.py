@@ -151,7 +151,9 @@ def test_workbench_run_executes_the_bakeoff_notebook_and_renders_the_report(fixt
     assert result.returncode == 0, result.stderr
     assert "nb_fixture: 2 runs x 10 questions" in result.stderr
     assert "10/10 questions computed" in result.stderr  # the notebook's progress, streamed
-    assert "nb_fixture leaderboard" in result.stdout
+    assert "nb_fixture: 2 runs" in result.stdout and "nDCG@10 [95% CI]" in result.stdout  # the leaderboard, one line per run
+    assert "    runs: 2/2 runs done (100%" in result.stderr  # progress as plain lines: the output is not a terminal
+    assert "workbench-progress:" not in result.stderr + result.stdout
     report_line = [line for line in result.stdout.splitlines() if line.startswith("report: ")]
     assert len(report_line) == 1
     html_path = Path(report_line[0].removeprefix("report: "))

@@ -56,7 +56,7 @@ def list_(store: StoreOpt = None) -> None:
         out.print(f"[bold]{name}[/bold] ({len(runs)} runs)")
         for _, r in runs.iterrows():
             axes = " | ".join(str(r[a]) for a in ("chunking", "embedding", "retrieval", "generation"))
-            out.print(f"  {r['run_id']}  {r['status']:<8}  {r['n_questions']:>4} q  {axes}", highlight=False)
+            out.print(f"  {r['run_id']}  {r['status']:<8}  {r['n_questions']:>4} q  {axes}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -120,7 +120,7 @@ def compare(
         counts = f"{int(flipped['better'].astype(bool).sum())} better, {int((~flipped['better'].astype(bool)).sum())} worse"
     out.print(f"{len(flipped)} questions changed {flip_metric} ({counts})")
     for _, r in flipped.head(20).iterrows():
-        out.print(f"  {r['change']:+.3g}  {r['query_id']}  {r['question']}", highlight=False, markup=False)
+        out.print(f"  {r['change']:+.3g}  {r['query_id']}  {r['question']}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _run_json(run: dict) -> dict:
@@ -154,7 +154,7 @@ def export(
     if output is None:
         sys.stdout.write(text)
     else:
-        out.print(f"wrote {output}")
+        out.print(f"wrote {output}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -181,7 +181,7 @@ def check_gates(st, spec) -> int:
     results = evaluate_gates(st, spec)
     for r in results:
         mark = "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]"
-        out.print(f"{mark} {r.run_id[:10]} {r.message}", highlight=False)
+        out.print(f"{mark} {r.run_id[:10]} {r.message}", highlight=False, soft_wrap=True)  # one line per verdict, for logs and grep
     failed = sum(not r.passed for r in results)
     out.print(f"gates: {len(results) - failed} passed, {failed} failed")
     return failed

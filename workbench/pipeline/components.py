@@ -200,11 +200,12 @@ class Components:
         if spec is None:
             return Retriever(source.chunks, source.key, self.cache)
         name = index_mod.collection_name(source.key, run.lineage["embedding_fingerprint"])
-        t0 = time.perf_counter()
-        def embedded(done: int, total: int) -> None:
+
+        def embedded(done: int, total: int) -> None:  # progress of a build (a reused index reports nothing)
             if self.progress is not None:
                 self.progress.update(f"index:{name}", f"index {spec.model}", done, total, "chunks embedded")
 
+        t0 = time.perf_counter()
         collection, built = index_mod.ensure_collection(self._chroma_client(), name, source.chunks, lambda: self.embedder(spec),
                                                         self.workspace.locks_dir, on_batch=embedded)
         self.timings["embed_index_s"] += time.perf_counter() - t0
