@@ -16,9 +16,17 @@ export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export ORT_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart test test-fast lint clean lab
+.PHONY: install quickstart test test-fast lint clean lab notebook-filter
 
-install: $(STAMP)
+install: $(STAMP) notebook-filter
+
+# Notebook outputs never reach git: nbstripout is the git filter for *.ipynb (.gitattributes), so a
+# notebook saved with outputs (JupyterLab autosaves them) is staged and committed without them, while
+# the file on disk keeps them. Configured in this clone's .git/config; a no-op outside a git checkout.
+notebook-filter: $(STAMP)
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  $(VENV)/bin/nbstripout --install --attributes .gitattributes && echo "nbstripout: notebook outputs are stripped when staged"; \
+	fi
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

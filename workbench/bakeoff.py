@@ -11,7 +11,7 @@ questions, so widening the grid again recomputes nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -24,7 +24,7 @@ from .errors import ConfigError, did_you_mean
 from .notebooks import SUMMARY_MIME, execute_notebook, recorded
 from .pipeline.executors import execute
 from .pipeline.plan import Plan, plan_experiment
-from .pipeline.progress import LineProgress
+from .pipeline.progress import Progress, make_progress
 from .report.leaderboard import AXES, headline_columns, sort_board
 from .settings import Workspace, env, find_input, kernel_store_url
 from .store import Store
@@ -115,24 +115,28 @@ def describe(p: Plan) -> pd.DataFrame:
     return pd.DataFrame([{"run_id": r.run_id, **r.config.axes(), "questions": len(p.queries)} for r in p.runs])
 
 
-def run(p: Plan, workspace: Workspace, *, rerun: str = "missing", out: Callable[[str], None] | None = None) -> dict:
-    """Run a plan where the workspace says (here or on Ray), printing progress; returns a compact,
-    JSON-ready summary."""
+def run(p: Plan, workspace: Workspace, *, rerun: str = "missing", progress: str | Progress = "auto") -> dict:
+    """Run a plan where the workspace says (here or on Ray), showing progress (``progress``: a
+    :class:`~workbench.pipeline.progress.Progress`, or ``auto`` for tqdm bars, ``events`` for
+    ``workbench run``'s bars, ``lines``, ``none``); returns a compact, JSON-ready summary."""
     t0 = time.perf_counter()
-    summaries = execute(p, workspace, rerun=rerun, progress=LineProgress(out))
+    reporter = make_progress(progress) if isinstance(progress, str) else progress
+    summaries = execute(p, workspace, rerun=rerun, progress=reporter)
     elapsed = time.perf_counter() - t0
     return {"experiment": p.experiment.name, "n_runs": len(p.runs), "n_questions": len(p.queries), "elapsed_s": round(elapsed, 3),
             "runs": summaries}
 
 
 def run_bakeoff(plan_path: Path, workspace: Workspace, out_dir: Path, *, rerun: str = "missing",
-                stream: TextIO | None = None) -> dict:
+                stream: TextIO | None = None, progress: str = "lines") -> dict:
     """Execute ``bakeoff.ipynb`` on a saved plan into ``out_dir/bakeoff.ipynb``; return the summary
-    it recorded. A PostgreSQL password reaches the kernel in ``$PGPASSWORD`` only (libpq reads it),
-    never in the executed notebook."""
+    it recorded. The kernel's output goes to ``stream``, its progress as ``progress`` says
+    (``events``: structured lines a caller renders, see :mod:`workbench.pipeline.progress`). A
+    PostgreSQL password reaches the kernel in ``$PGPASSWORD`` only (libpq reads it), never in the
+    executed notebook."""
     kernel_store_url(workspace.store_url)  # the password, if any, goes to $PGPASSWORD; to_dict() drops it
     nb = execute_notebook("bakeoff", out_dir / "bakeoff.ipynb", {"plan_path": str(Path(plan_path).resolve()),
-                                                                 "workspace": workspace.to_dict(), "rerun": rerun},
+                                                                 "workspace": workspace.to_dict(), "rerun": rerun, "progress": progress},
                           cwd=Path.cwd(), stream=stream)
     found = recorded(nb, SUMMARY_MIME)
     return found[-1] if found else {}

@@ -14,6 +14,11 @@ from collections.abc import Iterable
 class WorkbenchError(Exception):
     """Base class: a user-facing problem with a one-line explanation."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of a traceback when a notebook cell raises this (in JupyterLab,
+        and in the error papermill reports): the one line, as the CLI prints it."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(WorkbenchError):
     """The experiment file (or a prompt file it names) is invalid."""

@@ -30,10 +30,11 @@ def _trec_lines(rows: pd.DataFrame, run_id: str) -> list[str]:
 
 
 def _records(rows: pd.DataFrame) -> list[dict]:
-    """One flat record per question: ids, texts, what was retrieved, and every metric."""
+    """One flat record per question: ids (the run's too, so exports of several runs can be
+    concatenated), texts, what was retrieved, and every metric."""
     records = []
     for _, r in rows.iterrows():
-        rec = {"query_id": r["query_id"], "question": r["question"], "answer": r["answer"], "error": r["error"],
+        rec = {"run_id": r["run_id"], "query_id": r["query_id"], "question": r["question"], "answer": r["answer"], "error": r["error"],
                "gold_answers": r["gold_answers"], "retrieved_doc_ids": list(dict.fromkeys(h["doc_id"] for h in r["hits"])),
                "retrieved_chunk_ids": [h["chunk_id"] for h in r["hits"]]}
         for c in metric_columns(rows.columns):
@@ -45,7 +46,7 @@ def _records(rows: pd.DataFrame) -> list[dict]:
 
 def _csv_text(records: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["query_id"], extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["run_id", "query_id"], extrasaction="ignore")
     writer.writeheader()
     for rec in records:
         writer.writerow({k: json.dumps(v, default=_json_default) if isinstance(v, list) else v for k, v in rec.items()})

@@ -17,11 +17,12 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import NotebookError, did_you_mean
+from .report.style import CSS
 from .settings import Workspace, env, notebooks_dir
 
 NOTEBOOKS = ("bakeoff", "report", "explore")
@@ -123,16 +124,13 @@ def _type_ok(value: Any, expected: type, optional: bool) -> bool:
     return isinstance(value, expected)
 
 
-def validate_parameters(path: str | os.PathLike, parameters: Mapping[str, Any]) -> None:
-    """Reject parameters the notebook does not declare, and values of the wrong type.
+def check_values(name: str, declared: Mapping[str, Mapping[str, str]], parameters: Mapping[str, Any]) -> None:
+    """The one parameter check: every name in ``parameters`` is declared, every value has the
+    declared type (``declared`` as :func:`papermill.inspect_notebook` returns it).
 
     Raises:
         NotebookError: one line naming the notebook, the parameter and what was expected.
     """
-    import papermill
-
-    declared = papermill.inspect_notebook(str(path))
-    name = Path(path).name
     if not declared and parameters:
         raise NotebookError(f"{name}: has no cell tagged 'parameters', so it takes no parameters (got {', '.join(sorted(parameters))})")
     for key, value in parameters.items():
@@ -140,8 +138,99 @@ def validate_parameters(path: str | os.PathLike, parameters: Mapping[str, Any]) 
             raise NotebookError(f"{name}: unknown parameter {key!r}{did_you_mean(key, declared)}; known: {', '.join(sorted(declared))}")
         expected, optional = _expected_type(declared[key])
         if expected is not None and not _type_ok(value, expected, optional):
+            hint = " (papermill: pass lists and dicts with -y, e.g. -y 'axes: {retrieval: [bm25]}')" \
+                if expected in (dict, list, tuple) and isinstance(value, str) else ""
             raise NotebookError(f"{name}: parameter {key!r} expects {expected.__name__}{' or None' if optional else ''} "
-                                f"(default {declared[key]['default']}), got {type(value).__name__} {value!r}")
+                                f"(default {declared[key]['default']}), got {type(value).__name__} {value!r}{hint}")
+
+
+def validate_parameters(path: str | os.PathLike, parameters: Mapping[str, Any]) -> None:
+    """Reject parameters the notebook does not declare, and values of the wrong type (before a
+    kernel starts; the notebook repeats the check itself, see :func:`check_parameters`).
+
+    Raises:
+        NotebookError: one line naming the notebook, the parameter and what was expected.
+    """
+    import papermill
+
+    check_values(Path(path).name, papermill.inspect_notebook(str(path)), parameters)
+
+
+def assigned_names(source: str) -> list[str] | None:
+    """The names a cell assigns when it holds nothing but assignments of literals to plain names
+    (a parameters cell, or the cell papermill injects after it); None for any other cell."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            target = node.target
+        else:
+            return None
+        try:
+            ast.literal_eval(node.value)  # parameters are literals (papermill injects them so)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return None
+        names.append(target.id)
+    return names or None
+
+
+def parameter_cells(history: Sequence[str]) -> tuple[str, list[str]] | None:
+    """(the parameters cell's source, the names assigned after it) from a kernel's input history.
+
+    The cells executed just before the current one (``history[-1]``) that hold only assignments
+    are the parameters cell (the first) and what papermill injected after it (the rest). None when
+    the cell before the current one is something else (cells run out of order in JupyterLab).
+    """
+    found: list[tuple[str, list[str]]] = []
+    for source in reversed(list(history)[:-1]):
+        names = assigned_names(source)
+        if names is None:
+            break
+        found.append((source, names))
+    if not found:
+        return None
+    found.reverse()
+    return found[0][0], [n for _, names in found[1:] for n in names]
+
+
+def declared_parameters(source: str) -> dict[str, dict[str, str]]:
+    """A parameters cell's declarations, exactly as :func:`papermill.inspect_notebook` reads them."""
+    from nbformat.v4 import new_code_cell
+    from papermill.translators import PythonTranslator
+
+    return {p.name: p._asdict() for p in PythonTranslator.inspect(new_code_cell(source))}
+
+
+def check_parameters(name: str, namespace: Mapping[str, Any]) -> None:
+    """A notebook's own parameter check, run in its first cell after the parameters cell, so it
+    holds whoever executes the notebook (``workbench``, plain ``papermill``, a scheduler,
+    JupyterLab): a name papermill injected that the parameters cell does not declare, or a value
+    of the wrong type, stops the notebook with the CLI's one-line error (:func:`check_values`).
+
+    The declarations and the injected names come from the kernel's input history (the parameters
+    cell and papermill's injected cell are the assignment-only cells executed just before this
+    one); when that history is not there, from the notebook shipped as ``name``.
+
+    Raises:
+        NotebookError: one line naming the notebook, the parameter and what was expected.
+    """
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    found = parameter_cells(shell.user_ns.get("In", []) if shell is not None else [])
+    if found is None:
+        import papermill
+
+        declared, injected = papermill.inspect_notebook(str(notebook_path(name))), []
+    else:
+        declared, injected = declared_parameters(found[0]), found[1]
+    names = [*[k for k in injected if k not in declared], *[k for k in declared if k in namespace]]  # typos first
+    check_values(f"{name}.ipynb", declared, {k: namespace.get(k) for k in names})
 
 
 # -- execution ---------------------------------------------------------------------------------
@@ -200,10 +289,11 @@ def recorded(nb, mime: str = SUMMARY_MIME) -> list[Any]:
 
 
 def record(payload: Mapping[str, Any], mime: str = SUMMARY_MIME) -> None:
-    """Display a JSON payload under ``mime`` in the running notebook, for :func:`recorded`."""
+    """Display a JSON payload under ``mime`` in the running notebook, for :func:`recorded`. Its
+    visible form is empty HTML, so JupyterLab and ``jupyter nbconvert`` show nothing for it."""
     from IPython.display import display
 
-    display({mime: json.loads(json.dumps(payload, default=str)), "text/plain": f"<{mime}>"}, raw=True)
+    display({mime: json.loads(json.dumps(payload, default=str)), "text/html": ""}, raw=True)
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -232,7 +322,7 @@ def render_html(notebook_file: str | os.PathLike, html_file: str | os.PathLike, 
     # BeautifulSoup and adds its lab/classic resources; this page is exactly what the template writes.
     exporter = TemplateExporter(template_file=str(TEMPLATE), file_extension=".html", exclude_input=True, exclude_input_prompt=True,
                                 exclude_output_prompt=True, exclude_markdown=True, exclude_raw=True, exclude_unknown=True)
-    page = {"title": title, "script": SORT_SCRIPT, "csp": content_security_policy(SORT_SCRIPT)}
+    page = {"title": title, "script": SORT_SCRIPT, "csp": content_security_policy(SORT_SCRIPT), "css": CSS}
     body, _ = exporter.from_notebook_node(nb, resources={"workbench": page})
     path = Path(html_file)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,9 @@ def find_input(value: str | os.PathLike, what: str, root: Path | None = None, *,
     if not must_exist:
         return candidates[-1]
     folders = " and ".join(str(c.parent) for c in candidates)
-    raise ConfigError(f"{what}: {str(value)!r} not found (looked in {folders})")
+    where = "the current folder, which is the project folder" if len(candidates) == 1 else "the current folder, then the project folder"
+    raise ConfigError(f"{what}: {str(value)!r} not found (looked in {folders}: {where}; "
+                      f"set $WORKBENCH_HOME to the folder holding experiments/, or give an absolute path)")
 
 
 def output_path(value: str | os.PathLike, root: Path) -> Path:

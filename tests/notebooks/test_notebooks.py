@@ -151,7 +151,9 @@ def test_workbench_run_executes_the_bakeoff_notebook_and_renders_the_report(fixt
     assert result.returncode == 0, result.stderr
     assert "nb_fixture: 2 runs x 10 questions" in result.stderr
     assert "10/10 questions computed" in result.stderr  # the notebook's progress, streamed
-    assert "nb_fixture leaderboard" in result.stdout
+    assert "nb_fixture: 2 runs" in result.stdout and "nDCG@10 [95% CI]" in result.stdout  # the leaderboard, one line per run
+    assert "    runs: 2/2 runs done (100%" in result.stderr  # progress as plain lines: the output is not a terminal
+    assert "workbench-progress:" not in result.stderr + result.stdout
     report_line = [line for line in result.stdout.splitlines() if line.startswith("report: ")]
     assert len(report_line) == 1
     html_path = Path(report_line[0].removeprefix("report: "))
@@ -212,6 +214,13 @@ def test_bakeoff_notebook_with_parameters(fixture_store, tmp_path):
 
     board = Store(store_url).leaderboard("nb_fixture")
     assert set(board["chunking"]) == {"whole documents"} and set(board["status"]) == {"complete"}
+    # progress in a notebook: tqdm.auto bars (ipywidgets), one per task, each finished
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()
+    bars = [m["state"] for m in state if m["model_name"] == "FloatProgressModel"]
+    texts = [m["state"].get("value", "") for m in state if m["model_name"] == "HTMLModel"]
+    assert {b["max"] for b in bars} >= {2, 4}  # the grid's 2 runs, each run's 4 questions
+    assert all(b["value"] == b["max"] for b in bars)
+    assert any("4/4" in t and "questions" in t for t in texts) and any("2/2" in t and "runs" in t for t in texts)
 
 
 def test_unknown_axis_value_fails_the_command_in_one_line(tmp_path, monkeypatch):
@@ -281,8 +290,9 @@ def test_explore_notebook_browses_and_runs_a_live_query(fixture_store, tmp_path)
         "query": "How many points did the Panthers defense surrender?"})
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-    assert len(widgets) == 2  # the explorer and the try-a-query box
-    live = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert len(widgets) == 2  # the explorer and the try-a-query box, each with a static stand-in for HTML exports
+    assert all("need a running Python kernel" in o["data"]["text/html"] for o in widgets)
+    live = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {}) and o not in widgets]
     assert len(live) == 1 and "retrieval" in live[0] and "xq-00-00" in live[0] and "score" in live[0]
     assert "How many points did the Panthers defense surrender?" in live[0]
 
@@ -310,7 +320,8 @@ def test_explorer_widgets_filter_compare_and_try_a_query(fixture_store):
     fx = fixture_store
     explorer = Explorer(fx.store_url, fx.experiment, cache_dir=str(fx.cache_dir))
     try:
-        exp, run_a, run_b, outcome, search, status, listing, detail = explorer.widget().children
+        _, exp, runs, outcome, search, status, listing, detail = explorer.widget().children
+        run_a, run_b = runs.children
         assert exp.value == fx.experiment and run_a.value == explorer.board.iloc[0]["run_id"]
         assert len(listing.options) == 10 and "10 questions" in status.value
         assert "<details" in detail.value and "score" in detail.value  # the first question, chunks with scores

@@ -160,11 +160,13 @@ def test_export_formats(tmp_path):
     rows = [json.loads(line) for line in export.export_run(store, "run1", "jsonl", out).splitlines()]
     assert out.read_text(encoding="utf-8").splitlines()[0] == json.dumps(rows[0], ensure_ascii=False)
     # metrics, then the per-question costs
-    assert list(rows[0])[7:] == ["ndcg_at_10", "hit_at_1", "retrieval_latency_s", "rerank_latency_s", "generation_latency_s", "ttft_s",
+    assert list(rows[0])[:2] == ["run_id", "query_id"] and {r["run_id"] for r in rows} == {"run1"}
+    assert list(rows[0])[8:] == ["ndcg_at_10", "hit_at_1", "retrieval_latency_s", "rerank_latency_s", "generation_latency_s", "ttft_s",
                                  "prompt_tokens", "completion_tokens", "cost_usd"]
     assert rows[1]["hit_at_1"] is None and rows[0]["retrieved_doc_ids"] == ["d0"]
     csv_text = export.export_run(store, "run1", "csv", None)
-    assert csv_text.splitlines()[0].startswith("query_id,question,answer,error,gold_answers,retrieved_doc_ids")
+    assert csv_text.splitlines()[0].startswith("run_id,query_id,question,answer,error,gold_answers,retrieved_doc_ids")
+    assert all(line.startswith("run1,") for line in csv_text.splitlines()[1:])
     with pytest.raises(WorkbenchError, match="unknown export format 'xml'; known: csv, jsonl, trec"):
         export.export_run(store, "run1", "xml", None)
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ..errors import ConfigError, WorkbenchError
 from ..settings import apply_offline_defaults
@@ -16,8 +14,9 @@ from ..settings import apply_offline_defaults
 EXIT_OK, EXIT_GATE_FAILED, EXIT_ERROR, EXIT_LOCKED, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RAG bake-off workbench.")
+# Both honour $COLUMNS and the terminal's width (80 columns when piped without $COLUMNS).
 console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 240)
+out = Console()
 
 StoreOpt = Annotated[str | None, typer.Option("--store", help="results store URL (default: $WORKBENCH_STORE, else "
                                                                 "results/workbench.sqlite in the project folder)")]
@@ -39,19 +38,12 @@ def fail(exc: WorkbenchError) -> None:
     raise typer.Exit(2)
 
 
-def print_board(board, title: str) -> None:
-    from ..evaluation.registry import headline_columns
-    from ..report.leaderboard import AXES, fmt_with_ci, sort_board
+def print_board(store, experiment: str, *, metric: str | None = None, show_all: bool = False) -> None:
+    """The experiment's ranked leaderboard on stdout (see :mod:`workbench.cli.board`)."""
+    from ..report.board import rank_runs
+    from .board import print_ranked
 
-    board = sort_board(board)
-    table = Table(title=title)
-    metrics = headline_columns(board)
-    for col in ["run_id", *AXES, *metrics]:
-        table.add_column(col, overflow="fold")
-    for _, row in board.iterrows():
-        table.add_row(row["run_id"][:10], *[str(row[a]) for a in AXES],
-                      *[fmt_with_ci(m, row.get(m), row.get(f"{m}_ci_low"), row.get(f"{m}_ci_high")) for m in metrics])
-    out.print(table)
+    print_ranked(out, rank_runs(store, experiment, metric=metric), show_all=show_all)
 
 
 def parse_axes(values: list[str] | None) -> dict[str, list[str | int]]:

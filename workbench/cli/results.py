@@ -12,26 +12,31 @@ from rich.table import Table
 
 from ..errors import WorkbenchError
 from ..settings import Workspace
-from .app import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, StoreOpt, app, fail, out, print_board
+from .app import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, StoreOpt, app, fail, out
 
 
 @app.command()
 def results(
     experiment: Annotated[str, typer.Argument(help="experiment name")],
     store: StoreOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON (one object per run)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON: one object per run, best first, every metric")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="show every metric (tables of metrics x runs)")] = False,
+    metric: Annotated[str | None, typer.Option("--metric", "-m", help="rank by this metric (default: answer F1, else nDCG@10, "
+                                                                      "else MRR)")] = None,
 ) -> None:
-    """Print an experiment's leaderboard: one row per run with its axes and every aggregate metric."""
-    from ..store import Store, to_json_records
+    """Print an experiment's leaderboard: one line per run, best first, with the ranking metric's 95% CI."""
+    from ..report.board import rank_runs
+    from ..store import Store
+    from .board import print_ranked
 
     try:
-        board = Store(Workspace.resolve(store=store).store_url).leaderboard(experiment)
+        ranked = rank_runs(Store(Workspace.resolve(store=store).store_url), experiment, metric=metric)
     except WorkbenchError as exc:
         fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps(to_json_records(board), indent=2) + "\n")
+        sys.stdout.write(json.dumps(ranked.records(), indent=2) + "\n")
     else:
-        print_board(board, f"{experiment} leaderboard")
+        print_ranked(out, ranked, show_all=show_all)
 
 
 @app.command(name="ls")
@@ -51,7 +56,7 @@ def list_(store: StoreOpt = None) -> None:
         out.print(f"[bold]{name}[/bold] ({len(runs)} runs)")
         for _, r in runs.iterrows():
             axes = " | ".join(str(r[a]) for a in ("chunking", "embedding", "retrieval", "generation"))
-            out.print(f"  {r['run_id']}  {r['status']:<8}  {r['n_questions']:>4} q  {axes}", highlight=False)
+            out.print(f"  {r['run_id']}  {r['status']:<8}  {r['n_questions']:>4} q  {axes}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -98,21 +103,25 @@ def compare(
     try:
         st = Store(Workspace.resolve(store=store).store_url)
         df = compare_runs(st, run_a, run_b, metric or None)
-        qa = st.questions(st.run(run_a)["run_id"])
+        a, b = st.run(run_a), st.run(run_b)
+        qa = st.questions(a["run_id"])
         flip_metric = flips or primary_metric(qa)
         flipped = flipped_questions(st, run_a, run_b, flip_metric)
     except WorkbenchError as exc:
         fail(exc)
     if as_json:
-        sys.stdout.write(json.dumps({"metrics": to_json_records(df), "correction": {"method": "holm", "family": len(df), "alpha": 0.05},
+        sys.stdout.write(json.dumps({"a": _run_json(a), "b": _run_json(b), "difference": "b - a", "metrics": to_json_records(df),
+                                     "correction": {"method": "holm", "family": len(df), "alpha": 0.05},
                                      "flipped_metric": flip_metric, "flipped": to_json_records(flipped)}, indent=2) + "\n")
         return
-    _print_comparison(df, run_a, run_b)
+    out.print(f"A: {_run_text(a)} vs B: {_run_text(b)}, difference = B − A (paired over the questions both answered)",
+              highlight=False, markup=False)
+    _print_comparison(df)
     _print_flips(flipped, flip_metric)
 
 
-def _print_comparison(df, run_a: str, run_b: str) -> None:
-    table = Table(title=f"{run_b[:10]} vs {run_a[:10]} (diff = B - A, paired over questions)")
+def _print_comparison(df) -> None:
+    table = Table()
     for col in ("metric", "n", "A", "B", "diff", "95% CI", "p", "p (Holm)", "test"):
         table.add_column(col)
     for _, r in df.iterrows():
@@ -133,7 +142,20 @@ def _print_flips(flipped, flip_metric: str) -> None:
         counts = f"{int(flipped['better'].astype(bool).sum())} better, {int((~flipped['better'].astype(bool)).sum())} worse"
     out.print(f"{len(flipped)} questions changed {flip_metric} ({counts})")
     for _, r in flipped.head(20).iterrows():
-        out.print(f"  {r['change']:+.3g}  {r['query_id']}  {r['question']}", highlight=False, markup=False)
+        out.print(f"  {r['change']:+.3g}  {r['query_id']}  {r['question']}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _run_json(run: dict) -> dict:
+    return {"run_id": run["run_id"], "config": config_label(run), "axes": run["axes"]}
+
+
+def _run_text(run: dict) -> str:
+    return f"{run['run_id'][:10]} ({config_label(run)})"
+
+
+def config_label(run: dict) -> str:
+    """A stored run's configuration in one line: every axis it uses (``sentence 128/16 | bm25@5 | ...``)."""
+    return " | ".join(str(v) for v in (run.get("axes") or {}).values() if v not in (None, "", "-")) or "?"
 
 
 @app.command()
@@ -161,7 +183,7 @@ def export(
     if output is None:
         sys.stdout.write(text)
     else:
-        out.print(f"wrote {output}")
+        out.print(f"wrote {output}", highlight=False, soft_wrap=True)
 
 
 def _export_mlflow(experiment: str, to: str, tracking_uri: str | None, store: str | None) -> None:

@@ -109,6 +109,7 @@ def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int
     from ..pipeline.plan import plan_experiment
     from ..report.artifacts import new_report_dir, render_report, write_index
     from ..store import Store
+    from .progress import kernel_progress
 
     check_executor(ws)
     plan = plan_experiment(select(experiment, limit, parse_axes(axis)), ws)  # validate everything before any work
@@ -122,11 +123,11 @@ def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int
     _print_ingest(plan.dataset)
     out_dir = new_report_dir(name, ws.reports_dir)
     t0 = time.perf_counter()
-    summary = run_bakeoff(plan.save(out_dir / "plan.json"), ws, out_dir, rerun=rerun, stream=sys.stderr)
+    with kernel_progress(console) as stream:  # rich bars on a terminal, plain periodic lines otherwise
+        summary = run_bakeoff(plan.save(out_dir / "plan.json"), ws, out_dir, rerun=rerun, stream=stream, progress="events")
     _print_timings(summary.get("runs", []), time.perf_counter() - t0)
-    board = st.leaderboard(name)
-    print_board(board, f"{name} leaderboard")
-    print_failures(st, board)
+    print_board(st, name)
+    print_failures(st, st.leaderboard(name))
     if report:
         path = render_report(name, ws.store_url, ws.reports_dir, out_dir=out_dir)
         out.print(f"report: {path}", highlight=False, soft_wrap=True)

@@ -564,6 +564,14 @@ class TrackingSpec(_Spec):
     mlflow: MlflowSpec | None = None
 
 
+class LeaderboardSpec(_Spec):
+    """What ``workbench results`` shows next to the ranking metric: at most five metric columns
+    (registry names, e.g. ``[hit_at_5, f1, hallucination, latency_p95_s, cost_per_question_usd]``,
+    the default; checked when the experiment is planned)."""
+
+    columns: list[str] = Field(max_length=5)
+
+
 class ExperimentSpec(_Spec):
     """One bake-off: a dataset, a query sample, and the grid of alternatives to compare."""
 
@@ -581,6 +589,7 @@ class ExperimentSpec(_Spec):
     relevance: RelevanceSpec = RelevanceSpec()
     index: IndexSpec | None = None
     tracking: TrackingSpec | None = None
+    leaderboard: LeaderboardSpec | None = None
     # KPIs: a question passes when it meets every criterion (per-question metrics, checked by the
     # pipeline); token_budget bounds prompt + completion tokens per question. Both decide stored
     # per-question values, so both are part of the run ids (only when set).

@@ -24,7 +24,7 @@ from ..config.files import Prompt
 from ..errors import WorkbenchError
 from ..providers.apikeys import api_key_for, keys_optional
 from ..providers.clients import OPENAI_BASE_URL, endpoint_for
-from ..providers.llm_server import LocalLLMServer
+from ..providers.llm_server import LocalLLMServer, ServerPool
 from ..providers.recording import HostedHttp
 from ..providers.throttle import AdaptiveLimiter
 from ..settings import Workspace, apply_offline_defaults
@@ -35,6 +35,7 @@ from ..stages.embedding import CachedEmbedder, Embedder, load_tokenizer, make_em
 from ..stages.generation import GenerationResult, generate, make_client
 from ..stages.retrieval import Retriever
 from .plan import Plan, PlannedRun
+from .progress import Progress
 
 
 class Generator(Protocol):
@@ -82,18 +83,22 @@ class Components:
         plan: What is executed (chunking tokenizers and model files are the plan's).
         workspace: Cache folders, threads, the Chroma server.
         embedders, tokenizers, generators, rerankers: factories replacing the live ones (tests).
-        log: Where one-line notes go (an index built or reused).
+        progress: Where notes (an index built or reused) and the index build's progress (chunks
+            embedded) go; a runner given these components fills it in when it is None.
+        servers: Local LLM servers shared beyond these components (one per kernel in the
+            explorer); default: started here and stopped by :meth:`close`.
         http: The HTTP layer of every hosted call; default: recording into the cache folder, or
             replaying ``workspace.replay`` (``providers/recording.py``).
     """
 
     def __init__(self, plan: Plan, workspace: Workspace, *, embedders: EmbedderFactory | None = None,
                  tokenizers: TokenizerFactory | None = None, generators: GeneratorFactory | None = None,
-                 rerankers: RerankerFactory | None = None, log: Callable[[str], None] | None = None,
+                 rerankers: RerankerFactory | None = None, progress: Progress | None = None, servers: ServerPool | None = None,
                  http: HostedHttp | None = None):
         apply_offline_defaults()
         self.plan, self.workspace = plan, workspace
-        self.log = log or (lambda message: None)
+        self.progress = progress
+        self.servers = servers
         self._stack = contextlib.ExitStack()
         self.http = self._stack.enter_context(
             http or HostedHttp.for_workspace(workspace.recordings_dir, workspace.replay, workspace.replay_strict))
@@ -155,10 +160,16 @@ class Components:
     def local_server(self, model: str) -> LocalLLMServer:
         def start() -> LocalLLMServer:
             self.workspace.logs_dir.mkdir(parents=True, exist_ok=True)
+            if self.servers is not None:
+                return self.servers.get(model, n_threads=self.workspace.local_threads, log_dir=self.workspace.logs_dir)
             server = LocalLLMServer(model, n_threads=self.workspace.local_threads, log_dir=self.workspace.logs_dir)
             return self._stack.enter_context(server)
 
         return self._once(("server", model), start)
+
+    def log(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.message(text)
 
     def _live_embedder(self, spec: EmbeddingSpec) -> Embedder:
         return make_embedder(spec, threads=self.workspace.local_threads, memo=self.memo,
@@ -220,9 +231,14 @@ class Components:
         if spec is None:
             return Retriever(source.chunks, source.key, self.cache)
         name = index_mod.collection_name(source.key, run.lineage["embedding_fingerprint"])
+
+        def embedded(done: int, total: int) -> None:  # progress of a build (a reused index reports nothing)
+            if self.progress is not None:
+                self.progress.update(f"index:{name}", f"index {spec.model}", done, total, "chunks embedded")
+
         t0 = time.perf_counter()
         collection, built = index_mod.ensure_collection(self._chroma_client(), name, source.chunks, lambda: self.embedder(spec),
-                                                        self.workspace.locks_dir)
+                                                        self.workspace.locks_dir, on_batch=embedded)
         self.timings["embed_index_s"] += time.perf_counter() - t0
         self.log(f"index {name} ({len(source.chunks)} chunks, {spec.model}): {'built' if built else 'reused'}")
         return Retriever(source.chunks, source.key, self.cache, collection, name, lambda: self.embedder(spec))

@@ -117,6 +117,7 @@ def _collect(ray, plan: Plan, pending: dict, progress: Progress) -> list[dict]:
         try:
             summaries[i] = ray.get(done[0])
             progress.message(f"ray: run {run_id} {summaries[i]['status']} ({len(summaries) + len(errors)}/{len(plan.runs)})")
+            progress.update("grid", "runs", len(summaries) + len(errors), len(plan.runs), "runs done")
         except Exception as exc:  # RayTaskError wraps the worker's exception
             cause = getattr(exc, "cause", None) or exc
             errors.append(f"run {run_id}: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")

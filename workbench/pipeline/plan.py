@@ -25,8 +25,9 @@ from ..config.files import JUDGE_PLACEHOLDERS, load_attack_suite, load_prompt
 from ..data.corpus import unanswerable_slice
 from ..data.loader import load_dataset
 from ..data.types import Dataset, Query
-from ..errors import ConfigError, WorkbenchError
+from ..errors import ConfigError, MetricError, WorkbenchError
 from ..evaluation.kpis import pass_metric_problem
+from ..evaluation.registry import metric_info
 from ..hashing import file_sha256, hash_obj, sha256_text
 from ..providers.apikeys import api_key_for, keys_optional
 from ..providers.llm_server import local_model_path
@@ -165,6 +166,7 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
 
     A strict replay (``workspace.replay``) needs no API key: every answer comes from the cassette."""
     check_kpis(experiment)
+    check_leaderboard(experiment)
     offline = keys_optional() if workspace.replay and workspace.replay_strict else contextlib.nullcontext()
     with offline, diskcache.Cache(str(workspace.memo_dir)) as memo:
         dataset = load_dataset(experiment.dataset_path, memo=memo)
@@ -172,6 +174,16 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
         shared = _shared_lineage(experiment, dataset, queries, memo)
         runs = [_planned_run(cfg, experiment, shared) for cfg in experiment.runs(dataset.titled)]
     return Plan(experiment, dataset, queries, runs)
+
+
+def check_leaderboard(experiment: Experiment) -> None:
+    """The ``leaderboard.columns`` an experiment file names are metrics (the registry's names)."""
+    spec = experiment.spec.leaderboard
+    for i, name in enumerate(spec.columns if spec else []):
+        try:
+            metric_info(name)
+        except MetricError as exc:
+            raise ConfigError(f"{experiment.path}: leaderboard.columns[{i}]: {exc}") from None
 
 
 def _shared_lineage(experiment: Experiment, dataset: Dataset, queries: list[Query], memo) -> dict:

@@ -33,6 +33,7 @@ from ..settings import Workspace, find_input, sqlite_url
 from ..store import Store
 from .components import Components
 from .plan import plan_experiment
+from .progress import LineProgress
 from .runner import Runner
 
 MISS_HINT = ("; it was not recorded (made before recording existed, or into another cache folder): run the experiment again "
@@ -98,7 +99,7 @@ def export_cassette(ref: str, workspace: Workspace, out: Path, *, log=None) -> E
             runs = [r for r in plan.runs if hosted(r.config, experiment)]
             if not runs:
                 raise WorkbenchError(f"experiment {experiment.name!r} calls no hosted model: there is nothing to record")
-            with Components(plan, scratch, http=http, log=log) as components, \
+            with Components(plan, scratch, http=http, progress=LineProgress(log) if log else None) as components, \
                     Runner(plan, scratch, components=components) as runner:
                 runner.run(runs)
         entries = [recordings.get(k) for k in sorted(http.used)]

@@ -161,7 +161,9 @@ class Runner:
                  progress: Progress | None = None):
         self.plan, self.workspace = plan, workspace
         self.progress = progress or NullProgress()
-        self.components = components or Components(plan, workspace, log=self.progress.message)
+        self.components = components or Components(plan, workspace, progress=self.progress)
+        if self.components.progress is None:  # injected components report the index build here too
+            self.components.progress = self.progress
         self._own_components = components is None
         self.store = store or Store(workspace.store_url)
         self.budget = Budget(plan.experiment.spec.budget)
@@ -195,6 +197,7 @@ class Runner:
         runs = list(self.plan.runs if runs is None else runs)
         summaries = []
         for i, run in enumerate(runs, start=1):
+            self.progress.update("grid", "runs", i - 1, len(runs), "runs done")
             if self.budget.exhausted and run.config.generation:
                 self.progress.message(f"[{i}/{len(runs)}] run {run.run_id}: not started, budget reached "
                                       f"({self.budget.describe()}); `workbench run` again resumes")
@@ -204,6 +207,7 @@ class Runner:
             summaries.append(self.run_one(run, rerun))
             if self.budget.exhausted and self.budget.limited:
                 self.progress.message(f"budget reached: {self.budget.describe()} spent in this invocation")
+        self.progress.update("grid", "runs", len(runs), len(runs), "runs done")
         summaries.append({"run_id": "(shared)", **self.components.timings})
         return summaries
 

@@ -152,3 +152,28 @@ class LocalLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServerPool:
+    """Local LLM servers shared by everything in one process: one per model, started on first use,
+    reused by every caller after that, stopped by :meth:`close` (the explorer registers it to run
+    when its kernel shuts down). A server that died is started again on its next use."""
+
+    def __init__(self):
+        self._servers: dict[str, LocalLLMServer] = {}
+
+    def get(self, model: str, *, n_threads: int | None = None, log_dir: Path | None = None) -> LocalLLMServer:
+        server = self._servers.get(model)
+        if server is None:
+            server = self._servers[model] = LocalLLMServer(model, n_threads=n_threads, log_dir=log_dir)
+        return server.start()  # a no-op while it runs
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the servers running now."""
+        return [s.pid for s in self._servers.values() if s.running and s.pid is not None]
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+        self._servers.clear()

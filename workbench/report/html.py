@@ -20,8 +20,10 @@ from ..compare import ALPHA
 from ..evaluation.registry import description, label, lower_is_better
 from ..hashing import hash_obj
 from ..settings import redact_url
+from .board import choose_columns, measured_metrics
 from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, quality_columns, reliability_table
 from .leaderboard import AXES, as_float, fmt
+from .style import wrap
 
 # -- HTML --------------------------------------------------------------------------------------
 
@@ -30,11 +32,13 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def show(fragment: str) -> None:
-    """Display an HTML fragment in the running notebook."""
+def show(fragment: str, *, styled: bool = False) -> None:
+    """Display an HTML fragment in the running notebook, inside ``<div class="wb">`` (with the
+    stylesheet in front when ``styled``: the notebook's first output), so it looks the same in
+    JupyterLab, in ``jupyter nbconvert --to html`` and on the ``workbench report`` page."""
     from IPython.display import HTML, display
 
-    display(HTML(fragment))
+    display(HTML(wrap(fragment, styled=styled)))
 
 
 def _cell(metric: str, value, low=None, high=None) -> str:
@@ -56,7 +60,7 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "", 
         rc = row_classes[i] if row_classes and row_classes[i] else ""
         cells = "".join(c if c.startswith("<td") else f"<td>{esc(c)}</td>" for c in row)
         body.append(f'<tr class="{rc}">{cells}</tr>' if rc else f"<tr>{cells}</tr>")
-    return f'<div style="overflow-x:auto"><table class="{cls}">{head}<tbody>{"".join(body)}</tbody></table></div>'
+    return f'<div class="scroll"><table class="{cls}">{head}<tbody>{"".join(body)}</tbody></table></div>'
 
 
 # Public names for the sections kept in their own modules (report/kpis.py).
@@ -127,7 +131,9 @@ def leaderboard_html(data: ReportData) -> str:
     b = data.board
     axes = data.varying_axes
     fixed = [f"{a} = {b.iloc[0][a]}" for a in AXES if a in b and a not in axes and str(b.iloc[0][a]) != "-"]
-    quality = quality_columns(b, data.metric)
+    every = quality_columns(b, data.metric)
+    chosen = choose_columns(b, data.metric, (data.spec.get("leaderboard") or {}).get("columns") if isinstance(data.spec, dict) else None)
+    quality = [data.metric, *[m for m in chosen if m in every]]
     costs = [c for c in ("latency_p50_s", "latency_p95_s", "tokens_per_question", "cost_per_question_usd") if c in b and b[c].notna().any()]
     header = ["#", "run", *axes, *[label(m) + (" ↓" if lower_is_better(m) else "") for m in quality], *[label(c) for c in costs], "errors", "status"]
     rows = []
@@ -151,7 +157,19 @@ def leaderboard_html(data: ReportData) -> str:
     note = ("Quality: mean over questions, with its 95% bootstrap interval below. ↓ marks metrics where lower is better. "
             "Latency: end-to-end per question (retrieval, reranking and generation). Click a column header to sort.")
     return ('<h2>Leaderboard</h2>' + (f'<p class="muted">Same in every run: {esc("; ".join(fixed))}</p>' if fixed else "")
-            + table + f'<p class="muted">{esc(note)}</p>' + _levels_note(data, quality))
+            + table + f'<p class="muted">{esc(note)}</p>' + all_metrics_html(data, measured_metrics(b, data.metric)) + _levels_note(data, every))
+
+
+def all_metrics_html(data: ReportData, metrics: Sequence[str]) -> str:
+    """Every metric of every run, collapsed under the leaderboard: one row per metric, one column
+    per run (by rank), so it stays as narrow as the number of runs allows."""
+    b = data.board
+    header = ["metric", *[f"#{int(r['rank'])}" for _, r in b.iterrows()]]
+    rows = [[label(m) + (" ↓" if lower_is_better(m) else ""), *[_cell(m, r.get(m), r.get(m + "_ci_low"), r.get(m + "_ci_high"))
+                                                                for _, r in b.iterrows()]] for m in metrics]
+    runs = "; ".join(f"#{int(r['rank'])} {r['label']}" for _, r in b.iterrows())
+    return (f'<details class="all-metrics"><summary>Every metric of every run ({len(metrics)})</summary>'
+            f'<p class="muted">{esc(runs)}</p>{_table(header, rows, "all-metrics")}</details>')
 
 
 def _levels_note(data: ReportData, quality: Sequence[str]) -> str:
@@ -195,17 +213,24 @@ def highlight(text: str, needles: Iterable[str]) -> str:
 
 
 def passages_html(hits: Sequence[Mapping], relevant: Mapping[str, int] | None, golds: Sequence[str], *,
-                  max_passages: int = 5, max_chars: int = 900) -> str:
+                  max_passages: int = 5, max_chars: int = 900, preview_chars: int = 110) -> str:
+    """Retrieved passages, each collapsible: its rank, document, chunk and score with the first
+    words; open when it is relevant or holds a gold answer (or is the first, without gold data)."""
     relevant = relevant or {}
     parts = []
-    for h in list(hits or [])[:max_passages]:
+    for i, h in enumerate(list(hits or [])[:max_passages]):
         text = str(h.get("text") or "")
         if len(text) > max_chars:
             text = text[:max_chars] + " …"
         rel = relevant.get(h.get("doc_id"), 0) > 0
+        marked = highlight(text, golds)
         meta = (f"#{esc(h.get('rank'))} · document <code>{esc(h.get('doc_id'))}</code> · chunk <code>{esc(h.get('chunk_id'))}</code>"
                 f" · score {as_float(h.get('score')) or 0.0:.4f}" + (" · <b>relevant</b>" if rel else ""))
-        parts.append(f'<div class="passage{" relevant" if rel else ""}"><span class="meta">{meta}</span>{highlight(text, golds)}</div>')
+        preview = " ".join(text.split())
+        preview = preview if len(preview) <= preview_chars else preview[:preview_chars] + " …"
+        is_open = rel or "<mark>" in marked or (i == 0 and not relevant and not golds)
+        parts.append(f'<details class="passage{" relevant" if rel else ""}"{" open" if is_open else ""}><summary><span class="meta">{meta}'
+                     f'</span> — <span class="muted">{esc(preview)}</span></summary>{marked}</details>')
     more = len(hits or []) - max_passages
     if more > 0:
         parts.append(f'<p class="muted">… and {more} more retrieved chunks</p>')
@@ -213,10 +238,12 @@ def passages_html(hits: Sequence[Mapping], relevant: Mapping[str, int] | None, g
 
 
 def question_detail_html(columns: Sequence[tuple[str, Mapping | None]], metric: str, *, summary: str | None = None,
-                         metrics: Sequence[str] = (), is_open: bool = False, max_passages: int = 5) -> str:
+                         metrics: Sequence[str] = (), is_open: bool = False, max_passages: int = 5, live: bool = False) -> str:
     """One question for one or more runs side by side: gold, answers, metrics, retrieved passages.
 
     ``columns`` holds (run name, stored row or None); rows come from :meth:`workbench.store.Store.question_rows`.
+    ``live``: a question typed by a user (the explorer's live query), which has no gold answer
+    rather than being unanswerable.
     """
     first = next((row for _, row in columns if row), None)
     if first is None:
@@ -224,7 +251,7 @@ def question_detail_html(columns: Sequence[tuple[str, Mapping | None]], metric: 
     golds = [str(g) for g in (first.get("gold_answers") or [])]
     head = summary if summary is not None else esc(first.get("question"))
     inner = [f"<p><b>Question:</b> {esc(first.get('question'))} <span class=\"muted\">(<code>{esc(first.get('query_id'))}</code>)</span></p>",
-             f"<p><b>Gold answer:</b> {esc(' | '.join(golds)) if golds else '<span class=muted>none (unanswerable)</span>'}</p>"]
+             f"<p><b>Gold answer:</b> {esc(' | '.join(golds)) if golds else _no_gold(live)}</p>"]
     shown = [metric, *[m for m in metrics if m != metric]]
     cols = []
     for name, row in columns:
@@ -243,6 +270,13 @@ def question_detail_html(columns: Sequence[tuple[str, Mapping | None]], metric: 
         cols.append("<div>" + "".join(parts) + "</div>")
     body = "".join(inner) + (f'<div class="side">{"".join(cols)}</div>' if len(cols) > 1 else "".join(cols))
     return f'<details class="question"{" open" if is_open else ""}><summary>{head}</summary>{body}</details>'
+
+
+def _no_gold(live: bool) -> str:
+    if live:
+        return ('<span class="muted">none: a new question, so no gold answer or relevance judgements (quality metrics do not apply; '
+                "latency, tokens and groundedness do)</span>")
+    return '<span class="muted">none (unanswerable)</span>'
 
 
 def _delta(metric: str, a, b) -> str:
@@ -361,7 +395,7 @@ def lineage_html(data: ReportData) -> str:
         timing_rows.append([str(r["rank"]), str(r["run_id"])[:10]] + [f"{t.get(k, 0):.1f}s" if isinstance(t.get(k), (int, float)) else "-"
                                                                      for k in ("retrieval_s", "rerank_s", "generation_s", "evaluation_s")]
                            + [str(t.get("questions_computed", "-"))])
-    return ("<h2>Lineage</h2>" + _table([], facts) + "<h3>Runs</h3>" + _table(header, rows, "sortable")
+    return ("<h2>Lineage</h2>" + _table([], facts) + "<h3>Runs</h3>" + _table(header, rows, "sortable wrap")
             + "<h3>Compute time in the session that stored each run</h3>"
             + _table(["#", "run", "retrieval", "rerank", "generation", "evaluation", "questions computed"], timing_rows, "sortable")
             + "<h3>Package versions</h3>" + _table(["package", "version(s)"], pkg_rows))

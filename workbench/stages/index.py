@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -136,11 +137,12 @@ def _existing(client: chromadb.ClientAPI, name: str, expected: int):
 
 
 def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk], embedder_factory,
-                      lock_dir: Path) -> tuple[chromadb.Collection, bool]:
+                      lock_dir: Path, on_batch: Callable[[int, int], None] | None = None) -> tuple[chromadb.Collection, bool]:
     """Return the complete collection ``name``, building it from ``chunks`` if needed.
 
     ``embedder_factory()`` is called only when the collection must be built, so reusing an index
-    loads no model. Returns (collection, built) where ``built`` says whether this call wrote it.
+    loads no model. ``on_batch(done, total)`` is called after each batch of chunks embedded and
+    added (progress). Returns (collection, built) where ``built`` says whether this call wrote it.
     """
     col = _existing(client, name, len(chunks))
     if col is not None:
@@ -167,6 +169,8 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
                 for c, vec in zip(batch, vectors)
             ])
             heartbeat()
+            if on_batch is not None:
+                on_batch(start + len(batch), len(chunks))
         tmp.modify(name=name)
         return client.get_collection(name), True
 
