@@ -172,13 +172,13 @@ def print_failures(st, board) -> None:
     from ..report.data import failure_reasons, failure_text
 
     for _, r in board.iterrows():
-        if not r["n_failed"] and r["status"] == "complete":
-            continue
+        if not r["n_failed"] and r["status"] in ("complete", "eliminated", "stopped: tie"):
+            continue  # a race's outcomes are printed by the race itself
         rows = st.questions(r["run_id"])
         reasons = failure_reasons(rows["error"]) if "error" in rows else {}
         text = failure_text(int(r["n_failed"]), int(r["n_questions"]), reasons)
         if str(r["status"]).startswith("stopped"):
-            text = f"{r['status']} after {len(rows)} of {int(r['n_questions'])} questions (run again to resume)" + (f"; {text}" if text else "")
+            text = f"{r['status']} after {len(rows)} of {int(r['n_planned'])} questions (run again to resume)" + (f"; {text}" if text else "")
         console.print(f"run {r['run_id']} ({r['status']}): {text}", highlight=False, soft_wrap=True)
 
 

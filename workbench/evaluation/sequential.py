@@ -35,53 +35,74 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-TRUNCATION = 0.75  # the largest bet lambda_t (W-S & R suggest 1/2 or 3/4; 3/4 decides faster at low variance)
+TRUNCATION = 0.75  # the largest bet, as a share of what keeps the capital positive (W-S & R use 1/2 to 3/4)
+GRID = np.linspace(-1.0, 1.0, 161)[1:-1]  # candidate mean differences the bounds are read from (steps of 0.0125)
 
 
-def eb_confidence_sequence(x: Sequence[float] | np.ndarray, alpha: float, *, lo: float = 0.0, hi: float = 1.0,
-                           truncation: float = TRUNCATION) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided PrPl-EB confidence sequence for the mean of ``x`` (values in [lo, hi]).
+def capital(y: np.ndarray, m: np.ndarray, truncation: float = TRUNCATION) -> tuple[np.ndarray, np.ndarray]:
+    """Running maxima of the two betting capitals against "mean <= m" and "mean >= m", for
+    observations ``y`` in [0, 1] and candidate means ``m`` in (0, 1) (one row per m).
 
-    Returns ``(lower, upper)``: after each observation t = 1..n, an interval that holds for every t
-    simultaneously with probability >= 1 - alpha. The running intersection is taken (the
-    tightest bound seen so far), which keeps that guarantee.
-
-    Formulas (Waudby-Smith & Ramdas 2024, eq. 13-15; y = (x - lo) / (hi - lo) in [0, 1]):
-    mu_t = (1/2 + sum y) / (t + 1), s2_t = (1/4 + sum (y_i - mu_i)^2) / (t + 1),
-    lambda_t = min(sqrt(2 log(2/alpha) / (s2_{t-1} t log(1 + t))), truncation),
-    center_t = sum lambda_i y_i / sum lambda_i,
-    width_t = (log(2/alpha) + sum 4 (y_i - mu_{i-1})^2 psi(lambda_i)) / sum lambda_i,
-    psi(l) = (-log(1 - l) - l) / 4.
+    K+_t(m) = prod (1 + l_i (y_i - m)) and K-_t(m) = prod (1 - l_i (y_i - m)) with predictable bets
+    l_i >= 0 (aGRAPA: the regularised running mean's distance to m over the running second moment,
+    truncated so every factor stays >= 1 - truncation > 0). Each is a nonnegative supermartingale
+    under its null, so by Ville's inequality it ever reaches 1/a with probability at most a.
     """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if not hi > lo:
-        raise ValueError(f"need hi > lo, got [{lo}, {hi}]")
-    raw = np.asarray(x, dtype=float)
-    if raw.size == 0:
-        return np.empty(0), np.empty(0)
-    if np.isnan(raw).any() or raw.min() < lo - 1e-12 or raw.max() > hi + 1e-12:
-        raise ValueError(f"values must lie in [{lo}, {hi}] without NaN")
-    y = np.clip((raw - lo) / (hi - lo), 0.0, 1.0)
     t = np.arange(1, y.size + 1, dtype=float)
     mu = (0.5 + np.cumsum(y)) / (t + 1)
     mu_prev = np.concatenate(([0.5], mu[:-1]))
     s2 = (0.25 + np.cumsum((y - mu) ** 2)) / (t + 1)
     s2_prev = np.concatenate(([0.25], s2[:-1]))
-    log_term = math.log(2 / alpha)
-    lam = np.minimum(np.sqrt(2 * log_term / (s2_prev * t * np.log1p(t))), truncation)
-    psi = (-np.log1p(-lam) - lam) / 4
-    lam_sum = np.cumsum(lam)
-    center = np.cumsum(lam * y) / lam_sum
-    width = (log_term + np.cumsum(4 * (y - mu_prev) ** 2 * psi)) / lam_sum
-    lower = np.maximum.accumulate(np.clip(center - width, 0.0, 1.0))
-    upper = np.minimum.accumulate(np.clip(center + width, 0.0, 1.0))
-    return lo + (hi - lo) * lower, lo + (hi - lo) * upper
+    gap = mu_prev[None, :] - m[:, None]
+    lam = gap / (s2_prev[None, :] + gap ** 2)
+    dev = y[None, :] - m[:, None]
+    up = np.clip(lam, 0.0, (truncation / m)[:, None])
+    down = np.clip(-lam, 0.0, (truncation / (1 - m))[:, None])
+    log_up = np.maximum.accumulate(np.cumsum(np.log1p(up * dev), axis=1), axis=1)
+    log_down = np.maximum.accumulate(np.cumsum(np.log1p(-down * dev), axis=1), axis=1)
+    return log_up[:, -1], log_down[:, -1]
 
 
-def paired_difference_cs(a: np.ndarray, b: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence sequence for mean(a - b), scores in [0, 1] paired by question (differences in [-1, 1])."""
-    return eb_confidence_sequence(np.asarray(a, float) - np.asarray(b, float), alpha, lo=-1.0, hi=1.0)
+def paired_difference_cs(a: np.ndarray, b: np.ndarray, alpha: float, margin: float | None = None) -> tuple[float, float]:
+    """``(lower, upper)``: a two-sided betting confidence sequence (Waudby-Smith & Ramdas 2024,
+    section 4, hedged capital with aGRAPA bets) for mean(a - b) after the last question, scores in
+    [0, 1] paired by question, so differences lie in [-1, 1]. It holds at every question count at
+    once with probability >= 1 - alpha (alpha/2 per side), so it can be looked at after every round.
+
+    The interval is the set of candidate differences (a grid of step 0.0125, plus -margin and
+    +margin exactly, so decisions at the margin are exact) that neither capital has rejected at any
+    time so far; its bounds are the smallest and largest of them (conservative where the set has
+    holes). No candidate left (possible only on a 1 - alpha miss) gives the mean, twice.
+    """
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if d.size == 0:
+        return -1.0, 1.0
+    if np.isnan(d).any() or np.abs(d).max() > 1 + 1e-12:
+        raise ValueError("paired scores must lie in [0, 1] without NaN")
+    points = GRID if margin is None else np.union1d(GRID, [-margin, margin])
+    points = points[(points > -1) & (points < 1)]
+    y = np.clip((d + 1) / 2, 0.0, 1.0)
+    log_up, log_down = capital(y, (points + 1) / 2)
+    inside = (log_up < math.log(2 / alpha)) & (log_down < math.log(2 / alpha))
+    if not inside.any():
+        return float(d.mean()), float(d.mean())
+    return float(points[inside].min()), float(points[inside].max())
+
+
+def margin_tests(a: np.ndarray, b: np.ndarray, alpha: float, margin: float) -> tuple[bool, bool]:
+    """The two decisions a race takes on mean(a - b), from the same capitals as
+    :func:`paired_difference_cs` (alpha/2 per side) evaluated at the margin only (fast):
+    ``(worse, equivalent)`` -- "mean < -margin" (the upper side rejected -margin) and
+    "-margin < mean < margin" (-margin rejected from below and +margin from above)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if d.size == 0:
+        return False, False
+    y = np.clip((d + 1) / 2, 0.0, 1.0)
+    m = np.array([(1 - margin) / 2, (1 + margin) / 2])
+    m = np.clip(m, 1e-9, 1 - 1e-9)
+    log_up, log_down = capital(y, m)
+    threshold = math.log(2 / alpha)
+    return bool(log_down[0] >= threshold), bool(log_up[0] >= threshold and log_down[1] >= threshold)
 
 
 def exceeds(x: Sequence[float] | np.ndarray, threshold: float, alpha: float, truncation: float = 0.5) -> np.ndarray:
@@ -205,18 +226,19 @@ class Round:
 
 
 def decide_round(index: int, scores: Mapping[str, np.ndarray], settings: RaceSettings,
-                 extra: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> Round:
+                 extra: Mapping[str, Mapping[str, np.ndarray]] | None = None, bounds: bool = True) -> Round:
     """One round's decisions from the survivors' scores so far (pure; higher is better).
 
     ``scores[c]`` holds configuration c's score per question, in the race's order, NaN where the
     question failed; a pair is compared on the questions both scored. The leader is the survivor
     with the highest mean (ties: the first in ``scores``' order). ``extra[c][column]`` holds the
-    per-question values the constraints read.
+    per-question values the constraints read. ``bounds=False`` skips the confidence bounds shown
+    in reports (NaN) and takes the same decisions faster (replays, simulations).
     """
     names = list(scores)
     means = {c: float(np.nanmean(v)) if np.isfinite(v).any() else -math.inf for c, v in scores.items()}
     leader = max(names, key=lambda c: (means[c], -names.index(c)))
-    bounds, out = [], []
+    shown, out, tied = [], [], []
     for c in names:
         if c == leader:
             continue
@@ -224,11 +246,13 @@ def decide_round(index: int, scores: Mapping[str, np.ndarray], settings: RaceSet
         a, b = scores[c][both], scores[leader][both]
         if a.size == 0:
             continue
-        low, up = paired_difference_cs(a, b, settings.pair_alpha)
-        bound = Bound(c, int(a.size), means[c], float(np.mean(a - b)), float(low[-1]), float(up[-1]))
-        bounds.append(bound)
-        if bound.upper < -settings.margin:
-            out.append(Elimination(c, index, int(scores[c].size), "worse", leader, bound.diff, bound.upper))
+        worse, equivalent = margin_tests(a, b, settings.pair_alpha, settings.margin)
+        low, up = paired_difference_cs(a, b, settings.pair_alpha, settings.margin) if bounds else (math.nan, math.nan)
+        bound = Bound(c, int(a.size), means[c], float(np.mean(a - b)), low, up)
+        shown.append(bound)
+        tied.append(equivalent)
+        if worse:
+            out.append(Elimination(c, index, int(scores[c].size), "worse", leader, bound.diff, None if math.isnan(up) else up))
     gone = {e.config for e in out}
     for c in names:
         if c in gone:
@@ -236,8 +260,8 @@ def decide_round(index: int, scores: Mapping[str, np.ndarray], settings: RaceSet
         hit = _constraint_violation(c, index, (extra or {}).get(c, {}), settings)
         if hit is not None:
             out.append(hit)
-    equivalent = len(bounds) == len(names) - 1 and all(b.lower >= -settings.margin and b.upper <= settings.margin for b in bounds)
-    return Round(index, max((v.size for v in scores.values()), default=0), leader, bounds, out, equivalent and not out)
+    equivalent = len(shown) == len(names) - 1 and all(tied)
+    return Round(index, max((v.size for v in scores.values()), default=0), leader, shown, out, equivalent and not out)
 
 
 def _constraint_violation(config: str, index: int, columns: Mapping[str, np.ndarray], settings: RaceSettings) -> Elimination | None:
@@ -279,7 +303,7 @@ class RaceResult:
 Fetch = Callable[[list[str], int, int], tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]] | None]
 
 
-def run_race(configs: Sequence[str], n_questions: int, settings: RaceSettings, fetch: Fetch) -> RaceResult:
+def run_race(configs: Sequence[str], n_questions: int, settings: RaceSettings, fetch: Fetch, bounds: bool = True) -> RaceResult:
     """Race ``configs`` over ``n_questions`` questions taken in a fixed order.
 
     Each round asks ``fetch(survivors, start, end)`` to evaluate questions ``start:end`` on every
@@ -303,7 +327,7 @@ def run_race(configs: Sequence[str], n_questions: int, settings: RaceSettings, f
         start = end
         if end < settings.min_questions and end < n_questions or len(result.survivors) < 2:
             continue
-        decided = decide_round(index, {c: scores[c] for c in result.survivors}, settings, extra)
+        decided = decide_round(index, {c: scores[c] for c in result.survivors}, settings, extra, bounds)
         result.rounds.append(decided)
         for e in decided.eliminated:
             result.eliminated[e.config] = e
@@ -315,7 +339,7 @@ def run_race(configs: Sequence[str], n_questions: int, settings: RaceSettings, f
     return result
 
 
-def replay_race(matrix: np.ndarray, configs: Sequence[str], settings: RaceSettings) -> RaceResult:
+def replay_race(matrix: np.ndarray, configs: Sequence[str], settings: RaceSettings, bounds: bool = False) -> RaceResult:
     """The race over a complete score matrix (configs x questions, in the race's order, higher is
     better, NaN for failed questions): what it would have decided and computed. No model is called."""
     matrix = np.asarray(matrix, dtype=float)
@@ -324,18 +348,14 @@ def replay_race(matrix: np.ndarray, configs: Sequence[str], settings: RaceSettin
     def fetch(survivors: list[str], start: int, end: int):
         return {c: matrix[index[c], :end] for c in survivors}, {}
 
-    return run_race(configs, matrix.shape[1], settings, fetch)
+    return run_race(configs, matrix.shape[1], settings, fetch, bounds)
 
 
-def min_questions_to_eliminate(settings: RaceSettings, limit: int = 100_000) -> int | None:
+def min_questions_to_eliminate(settings: RaceSettings, limit: int = 2_000) -> int | None:
     """The fewest questions after which the race could eliminate anything at all: a configuration
     that loses every question by the full score range (differences of -1). Fewer questions than
     this and the race can only run everything to the end."""
-    n = 16
-    while n <= limit:
-        _, upper = eb_confidence_sequence(np.full(n, -1.0), settings.pair_alpha, lo=-1.0, hi=1.0)
-        hit = np.nonzero(upper < -settings.margin)[0]
-        if hit.size:
-            return int(hit[0]) + 1
-        n *= 2
+    for n in range(1, limit + 1):
+        if margin_tests(np.zeros(n), np.ones(n), settings.pair_alpha, settings.margin)[0]:
+            return n
     return None

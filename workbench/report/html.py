@@ -20,7 +20,7 @@ from ..compare import ALPHA
 from ..evaluation.registry import description, label, lower_is_better
 from ..hashing import hash_obj
 from ..settings import redact_url
-from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, axis_tables, quality_columns, reliability_table
+from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, axis_tables, planned_questions, quality_columns, reliability_table
 from .leaderboard import AXES, as_float, fmt
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "", 
 def title_html(data: ReportData) -> str:
     desc = data.spec.get("description") if isinstance(data.spec, dict) else None
     lineage = (data.runs.iloc[0]["lineage"] if not data.runs.empty else None) or {}
-    facts = [f"{len(data.board)} runs", f"{int(data.board['n_questions'].max())} questions",
+    facts = [f"{len(data.board)} runs", f"{planned_questions(data.board)} questions",
              f"dataset {lineage.get('dataset_path', data.spec.get('dataset', '?'))}", f"generated {data.generated_at}"]
     return (f"<h1>Bake-off report: {esc(data.experiment)}</h1>" + (f"<p>{esc(' '.join(str(desc).split()))}</p>" if desc else "")
             + f'<p class="muted">{" · ".join(esc(f) for f in facts)}</p>')
