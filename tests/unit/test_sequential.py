@@ -12,8 +12,8 @@ from workbench.evaluation.race_simulation import Scenario, scenarios, simulate
 from workbench.evaluation.sequential import (
     Constraint,
     RaceSettings,
-    decide_round,
     capital,
+    decide_round,
     exceeds,
     min_questions_to_eliminate,
     paired_difference_cs,

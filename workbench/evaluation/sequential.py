@@ -34,6 +34,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
+
+from .registry import COST_KINDS, metric_info
 
 TRUNCATION = 0.75  # the largest bet, as a share of what keeps the capital positive (W-S & R use 1/2 to 3/4)
 GRID = np.linspace(-1.0, 1.0, 161)[1:-1]  # candidate mean differences the bounds are read from (steps of 0.0125)
@@ -231,13 +234,13 @@ def decide_round(index: int, scores: Mapping[str, np.ndarray], settings: RaceSet
 
     ``scores[c]`` holds configuration c's score per question, in the race's order, NaN where the
     question failed; a pair is compared on the questions both scored. The leader is the survivor
-    with the highest mean (ties: the first in ``scores``' order). ``extra[c][column]`` holds the
+    with the highest mean (ties: the smallest name, so the order runs are visited in never matters). ``extra[c][column]`` holds the
     per-question values the constraints read. ``bounds=False`` skips the confidence bounds shown
     in reports (NaN) and takes the same decisions faster (replays, simulations).
     """
     names = list(scores)
     means = {c: float(np.nanmean(v)) if np.isfinite(v).any() else -math.inf for c, v in scores.items()}
-    leader = max(names, key=lambda c: (means[c], -names.index(c)))
+    leader = max(sorted(names), key=lambda c: means[c])  # ties: the smallest name, whatever the order given
     shown, out, tied = [], [], []
     for c in names:
         if c == leader:
@@ -349,6 +352,78 @@ def replay_race(matrix: np.ndarray, configs: Sequence[str], settings: RaceSettin
         return {c: matrix[index[c], :end] for c in survivors}, {}
 
     return run_race(configs, matrix.shape[1], settings, fetch, bounds)
+
+
+# Per-question columns computed from stored ones (constraints on end-to-end latency or tokens).
+DERIVED_COLUMNS = {"latency_s": ("retrieval_latency_s", "generation_latency_s"), "tokens_per_question": ("prompt_tokens", "completion_tokens")}
+
+
+def column_values(values: pd.DataFrame, column: str) -> pd.Series:
+    """A per-question column of stored rows; derived ones (end-to-end latency, tokens) summed."""
+    if column in DERIVED_COLUMNS:
+        parts = [pd.to_numeric(values[c], errors="coerce") for c in DERIVED_COLUMNS[column] if c in values]
+        if not parts:
+            return pd.Series(np.nan, index=values.index)
+        total = sum(p.fillna(0.0) for p in parts)
+        return total.where(pd.concat(parts, axis=1).notna().any(axis=1))
+    return pd.to_numeric(values[column], errors="coerce") if column in values else pd.Series(np.nan, index=values.index)
+
+
+def race_arrays(values: pd.DataFrame, order: Sequence[int], metric: str, lower_is_better: bool,
+                columns: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A run's stored rows as the race reads them: its scores on ``metric`` in the race's question
+    ``order`` (positions), oriented so that higher is better (a lower-is-better score in [0, 1]
+    becomes 1 - score), NaN where the question is not stored, failed or not applicable; and the
+    constraint ``columns`` in the same order. The one reading used by the live race, the report
+    and replays, so they decide alike."""
+    pos = list(order)
+    if values.empty or "position" not in values:
+        return np.full(len(pos), np.nan), {c: np.full(len(pos), np.nan) for c in columns}
+    ok = values[values["error"].isna()] if "error" in values else values
+    by_pos = ok.set_index("position")
+    score = column_values(by_pos, metric).reindex(pos).to_numpy(dtype=float)
+    extra = {c: column_values(by_pos, c).reindex(pos).to_numpy(dtype=float) for c in columns}
+    return (1.0 - score if lower_is_better else score), extra
+
+
+def question_order(n: int, seed: int) -> list[int]:
+    """The race's question order: positions 0..n-1 in a seeded random order (the same on every
+    machine, every resume and every replay)."""
+    return [int(i) for i in np.random.default_rng(seed).permutation(n)]
+
+
+MEAN_CONSTRAINTS = {"cost_per_question_usd": "cost_usd"}  # aggregate name -> the per-question column it averages
+
+
+def make_constraint(name: str, limit: float) -> Constraint:
+    """A ``constraints:`` entry as a sequential test: ``<x>_p50_s``/``<x>_p95_s`` bound a latency
+    percentile, any other latency/token/cost metric a mean per question.
+
+    Raises:
+        MetricError: unknown metric (with a suggestion).
+        ValueError: a metric that is not a latency, token or cost one.
+    """
+    info = metric_info(name)
+    if info.kind not in COST_KINDS or not info.lower_is_better:
+        raise ValueError(f"{name!r} is not a latency, token or cost metric; constraints bound what a question costs")
+    for q in ("50", "95"):
+        if name.endswith(f"_p{q}_s"):
+            return Constraint(name, name.removesuffix(f"_p{q}_s") + "_s", "quantile", limit, int(q) / 100)
+    return Constraint(name, MEAN_CONSTRAINTS.get(name, name), "mean", limit)
+
+
+def default_metric(search: Mapping, has_generation: bool) -> str:
+    return search.get("metric") or ("f1" if has_generation else "ndcg_at_10")
+
+
+def search_settings(search: Mapping, n_configs: int, n_retrieval: int, n_questions: int) -> tuple[RaceSettings, RaceSettings | None]:
+    """The race's settings from an experiment's ``search:`` block (as data): the main race and,
+    with ``prune_retrieval``, the retrieval stage. With both, each gets half of alpha (union bound)."""
+    constraints = tuple(make_constraint(k, v["max"]) for k, v in (search.get("constraints") or {}).items())
+    prune = search.get("prune_retrieval")
+    alpha = search["alpha"] / 2 if prune else search["alpha"]
+    main = RaceSettings(alpha, search["margin"], search["round"], search["min_questions"], n_configs, constraints)
+    return main, (RaceSettings(alpha, prune["margin"], n_questions, n_questions, n_retrieval) if prune else None)
 
 
 def min_questions_to_eliminate(settings: RaceSettings, limit: int = 2_000) -> int | None:

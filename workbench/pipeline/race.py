@@ -21,13 +21,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..evaluation.sequential import Elimination, RaceResult, decide_round, run_race
+from ..evaluation.sequential import Elimination, RaceResult, decide_round, question_order, race_arrays, run_race
 from ..settings import Workspace
 from .components import Components
 from .plan import Plan, PlannedRun, retrieval_twin
 from .progress import NullProgress, Progress
 from .runner import Item, Runner, RunSession, save_experiment
-from .search import DERIVED_COLUMNS, Search, question_order, resolve_search
+from .search import Search, resolve_search
 
 
 def stage_order(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
@@ -40,30 +40,11 @@ def stage_order(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
     return sorted(runs, key=key)
 
 
-def column_values(values: pd.DataFrame, column: str) -> pd.Series:
-    """A per-question column by position; derived ones (end-to-end latency, tokens) summed."""
-    if column in DERIVED_COLUMNS:
-        parts = [pd.to_numeric(values[c], errors="coerce") for c in DERIVED_COLUMNS[column] if c in values]
-        if not parts:
-            return pd.Series(dtype=float)
-        total = sum(p.fillna(0.0) for p in parts)
-        return total.where(pd.concat(parts, axis=1).notna().any(axis=1))
-    return pd.to_numeric(values[column], errors="coerce") if column in values else pd.Series(np.nan, index=values.index)
-
-
 def score_arrays(values: pd.DataFrame, order: Sequence[int], search: Search, metric: str | None = None,
                  lower_is_better: bool | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A run's oriented scores (higher is better) and constraint columns, in the race's order:
-    NaN where the question is not stored, failed, or the metric does not apply."""
-    metric = metric or search.metric
-    if values.empty:
-        return np.full(len(order), np.nan), {}
-    ok = values[values["error"].isna()] if "error" in values else values
-    by_pos = ok.set_index("position")
-    pos = list(order)
-    score = column_values(by_pos, metric).reindex(pos).to_numpy(dtype=float)
-    extra = {c.column: column_values(by_pos, c.column).reindex(pos).to_numpy(dtype=float) for c in search.settings.constraints}
-    return search.orient(score, lower_is_better), extra
+    """A run's oriented scores and constraint columns in the race's order (:func:`race_arrays`)."""
+    flip = search.lower_is_better if lower_is_better is None else lower_is_better
+    return race_arrays(values, order, metric or search.metric, flip, [c.column for c in search.settings.constraints])
 
 
 class Race:

@@ -13,22 +13,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..config import Experiment, RunConfig
 from ..config.yamlfile import read_yaml, yaml_line
 from ..errors import ConfigError, MetricError, WorkbenchError
 from ..evaluation.perquestion import cutoffs_for
-from ..evaluation.registry import COST_KINDS, Direction, Kind, Metric, metric_info
-from ..evaluation.sequential import Constraint, RaceSettings, min_questions_to_eliminate
+from ..evaluation.registry import Direction, Kind, Metric, metric_info
+from ..evaluation.sequential import RaceSettings, default_metric, make_constraint, min_questions_to_eliminate, search_settings
 
 # Per-question scores in [0, 1] with a better direction: what a paired confidence sequence races on.
 RACE_KINDS = frozenset({Kind.RETRIEVAL, Kind.CHUNK_RETRIEVAL, Kind.ANSWER, Kind.GROUNDEDNESS, Kind.JUDGE})
 ANSWER_KINDS = frozenset({Kind.ANSWER, Kind.GROUNDEDNESS, Kind.JUDGE})
 AT_K = ("hit_at_", "recall_at_", "precision_at_")
-# Constraint columns computed from stored columns (the rest are stored per question).
-DERIVED_COLUMNS = {"latency_s": ("retrieval_latency_s", "generation_latency_s"), "tokens_per_question": ("prompt_tokens", "completion_tokens")}
-MEAN_CONSTRAINTS = {"cost_per_question_usd": "cost_usd"}
 
 
 @dataclass(frozen=True)
@@ -43,11 +38,6 @@ class Search:
     prune_lower_is_better: bool = False
     prune_settings: RaceSettings | None = None
 
-    def orient(self, values: np.ndarray, lower_is_better: bool | None = None) -> np.ndarray:
-        """Scores with higher = better (a lower-is-better metric in [0, 1] becomes 1 - value)."""
-        flip = self.lower_is_better if lower_is_better is None else lower_is_better
-        return 1.0 - values if flip else values
-
 
 def search_error(experiment: Experiment, field: str, message: str) -> ConfigError:
     """``file:line: search.<field>: message``, the line found in the experiment file's YAML."""
@@ -58,12 +48,6 @@ def search_error(experiment: Experiment, field: str, message: str) -> ConfigErro
     except WorkbenchError:
         pass
     return ConfigError(f"{experiment.path}{f':{line}' if line else ''}: {field}: {message}")
-
-
-def question_order(n: int, seed: int) -> list[int]:
-    """The race's question order: positions 0..n-1 in a seeded random order (the same on every
-    machine and every resume)."""
-    return [int(i) for i in np.random.default_rng(seed).permutation(n)]
 
 
 def _race_metric(experiment: Experiment, field: str, name: str, configs: Sequence[RunConfig]) -> Metric:
@@ -87,19 +71,12 @@ def _race_metric(experiment: Experiment, field: str, name: str, configs: Sequenc
     return info
 
 
-def constraint_for(experiment: Experiment, name: str, limit: float) -> Constraint:
-    """A ``constraints:`` entry as a sequential test: a latency percentile or a mean cost/latency/tokens."""
-    field = f"search.constraints.{name}"
-    try:
-        info = metric_info(name)
-    except MetricError as exc:
-        raise search_error(experiment, field, str(exc)) from None
-    if info.kind not in COST_KINDS or not info.lower_is_better:
-        raise search_error(experiment, field, f"{name!r} is not a latency, token or cost metric; constraints bound what a question costs")
-    for q in ("50", "95"):
-        if name.endswith(f"_p{q}_s"):
-            return Constraint(name, name.removesuffix(f"_p{q}_s") + "_s", "quantile", limit, int(q) / 100)
-    return Constraint(name, MEAN_CONSTRAINTS.get(name, name), "mean", limit)
+def _constraints(experiment: Experiment) -> None:
+    for name, c in experiment.spec.search.constraints.items():
+        try:
+            make_constraint(name, c.max)
+        except (MetricError, ValueError) as exc:
+            raise search_error(experiment, f"search.constraints.{name}", str(exc)) from None
 
 
 def resolve_search(experiment: Experiment, n_queries: int, configs: Sequence[RunConfig]) -> Search | None:
@@ -111,12 +88,11 @@ def resolve_search(experiment: Experiment, n_queries: int, configs: Sequence[Run
     spec = experiment.spec.search
     if not spec.is_race:
         return None
-    name = spec.metric or ("f1" if experiment.spec.grid.generation else "ndcg_at_10")
+    name = default_metric(spec.model_dump(), bool(experiment.spec.grid.generation))
     info = _race_metric(experiment, "search.metric", name, configs)
-    constraints = tuple(constraint_for(experiment, k, c.max) for k, c in spec.constraints.items())
-    # With staged pruning, the retrieval stage and the race each get half of alpha (union bound).
-    alpha = spec.alpha / 2 if spec.prune_retrieval is not None else spec.alpha
-    settings = RaceSettings(alpha, spec.margin, spec.round, spec.min_questions, len(configs), constraints)
+    _constraints(experiment)
+    n_retrieval = len({c.model_copy(update={"generation": None}) for c in configs})
+    settings, p_settings = search_settings(spec.model_dump(), len(configs), n_retrieval, n_queries)
     if n_queries < spec.min_questions:
         raise search_error(experiment, "search.min_questions", f"the race needs at least {spec.min_questions} questions; the experiment "
                                                               f"samples {n_queries} (queries.limit)")
@@ -133,6 +109,4 @@ def resolve_search(experiment: Experiment, n_queries: int, configs: Sequence[Run
     p_info = _race_metric(experiment, "search.prune_retrieval.metric", prune.metric, configs)
     if p_info.kind not in (Kind.RETRIEVAL, Kind.CHUNK_RETRIEVAL):
         raise search_error(experiment, "search.prune_retrieval.metric", f"{prune.metric!r} is not a retrieval metric")
-    n_retrieval = len({c.model_copy(update={"generation": None}) for c in configs})
-    p_settings = RaceSettings(alpha, prune.margin, n_queries, n_queries, n_retrieval)
     return Search(name, info.lower_is_better, settings, spec.seed, prune.metric, p_info.lower_is_better, p_settings)
