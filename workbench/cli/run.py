@@ -101,6 +101,7 @@ def _run(experiment_path: Path, ws: Workspace, rerun: str, report: bool, limit: 
 
 def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int, axis, gate: bool) -> int:
     from ..bakeoff import run_bakeoff, select
+    from ..pipeline.estimate import describe, estimate
     from ..pipeline.executors import check_executor
     from ..pipeline.plan import plan_experiment
     from ..report.artifacts import new_report_dir, render_report, write_index
@@ -114,6 +115,8 @@ def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int
     server = ws.chroma_server(plan.experiment.spec.index)
     infra += f", Chroma server {server}" if server else ""
     console.print(f"{name}: {len(plan.runs)} runs x {len(plan.queries)} questions{infra}", highlight=False, soft_wrap=True)
+    for line in describe(estimate(plan, ws))[1:]:  # what `workbench plan` prints: builds, calls, tokens, cost, time
+        console.print(line, highlight=False, soft_wrap=True)
     _print_ingest(plan.dataset)
     out_dir = new_report_dir(name, ws.reports_dir)
     t0 = time.perf_counter()

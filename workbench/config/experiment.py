@@ -524,8 +524,8 @@ class SearchSpec(_Spec):
     @model_validator(mode="after")
     def _race_fields(self) -> SearchSpec:
         if self.strategy == "grid":
-            for name in RACE_FIELDS:
-                if name in self.model_fields_set:
+            for name in RACE_FIELDS:  # a saved plan dumps the defaults: only a changed value is an error
+                if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True):
                     raise field_error(name, f"{name} applies to strategy 'race' only")
         return self
 

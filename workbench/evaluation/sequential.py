@@ -292,7 +292,7 @@ class RaceResult:
     eliminated: dict[str, Elimination] = field(default_factory=dict)
     survivors: list[str] = field(default_factory=list)
     evaluated: dict[str, int] = field(default_factory=dict)  # questions computed per configuration
-    stop: str = ""  # "equivalence" | "questions exhausted" | "stopped"
+    stop: str = ""  # "equivalence" | "questions exhausted" | "stopped" | "all eliminated"
 
     @property
     def calls(self) -> int:
@@ -335,6 +335,9 @@ def run_race(configs: Sequence[str], n_questions: int, settings: RaceSettings, f
         for e in decided.eliminated:
             result.eliminated[e.config] = e
         result.survivors = [c for c in result.survivors if c not in result.eliminated]
+        if not result.survivors:  # every configuration broke a constraint
+            result.stop = "all eliminated"
+            return result
         if decided.equivalent and len(result.survivors) > 1:
             result.stop = "equivalence"
             return result

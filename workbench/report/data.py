@@ -226,9 +226,10 @@ def limit_violations(board: pd.DataFrame, limits: Mapping[str, Any] | None) -> t
 
 
 def recommend(board: pd.DataFrame, metric: str, limits: Mapping[str, Any] | None = None) -> Recommendation:
-    """The run with the best ``metric`` among complete or partial runs within the limits."""
+    """The run with the best ``metric`` among complete or partial runs (or a race's tie set) within
+    the limits; runs a race eliminated are never recommended."""
     violations, notes = limit_violations(board, limits)
-    usable = board[board["status"].isin(["complete", "partial"]) & board[metric].notna()]
+    usable = board[board["status"].isin(["complete", "partial", "stopped: tie"]) & board[metric].notna()]
     skipped = [r for r in board["run_id"] if r not in set(usable["run_id"])]
     if skipped:
         notes.append(f"{len(skipped)} run(s) without a usable {label(metric)} (failed or still running) are not ranked")

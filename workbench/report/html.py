@@ -133,6 +133,9 @@ def leaderboard_html(data: ReportData) -> str:
             badges += '<span class="badge best">recommended</span>'
         elif r["ties_best"]:
             badges += '<span class="badge tie" title="statistically indistinguishable from the recommended run">ties best</span>'
+        if r.get("status") == "eliminated":
+            badges += (f'<span class="badge out" title="eliminated by the race after {int(r["n_questions"])} of {int(r["n_planned"])} '
+                       f'questions; see the Race section">eliminated</span>')
         if r["run_id"] in data.recommendation.violations:
             badges += f'<span class="badge out" title="{esc("; ".join(data.recommendation.violations[r["run_id"]]))}">over limit</span>'
         cells = [f'<td class="num" data-sort="{int(r["rank"])}">{int(r["rank"])}</td>', f"<td><code>{esc(str(r['run_id'])[:10])}</code>{badges}</td>"]
@@ -141,6 +144,8 @@ def leaderboard_html(data: ReportData) -> str:
         cells += [_cell(c, r.get(c)) for c in costs]
         n_failed = int(as_float(r.get("n_failed")) or 0)
         cells.append(f'<td class="num{" error" if n_failed else ""}" data-sort="{n_failed}">{n_failed} / {int(r["n_questions"])}</td>')
+        if "n_planned" in r and int(r["n_questions"]) < int(r["n_planned"]):
+            cells[-1] = cells[-1].replace("</td>", f' <span class="muted">(of {int(r["n_planned"])} planned)</span></td>')
         cells.append(f"<td>{esc(r['status'])}</td>")
         rows.append(cells)
     table = _table(header, rows, "sortable leaderboard", ["recommended" if x else "" for x in b["recommended"]])

@@ -166,7 +166,8 @@ def race_html(race: RaceReport | None) -> str:
              f"{s.n_configs * (s.n_configs - 1) // 2} pairs. This holds the chance of eliminating any configuration within "
              f"{s.margin:g} of the best at or below {s.alpha:g}, over all rounds (docs/metrics.md, 'Racing').")
     stop = {"equivalence": "every remaining configuration was shown to be within the margin of the leader (a tie set)",
-            "questions exhausted": "the questions ran out", "stopped": "the budget ran out (run again to resume)"}.get(res.stop, res.stop)
+            "questions exhausted": "the questions ran out", "all eliminated": "every configuration violated a constraint",
+            "stopped": "the budget ran out (run again to resume)"}.get(res.stop, res.stop)
     parts = ["<h2>Race</h2>", f"<p>{esc(intro)}</p>", f"<p>The race stopped because {esc(stop)}.</p>",
              _left_table(race), _saved_html(race), _rounds_chart(race)]
     return "".join(p for p in parts if p)
@@ -237,3 +238,10 @@ def _rounds_chart(race: RaceReport) -> str:
     caption = (f"Each configuration's mean paired difference from the round's leader (line) and its confidence sequence (band); "
                f"a configuration leaves when its band falls below the dashed line at -{race.settings.margin:g}.")
     return "<h3>Rounds</h3>" + figure_html(fig, caption, "race rounds chart")
+
+
+def race_section_html(data) -> str:
+    """The Race section of a report (:class:`~workbench.report.data.ReportData`); empty for a grid."""
+    if race_spec(data.spec) is None:
+        return ""
+    return race_html(load_race(Store(data.store_url), data.spec, data.board, data.values))
