@@ -59,20 +59,25 @@ def run_workbench(work: Path, name: str, yaml_text: str) -> dict:
     exp.write_text(yaml_text, encoding="utf-8")
     env = {**os.environ, "WORKBENCH_STORE": f"sqlite:///{folder / 'wb.sqlite'}", "WORKBENCH_CACHE": str(folder / "cache"),
            "WORKBENCH_REPORTS": str(folder / "reports"), "PYTHONPATH": str(ROOT)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    with open(folder / "run.log", "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "workbench", "run", str(exp), "--no-report"], env=env, stdout=log, stderr=log)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name}: workbench run failed (exit {proc.returncode}); see {folder / 'run.log'}")
+    timing = folder / "timing.json"  # a finished run is not run again (its time is kept): the analysis can be redone
+    if not timing.exists():
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        load = os.getloadavg()
+        t0 = time.perf_counter()
+        with open(folder / "run.log", "w") as log:
+            proc = subprocess.run([sys.executable, "-m", "workbench", "run", str(exp), "--no-report"], env=env, stdout=log, stderr=log)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: workbench run failed (exit {proc.returncode}); see {folder / 'run.log'}")
+        timing.write_text(json.dumps({"wall_s": round(wall, 1), "load_avg_before": load, "load_avg_after": os.getloadavg(),
+                                      "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1)}))
     from workbench.store import Store
 
     store = Store(env["WORKBENCH_STORE"])
     board = store.leaderboard(name)
-    return {"wall_s": round(wall, 1), "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1),
-            "llm_calls": int(board["n_questions"].sum()), "store": env["WORKBENCH_STORE"], "board": board, "st": store}
+    return {**json.loads(timing.read_text()), "llm_calls": int(board["n_questions"].sum()), "store": env["WORKBENCH_STORE"],
+            "board": board, "st": store}
 
 
 def race_outcome(race: dict, exhaustive: dict, metric: str) -> dict:
@@ -124,8 +129,9 @@ def main() -> None:
     if not args.skip_models:
         exhaustive = run_workbench(work, f"race-bench-grid-{tag}", experiment_yaml(f"race-bench-grid-{tag}", mode, None))
         race = run_workbench(work, f"race-bench-race-{tag}", experiment_yaml(f"race-bench-race-{tag}", mode, SEARCH))
-        out["exhaustive"] = {k: exhaustive[k] for k in ("wall_s", "cpu_s", "llm_calls")}
-        out["race"] = {k: race[k] for k in ("wall_s", "cpu_s", "llm_calls")}
+        keys = ("wall_s", "cpu_s", "llm_calls", "load_avg_before", "load_avg_after")
+        out["exhaustive"] = {k: exhaustive[k] for k in keys}
+        out["race"] = {k: race[k] for k in keys}
         out["race"].update(race_outcome(race, exhaustive, SEARCH["metric"]))
         out["race"]["share_of_calls"] = race["llm_calls"] / exhaustive["llm_calls"]
         out["race"]["wall_time_ratio"] = race["wall_s"] / exhaustive["wall_s"]
