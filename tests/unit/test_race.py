@@ -193,7 +193,8 @@ def test_plan_prints_builds_calls_tokens_cost_and_time(tmp_path):
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     text = " ".join(first.output.split())
-    for part in ("race: 4 configurations x 120 questions", "chunk set sentence 64/8: to build", "index sentence 64/8 x openai_compatible:fake-embedder: to build",
+    for part in ("race: 4 configurations x 120 questions", "chunk set sentence 64/8: to build",
+                 "index sentence 64/8 x openai_compatible:fake-embedder: to build",
                  "texts to embed", "LLM calls: grid 480", "worst case 480", "expected unknown", "tokens (grid)", "cost: unknown",
                  "generation unknown"):
         assert part in text, part

@@ -109,7 +109,10 @@ def race_calls(plan: Plan, store: Store, gen_runs: list[PlannedRun]) -> dict:
     first = min_questions_to_eliminate(search.settings) or n
     step = search.settings.round_size
     earliest = min(n, max(search.settings.min_questions, math.ceil(first / step) * step))
-    out = {"worst": k * n, "best": (k - 1) * earliest + n if k > 1 else n, "expected": None, "expected_from": None}
+    best = (k - 1) * earliest + n if k > 1 else n
+    if search.prune_metric:  # retrieval pruning can drop every configuration but those of one retrieval setting, for free
+        best = min(best, n * len(plan.experiment.spec.grid.generation or [None]))
+    out = {"worst": k * n, "best": best, "expected": None, "expected_from": None}
     counts = store.question_counts([r.run_id for r in gen_runs])
     runs = store.runs()
     statuses = dict(zip(runs["run_id"], runs["status"])) if not runs.empty else {}
