@@ -175,10 +175,13 @@ def test_shipped_experiments_validate(name: str, monkeypatch: pytest.MonkeyPatch
 
 def test_quickstart_expands_to_six_runs(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(ROOT)
-    runs = load_experiment(ROOT / "experiments" / "quickstart.yaml").runs()
+    exp = load_experiment(ROOT / "experiments" / "quickstart.yaml")
+    runs = exp.runs()
     assert len(runs) == 6
     assert [r.retrieval.method for r in runs] == ["dense", "bm25", "hybrid"] * 2
-    assert [r.chunking.chunk_size for r in runs] == [128] * 3 + [256] * 3
+    assert [r.chunking.chunk_size for r in runs] == [128] * 3 + [16] * 3  # 16-token fragments: clearly worse
+    search = exp.spec.search
+    assert search.is_race and search.metric == "f1" and search.prune_retrieval.metric == "chunk_mrr"
     for r in runs:
         assert (r.embedding is None) == (r.retrieval.method == "bm25")
         assert r.generation is not None and r.generation.model == "smollm2-135m"
@@ -221,3 +224,13 @@ def test_specs_are_immutable_and_hashable():
         spec.chunk_size = 64  # type: ignore[misc]
     assert RetrievalSpec(method="dense").needs_embedding and not RetrievalSpec(method="bm25").needs_embedding
     assert EmbeddingSpec(provider="openai", model="text-embedding-3-small").label() == "openai:text-embedding-3-small"
+
+
+def test_search_defaults_to_the_grid_and_a_saved_plan_reloads_it(tmp_path):
+    from workbench.config import ExperimentSpec
+
+    spec = ExperimentSpec.model_validate({"name": "x", "dataset": "d", "grid": {"chunking": [{"splitter": "none"}],
+                                                                               "retrieval": [{"method": "bm25"}]}})
+    assert spec.search.strategy == "grid" and not spec.search.is_race
+    again = ExperimentSpec.model_validate(spec.model_dump(mode="json"))  # a plan dumps every default
+    assert again.search == spec.search
