@@ -18,6 +18,7 @@ from workbench.pipeline import race as race_mod
 from workbench.pipeline.plan import plan_experiment, retrieval_twin
 from workbench.pipeline.race import race_experiment
 from workbench.report.data import load_report
+from workbench.report.html import leaderboard_html
 from workbench.report.leaderboard import sort_board
 from workbench.report.race import load_race, race_section_html
 from workbench.settings import Workspace
@@ -105,6 +106,8 @@ def test_eliminated_runs_are_ranked_after_the_runs_that_saw_every_question(raced
     assert list(board["status"]) == ["complete", "complete", "eliminated", "eliminated"]
     data = load_report(ws.store_url, "race")
     assert data.recommendation.run_id == board.iloc[0]["run_id"]
+    html = leaderboard_html(data)
+    assert html.count('<span class="badge out" title="eliminated by the race') == 2 and html.count(">–</td>") == 2
 
 
 def test_the_report_replays_the_stored_race_and_decides_the_same(raced):

@@ -109,7 +109,7 @@ def race_calls(plan: Plan, store: Store, gen_runs: list[PlannedRun]) -> dict:
     first = min_questions_to_eliminate(search.settings) or n
     step = search.settings.round_size
     earliest = min(n, max(search.settings.min_questions, math.ceil(first / step) * step))
-    best = (k - 1) * earliest + n if k > 1 else n
+    best = (k - 1) * earliest + n if k > 1 else k * n
     if search.prune_metric:  # retrieval pruning can drop every configuration but those of one retrieval setting, for free
         best = min(best, n * len(plan.experiment.spec.grid.generation or [None]))
     out = {"worst": k * n, "best": best, "expected": None, "expected_from": None}

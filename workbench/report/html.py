@@ -138,7 +138,8 @@ def leaderboard_html(data: ReportData) -> str:
                        f'questions; see the Race section">eliminated</span>')
         if r["run_id"] in data.recommendation.violations:
             badges += f'<span class="badge out" title="{esc("; ".join(data.recommendation.violations[r["run_id"]]))}">over limit</span>'
-        cells = [f'<td class="num" data-sort="{int(r["rank"])}">{int(r["rank"])}</td>', f"<td><code>{esc(str(r['run_id'])[:10])}</code>{badges}</td>"]
+        rank = "–" if r.get("status") == "eliminated" else str(int(r["rank"]))  # not ranked against runs that saw every question
+        cells = [f'<td class="num" data-sort="{int(r["rank"])}">{rank}</td>', f"<td><code>{esc(str(r['run_id'])[:10])}</code>{badges}</td>"]
         cells += [f"<td>{esc(r[a])}</td>" for a in axes]
         cells += [_cell(m, r.get(m), r.get(m + "_ci_low"), r.get(m + "_ci_high")) for m in quality]
         cells += [_cell(c, r.get(c)) for c in costs]
