@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from workbench.evaluation.race_simulation import Scenario, scenarios, simulate
+from workbench.evaluation.race_simulation import Scenario, fixed_sample_race, scenarios, simulate
 from workbench.evaluation.sequential import (
     Constraint,
     RaceSettings,
@@ -119,7 +119,7 @@ def test_type_one_error_on_simulated_near_ties_and_heavy_tails_stays_below_alpha
     near = [s for s in scenarios(0.05) if "near ties" in s.name]
     for scenario in near:
         assert simulate(scenario, settings, 200, 100, seed=4)["error_rate"] <= settings.alpha
-    naive = simulate(near[0], settings, 200, 100, seed=4, race=_naive_race)
+    naive = simulate(near[0], settings, 200, 100, seed=4, race=fixed_sample_race)
     assert naive["error_rate"] > settings.alpha
 
 
@@ -158,20 +158,3 @@ def test_a_constraint_violation_eliminates_with_its_e_value():
     decided = decide_round(1, scores, settings, extra)
     assert [(e.config, e.reason, e.constraint) for e in decided.eliminated] == [("b", "constraint", "cost_per_question_usd")]
     assert decided.eliminated[0].e_value >= 1 / settings.constraint_alpha
-
-
-def _naive_race(matrix, names, settings):
-    """A broken race for the test above: a 95% normal interval per round, no union bound."""
-    from workbench.evaluation import sequential
-
-    def fixed(a, b, alpha, margin):
-        d = np.asarray(a) - np.asarray(b)
-        half = 1.96 * max(float(d.std()), 1e-6) / math.sqrt(d.size)
-        return float(d.mean()) + half < -margin, abs(float(d.mean())) + half < margin
-
-    original = sequential.margin_tests
-    sequential.margin_tests = fixed
-    try:
-        return replay_race(matrix, names, settings)
-    finally:
-        sequential.margin_tests = original

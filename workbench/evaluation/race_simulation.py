@@ -19,11 +19,13 @@ numpy only; seeded, so a simulation is reproducible.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import sequential
 from .sequential import RaceResult, RaceSettings, replay_race
 
 BASES = ("uniform", "bernoulli", "heavy")
@@ -98,3 +100,20 @@ def simulate(scenario: Scenario, settings: RaceSettings, n_questions: int, n_rac
     return {"scenario": scenario.name, "races": n_races, "n_questions": n_questions, "k": len(names),
             "error_rate": errors / n_races, "errors": errors, "mean_share_of_calls": calls / n_races,
             "losers_eliminated": losers_out / n_races if losers else None}
+
+
+def fixed_sample_race(matrix: np.ndarray, configs: Sequence[str], settings: RaceSettings) -> RaceResult:
+    """The control: the same race deciding with a fixed-sample 95% normal interval recomputed after
+    every round, without a confidence sequence or a union bound -- the procedure the race must not
+    be. Simulations show its error rate above alpha, which shows they can detect a broken race."""
+    def fixed(a, b, alpha, margin):
+        d = np.asarray(a, float) - np.asarray(b, float)
+        half = 1.96 * max(float(d.std()), 1e-6) / math.sqrt(d.size)
+        return float(d.mean()) + half < -margin, abs(float(d.mean())) + half < margin
+
+    original = sequential.margin_tests
+    sequential.margin_tests = fixed
+    try:
+        return replay_race(matrix, configs, settings)
+    finally:
+        sequential.margin_tests = original
