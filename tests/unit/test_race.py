@@ -231,3 +231,37 @@ def test_bad_search_settings_are_one_line_errors_naming_the_field(tmp_path, sear
     text = str(err.value)
     assert "\n" not in text and f"{path}:" in text and f": {field}: " in text and message in text, text
     assert text.startswith(f"{path}:8: ")  # the file and the line of the search: block
+
+
+def test_race_replay_on_an_exhaustive_experiment(tmp_path):
+    """`workbench race replay` on a grid run with the fakes: no model is called (the fake LLM is not
+    even built), the numbers are those of replaying the pure race on the stored rows."""
+    ws = _ws(tmp_path)
+    path = _experiment(tmp_path, search="", name="grid")
+    plan = plan_experiment(load_experiment(path), ws)
+    from workbench.pipeline.runner import Runner
+
+    with Runner(plan, ws, components=fake_components(plan, ws)) as runner:
+        runner.run()
+    args = ["race", "replay", "grid", "--store", ws.store_url, "--orders", "20", "--metric", "contains_gold", "--margin", "0.05",
+            "--min-questions", "10", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["orders"] == 20 and out["n_configs"] == 4 and out["n_questions"] == 120 and out["metric"] == "contains_gold"
+    assert 0.25 <= out["mean_share_of_calls"] < 1 and out["min_share_of_calls"] <= out["mean_share_of_calls"] <= out["max_share_of_calls"]
+    assert out["winner_in_ties_with_best"] == 1.0 and out["near_best_eliminated"] == 0.0
+    board = Store(ws.store_url).leaderboard("grid").set_index("run_id")
+    assert out["best"] == board["contains_gold"].idxmax()
+    text = CliRunner().invoke(app, args[:-1])
+    assert "share of calls: mean" in text.output and "ties-with-best set: 100.0% of orders" in text.output
+    bad = CliRunner().invoke(app, [*args[:-1], "--alpha", "2"])
+    assert bad.exit_code == 2 and "alpha must be in (0, 1)" in bad.output
+    raced = CliRunner().invoke(app, ["race", "replay", "nope", "--store", ws.store_url])
+    assert raced.exit_code == 2 and "no experiment 'nope'" in raced.output
+    from workbench.report.race import replay_orders
+
+    search = {"strategy": "race", "metric": "contains_gold", "margin": 0.05, "alpha": 0.05, "round": 10, "min_questions": 10, "seed": 0}
+    pruned = replay_orders(Store(ws.store_url), "grid", {**search, "prune_retrieval": {"metric": "chunk_hit_at_1", "margin": 0.05}}, 10)
+    plain = replay_orders(Store(ws.store_url), "grid", search, 10)
+    assert pruned["mean_share_of_calls"] < plain["mean_share_of_calls"]  # token-8 chunks leave before any answer

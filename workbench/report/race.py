@@ -25,6 +25,7 @@ from ..evaluation.registry import best_first, label, lower_is_better
 from ..evaluation.sequential import (
     RaceResult,
     RaceSettings,
+    decide_round,
     default_metric,
     question_order,
     race_arrays,
@@ -118,6 +119,28 @@ def stored_matrix(store: Store, experiment: str, metric: str) -> tuple[list[str]
     return list(board["run_id"]), np.vstack(rows), values
 
 
+def retrieval_groups(store: Store, experiment: str, run_ids: list[str]) -> list[list[str]]:
+    """Runs grouped by retrieval setting (their stored config without the generation stage)."""
+    import json
+
+    configs = store.runs(experiment).set_index("run_id")["config"]
+    groups: dict[str, list[str]] = {}
+    for r in run_ids:
+        groups.setdefault(json.dumps({k: v for k, v in (configs[r] or {}).items() if k != "generation"}, sort_keys=True), []).append(r)
+    return list(groups.values())
+
+
+def _pruned(values: Mapping[str, pd.DataFrame], groups: list[list[str]], perm: np.ndarray, metric: str,
+            settings: RaceSettings | None) -> set[str]:
+    """The runs the retrieval stage drops under this question order (each group's retrieval rows are
+    the same in every run of the group: its first run stands for it)."""
+    if settings is None:
+        return set()
+    scores = {g[0]: race_arrays(values[g[0]], perm, metric, lower_is_better(metric))[0] for g in groups}
+    out = {e.config for e in decide_round(0, scores, settings, bounds=False).eliminated}
+    return {r for g in groups if g[0] in out for r in g}
+
+
 def replay_orders(store: Store, experiment: str, search: Mapping, orders: int = 200, seed: int = 0) -> dict:
     """The race replayed on a finished exhaustive experiment under ``orders`` random question orders.
 
@@ -128,7 +151,9 @@ def replay_orders(store: Store, experiment: str, search: Mapping, orders: int = 
     spec = store.experiment(experiment).get("spec") or {}
     metric = default_metric(search, bool((spec.get("grid") or {}).get("generation")))
     run_ids, matrix, values = stored_matrix(store, experiment, metric)
-    settings, _ = search_settings(search, len(run_ids), len(run_ids), matrix.shape[1])
+    groups = retrieval_groups(store, experiment, run_ids)
+    settings, prune = search_settings(search, len(run_ids), len(groups), matrix.shape[1])
+    prune_metric = (search.get("prune_retrieval") or {}).get("metric")
     frame = pd.DataFrame({"run_id": run_ids, metric: [float(np.nanmean(1 - r if lower_is_better(metric) else r)) for r in matrix]})
     best = best_first(frame, metric).iloc[0]["run_id"]
     ties = ties_with_best(values, best, metric)
@@ -138,11 +163,15 @@ def replay_orders(store: Store, experiment: str, search: Mapping, orders: int = 
     rng = np.random.default_rng(seed)
     shares, hits, near_out = [], 0, 0
     for _ in range(orders):
-        result = replay_race(matrix[:, rng.permutation(matrix.shape[1])], run_ids, settings)
+        perm = rng.permutation(matrix.shape[1])
+        pruned = _pruned(values, groups, perm, prune_metric, prune) if prune_metric else set()
+        keep = [i for i, r in enumerate(run_ids) if r not in pruned]
+        result = replay_race(matrix[keep][:, perm], [run_ids[i] for i in keep], settings)
         shares.append(result.calls / matrix.size)
         hits += result.winner in good
-        near_out += bool(near & set(result.eliminated))
-    return {"experiment": experiment, "metric": metric, "orders": orders, "n_configs": len(run_ids), "n_questions": matrix.shape[1],
+        near_out += bool(near & (set(result.eliminated) | pruned))
+    return {"experiment": experiment, "metric": metric, "prune_retrieval": search.get("prune_retrieval"), "orders": orders,
+            "n_configs": len(run_ids), "n_questions": matrix.shape[1],
             "alpha": settings.alpha, "margin": settings.margin, "round": settings.round_size, "min_questions": settings.min_questions,
             "best": best, "ties_with_best": sorted(good - {best}), "within_margin_of_best": sorted(near),
             "mean_share_of_calls": float(np.mean(shares)), "min_share_of_calls": float(np.min(shares)),
