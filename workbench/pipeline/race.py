@@ -118,7 +118,11 @@ class Race:
                 "n_configs": s.settings.n_configs, "seed": s.seed, "round_size": s.settings.round_size}
 
     def evidence(self, elim: Elimination, stage: str = "race") -> dict:
-        return {"race": {**self.common(), "stage": stage, **elim.to_dict()}}
+        common = self.common()
+        if stage == "retrieval":  # the retrieval stage's own margin, level and number of settings
+            p = self.search.prune_settings
+            common.update(margin=p.margin, pair_alpha=p.pair_alpha, n_configs=p.n_configs, metric=self.search.prune_metric)
+        return {"race": {**common, "stage": stage, **elim.to_dict()}}
 
     # -- staged pruning on retrieval ---------------------------------------------------------------
     def prune(self) -> dict[str, Elimination]:

@@ -230,7 +230,10 @@ def recommend(board: pd.DataFrame, metric: str, limits: Mapping[str, Any] | None
     the limits; runs a race eliminated are never recommended."""
     violations, notes = limit_violations(board, limits)
     usable = board[board["status"].isin(["complete", "partial", "stopped: tie"]) & board[metric].notna()]
-    skipped = [r for r in board["run_id"] if r not in set(usable["run_id"])]
+    out = set(board.loc[board["status"] == "eliminated", "run_id"])
+    skipped = [r for r in board["run_id"] if r not in set(usable["run_id"]) and r not in out]
+    if out:
+        notes.append(f"{len(out)} run(s) eliminated by the race are not ranked (see the Race section)")
     if skipped:
         notes.append(f"{len(skipped)} run(s) without a usable {label(metric)} (failed or still running) are not ranked")
     eligible = usable[~usable["run_id"].isin(violations)]

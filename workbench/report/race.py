@@ -88,17 +88,18 @@ def savings(board: pd.DataFrame, values: Mapping[str, pd.DataFrame], n_planned: 
     full = n_planned * len(board)
     out: dict[str, float | None] = {"calls_used": used, "calls_full": full, "share": used / full if full else None}
     for key, cols in (("tokens", ("prompt_tokens", "completion_tokens")), ("cost_usd", ("cost_usd",)), ("seconds", ("generation_latency_s",))):
-        total_saved, known = 0.0, False
-        for _, r in board.iterrows():
-            v = values.get(r["run_id"], pd.DataFrame())
+        per_run = {}
+        for run_id in board["run_id"]:
+            v = values.get(run_id, pd.DataFrame())
             parts = [pd.to_numeric(v[c], errors="coerce") for c in cols if c in v]
-            if not parts or len(v) == 0:
-                continue
-            per_q = sum(p.fillna(0.0) for p in parts).mean()
+            per_q = sum(p.fillna(0.0) for p in parts).mean() if parts and len(v) else math.nan
             if math.isfinite(per_q):
-                total_saved += per_q * (n_planned - int(r["n_questions"]))
-                known = True
-        out[f"{key}_saved"] = total_saved if known else None
+                per_run[run_id] = float(per_q)
+        # a run eliminated before any answer (the retrieval stage) is estimated at the others' mean
+        fallback = float(np.mean(list(per_run.values()))) if per_run else None
+        saved = [per_run.get(r, fallback) * (n_planned - int(n)) for r, n in zip(board["run_id"], board["n_questions"])
+                 if per_run.get(r, fallback) is not None]
+        out[f"{key}_saved"] = float(sum(saved)) if saved else None
     return out
 
 
@@ -188,12 +189,18 @@ def race_html(race: RaceReport | None) -> str:
         return ""
     s, m = race.settings, race.metric
     res = race.result
+    pruned = any(e.get("stage") == "retrieval" for e in race.evidence.values())
     intro = (f"Configurations were raced on {label(m)} in rounds of {s.round_size} questions taken in a fixed, seeded order; after "
              f"each round (from question {s.min_questions} on) every configuration was compared with the leader on the same questions. "
              f"A configuration leaves once its paired difference from the leader is shown to be below -{s.margin:g} by a confidence "
              f"sequence (betting, Waudby-Smith & Ramdas 2024) at level {s.pair_alpha:.2g} per pair: {s.alpha:g} split over the "
              f"{s.n_configs * (s.n_configs - 1) // 2} pairs. This holds the chance of eliminating any configuration within "
              f"{s.margin:g} of the best at or below {s.alpha:g}, over all rounds (docs/metrics.md, 'Racing').")
+    if pruned:
+        intro += (f" Before it, a retrieval stage (no LLM call) ran every retrieval setting on every question and dropped those "
+                  f"shown worse than the best retrieval by more than its own margin, with the other {s.alpha:g} of the experiment's "
+                  f"alpha {2 * s.alpha:g}: the chance of dropping a configuration within the margins of the best stays at or below "
+                  f"{2 * s.alpha:g} in all.")
     stop = {"equivalence": "every remaining configuration was shown to be within the margin of the leader (a tie set)",
             "questions exhausted": "the questions ran out", "all eliminated": "every configuration violated a constraint",
             "stopped": "the budget ran out (run again to resume)"}.get(res.stop, res.stop)
@@ -218,9 +225,9 @@ def _left_table(race: RaceReport) -> str:
             metric = e.get("constraint") if e.get("stage") == "retrieval" else race.metric
             stage = "retrieval stage: " if e.get("stage") == "retrieval" else ""
             bound = f", upper bound {e['upper']:+.3f}" if e.get("upper") is not None else ""
-            why = f"{stage}{label(metric)} {e.get('diff', 0):+.3f} vs the leader{bound} < -{race.settings.margin:g}"
-        rows.append(f"<tr><td>{esc(name)}</td><td class='num'>{e.get('round')}</td><td class='num'>{e.get('n_questions')}</td>"
-                    f"<td>{esc(why)}</td></tr>")
+            why = f"{stage}{label(metric)} {e.get('diff', 0):+.3f} vs the leader{bound} < -{e.get('margin', race.settings.margin):g}"
+        when = "before the race" if e.get("stage") == "retrieval" else str(e.get("round"))
+        rows.append(f"<tr><td>{esc(name)}</td><td>{esc(when)}</td><td class='num'>{e.get('n_questions')}</td><td>{esc(why)}</td></tr>")
     head = "<thead><tr><th>configuration</th><th>left in round</th><th>questions evaluated</th><th>why</th></tr></thead>"
     return f"<h3>Who left, when and why</h3><table class='sortable'>{head}<tbody>{''.join(rows)}</tbody></table>"
 
@@ -236,7 +243,8 @@ def _saved_html(race: RaceReport) -> str:
         facts.append(f"${sv['cost_usd_saved']:.4f} not spent")
     if sv.get("seconds_saved") is not None:
         facts.append(f"about {sv['seconds_saved']:,.0f} s of generation not spent")
-    note = ("Savings are estimated from each configuration's own mean per evaluated question. Eliminated configurations are not "
+    note = ("Savings are estimated from each configuration's own mean per evaluated question (for one dropped before any answer, "
+            "from the others' mean). Eliminated configurations are not "
             "ranked in the leaderboard as if they had seen every question: their numbers are over the questions they saw.")
     return f"<h3>What the race saved</h3><p>{esc('; '.join(facts))}.</p><p class='muted'>{esc(note)}</p>"
 
