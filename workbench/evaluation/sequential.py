@@ -8,14 +8,16 @@ of intervals that contains the true mean at every sample size simultaneously wit
 ``1 - alpha``, so looking after every round, and stopping whenever, is free.
 
 **Which one.** Scores such as F1, exact match, hit@k and nDCG lie in [0, 1], so a paired difference
-``score_i - score_j`` lies in [-1, 1]. For bounded observations the predictable plug-in
-empirical-Bernstein CS of Waudby-Smith & Ramdas ("Estimating means of bounded random variables by
-betting", JRSS-B 2024, Theorem 2, "PrPl-EB") is closed-form, adapts to the variance, and costs
-O(n) numpy. We write it ourselves, checked against the paper's formulas and against ``confseq``'s
-``predmix_empbern_twosided_cs`` (docs/metrics.md, "Racing"): ``confseq`` 0.0.11 (2023) ships only
-as a source distribution that needs CMake, pybind11 2.6 and Boost to build, and pulls pytest and
-matplotlib as run-time dependencies, for ~30 lines of numpy; ``expectation`` 0.6.1 needs
-Python >= 3.12 (the workbench supports 3.11) and is GPL-3.0 with an added AI-training restriction.
+``score_i - score_j`` lies in [-1, 1]. For bounded observations the betting confidence sequences of
+Waudby-Smith & Ramdas ("Estimating means of bounded random variables by betting", JRSS-B 2024,
+section 4: hedged capital with predictable aGRAPA bets) are the tightest known, adapt to the
+variance and cost O(n) numpy per candidate mean. We first wrote their closed-form predictable
+plug-in empirical-Bernstein CS (PrPl-EB, Theorem 2; it matched ``confseq``'s
+``predmix_empbern_twosided_cs`` to 0.005) and replaced it: betting decides with fewer questions
+(docs/metrics.md, "Racing", has the figures). Neither package is used, and this is written here:
+``confseq`` 0.0.11 (2023) ships only as a source distribution needing CMake, pybind11 2.6 and Boost,
+pulls pytest and matplotlib at run time and fails to import under NumPy 2; ``expectation`` 0.6.1
+needs Python >= 3.12 (the workbench supports 3.11) and is GPL-3.0 with an AI-training restriction.
 
 **The guarantee** (:func:`run_race`). With K configurations there are m = K(K-1)/2 pairs; each
 pair's difference gets a two-sided CS at level ``alpha_pair = alpha / m`` (a union bound), so with
