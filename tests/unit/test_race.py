@@ -207,7 +207,7 @@ def test_plan_prints_builds_calls_tokens_cost_and_time(tmp_path):
     assert "chunk set sentence 64/8: cached" in again and "index sentence 64/8 x openai_compatible:fake-embedder: cached" in again
     used = int(Store(ws.store_url).leaderboard("race")["n_questions"].sum())
     assert f"expected {used} (this experiment's stored race)" in again and "measured here: llm:openai_compatible:fake-llm" in again
-    assert "generation unknown" not in again
+    assert "generation unknown" not in again and "time as a race: generation" in again
 
 
 @pytest.mark.parametrize("search, field, message", [

@@ -171,6 +171,9 @@ def describe(est: dict) -> list[str]:
     lines.append(f"  tokens (grid): ~{est['tokens_grid']:,.0f} (measured for {est['tokens_measured']} configurations, else from chunk sizes "
                  f"and max_tokens); cost: {cost}")
     lines.append(f"  time (grid): generation {secs(est['generation_s_grid'])}, retrieval {secs(est['retrieval_s'])}")
+    if race and race["expected"] is not None and est["generation_s_grid"] is not None and est["llm_calls_grid"]:
+        per_call = est["generation_s_grid"] / est["llm_calls_grid"]
+        lines.append(f"  time as a race: generation {secs(race['expected'] * per_call)} expected, {secs(race['worst'] * per_call)} at worst")
     for k, v in est["throughput"].items():
         lines.append(f"    measured here: {k} {v['s_per_call']:.3f} s per question over {int(v['calls'])} questions")
     return lines
