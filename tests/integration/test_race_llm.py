@@ -65,6 +65,22 @@ def _stored(db: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return q, r
 
 
+def _kill_orphaned_servers(root: Path) -> None:
+    """The local LLM server runs in its own session (providers/llm_server.py), so killing the run's
+    process group leaves it running: end the one this run started (found by its store in its environment)."""
+    store = f"sqlite:///{root / 'wb.sqlite'}"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"llama_cpp.server" in cmdline and f"WORKBENCH_STORE={store}".encode() in environ:
+            os.kill(int(proc.name), signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("race_llm")
@@ -108,6 +124,7 @@ def test_sigkill_mid_race_then_resume_matches_uninterrupted(setup):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _kill_orphaned_servers(killed)
     partial = _answered(db)
     total = _answered(clean / "wb.sqlite")
     assert 4 <= partial < total, "the kill must land mid-race"
