@@ -36,6 +36,7 @@ _EXPORTS = {
     "PlannedRun": "pipeline.plan:PlannedRun",
     "ProviderError": "errors:ProviderError",
     "Query": "data.types:Query",
+    "RaceSettings": "evaluation.sequential:RaceSettings",
     "RunConfig": "config:RunConfig",
     "RunSession": "pipeline.runner:RunSession",
     "Runner": "pipeline.runner:Runner",
@@ -57,7 +58,9 @@ _EXPORTS = {
     "open_store": "store:open",
     "plan_experiment": "pipeline.plan:plan_experiment",
     "primary_metric": "evaluation.registry:primary_metric",
+    "race_experiment": "pipeline.race:race_experiment",
     "render_report": "report.artifacts:render_report",
+    "replay_race": "evaluation.sequential:replay_race",
     "reranker_gain": "compare:reranker_gain",
     "run_experiment": "pipeline.runner:run_experiment",
 }

@@ -331,6 +331,15 @@ class Store:
                 (questions.c.run_id == run_id) & questions.c.query_id.in_(list(query_ids)))).mappings().all()
         return {r["query_id"]: _expand_metrics(r) for r in rows}
 
+    def question_counts(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """Stored question rows per run (the questions actually evaluated, failed ones included)."""
+        from sqlalchemy import func
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(questions.c.run_id, func.count()).where(questions.c.run_id.in_(list(run_ids)))
+                                .group_by(questions.c.run_id))
+            return {r[0]: int(r[1]) for r in rows}
+
     def aggregates(self, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
         with self.engine.connect() as conn:
             q = select(aggregates)
@@ -339,7 +348,9 @@ class Store:
             return pd.DataFrame(conn.execute(q).mappings().all(), columns=[c.name for c in aggregates.columns])
 
     def leaderboard(self, experiment: str) -> pd.DataFrame:
-        """One row per run of the experiment: run_id, axes, status, and every aggregate metric."""
+        """One row per run of the experiment: run_id, axes, status, ``n_questions`` (the questions
+        actually evaluated: stored rows), ``n_planned`` (the questions the run was planned with; a
+        race stops losers early), ``evidence`` (why a run stopped early) and every aggregate metric."""
         self.experiment(experiment)
         rdf = self.runs(experiment)
         if rdf.empty:
@@ -349,7 +360,12 @@ class Store:
             if axis not in rdf:
                 rdf[axis] = "-"
             rdf[axis] = rdf[axis].fillna("-")
-        cols = ["run_id", *AXES, "status", "n_questions", "n_failed", "truncation_rate"]
+        rdf["n_planned"] = rdf["n_questions"]
+        counts = self.question_counts(rdf["run_id"].tolist())
+        rdf["n_questions"] = [counts.get(r, 0) for r in rdf["run_id"]]
+        if "evidence" not in rdf:
+            rdf["evidence"] = None
+        cols = ["run_id", *AXES, "status", "n_questions", "n_planned", "n_failed", "truncation_rate", "evidence"]
         board = rdf[cols].copy()
         if not agg.empty:
             wide = agg.pivot(index="run_id", columns="metric", values="value")

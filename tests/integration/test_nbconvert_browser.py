@@ -29,7 +29,7 @@ from tests.notebooks.fixture_store import build_fixture_store
 
 pytestmark = pytest.mark.integration
 NOTEBOOKS = ROOT / "workbench" / "notebooks"
-EXPECTED_SECTIONS = ["Recommendation", "Leaderboard", "Reliability and safety", "Quality per axis value", "Quality vs latency and cost",
+EXPECTED_SECTIONS = ["Recommendation", "Leaderboard", "Reliability and safety", "Main effects", "Quality vs latency and cost",
                      "Distributions", "Per-question drill-down", "Lineage"]
 
 

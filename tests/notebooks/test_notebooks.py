@@ -213,7 +213,7 @@ def test_bakeoff_notebook_with_parameters(fixture_store, tmp_path):
     from workbench.store import Store
 
     board = Store(store_url).leaderboard("nb_fixture")
-    assert set(board["chunking"]) == {"whole documents"} and set(board["status"]) == {"complete"}
+    assert set(board["chunking"]) == {"whole documents +title"} and set(board["status"]) == {"complete"}
     # progress in a notebook: tqdm.auto bars (ipywidgets), one per task, each finished
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()
     bars = [m["state"] for m in state if m["model_name"] == "FloatProgressModel"]
@@ -284,7 +284,7 @@ def test_explore_notebook_browses_and_runs_a_live_query(fixture_store, tmp_path)
 
     fx = fixture_store
     bm25 = Store(fx.store_url).leaderboard(fx.experiment)
-    bm25_run = bm25[(bm25["retrieval"] == "bm25@5") & (bm25["chunking"] == "whole documents")].iloc[0]["run_id"]
+    bm25_run = bm25[(bm25["retrieval"] == "bm25@5") & (bm25["chunking"] == "whole documents +title")].iloc[0]["run_id"]
     nb = execute_notebook("explore", tmp_path / "explore.ipynb", {
         "store_url": fx.store_url, "cache_dir": str(fx.cache_dir), "experiment": fx.experiment, "run_a": bm25_run[:8],
         "query": "How many points did the Panthers defense surrender?"})

@@ -174,19 +174,22 @@ def test_shipped_experiments_validate(name: str, monkeypatch: pytest.MonkeyPatch
     assert len(exp.runs(titled=True)) == (4 if name == "kpis_smollm2.yaml" else len(exp.runs()))  # 2 contexts x 2 prompts
 
 
-def test_quickstart_expands_to_six_runs(monkeypatch: pytest.MonkeyPatch):
+def test_quickstart_expands_to_four_runs(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(ROOT)
-    runs = load_experiment(ROOT / "experiments" / "quickstart.yaml").runs()
-    assert len(runs) == 6
-    assert [r.retrieval.method for r in runs] == ["dense", "bm25", "hybrid"] * 2
-    assert [r.chunking.chunk_size for r in runs] == [128] * 3 + [256] * 3
+    exp = load_experiment(ROOT / "experiments" / "quickstart.yaml")
+    runs = exp.runs()
+    assert len(runs) == 4
+    assert [r.retrieval.method for r in runs] == ["dense", "bm25"] * 2
+    assert [r.chunking.chunk_size for r in runs] == [128] * 2 + [16] * 2  # 16-token fragments: clearly worse
+    search = exp.spec.search
+    assert search.is_race and search.metric == "f1" and search.prune_retrieval.metric == "chunk_mrr"
     for r in runs:
         assert (r.embedding is None) == (r.retrieval.method == "bm25")
         assert r.generation is not None and r.generation.model == "smollm2-135m"
         assert r.rerank is None and r.final_k == 5
     assert runs[1].axes() == {"chunking": "sentence 128/16", "embedding": "-", "retrieval": "bm25@5", "rerank": "-",
                               "generation": "smollm2-135m", "prompt": "grounded_qa"}
-    assert len(set(runs)) == 6
+    assert len(set(runs)) == 4
 
 
 def test_bm25_runs_collapse_across_embedders(monkeypatch: pytest.MonkeyPatch):
@@ -222,3 +225,13 @@ def test_specs_are_immutable_and_hashable():
         spec.chunk_size = 64  # type: ignore[misc]
     assert RetrievalSpec(method="dense").needs_embedding and not RetrievalSpec(method="bm25").needs_embedding
     assert EmbeddingSpec(provider="openai", model="text-embedding-3-small").label() == "openai:text-embedding-3-small"
+
+
+def test_search_defaults_to_the_grid_and_a_saved_plan_reloads_it(tmp_path):
+    from workbench.config import ExperimentSpec
+
+    spec = ExperimentSpec.model_validate({"name": "x", "dataset": "d", "grid": {"chunking": [{"splitter": "none"}],
+                                                                               "retrieval": [{"method": "bm25"}]}})
+    assert spec.search.strategy == "grid" and not spec.search.is_race
+    again = ExperimentSpec.model_validate(spec.model_dump(mode="json"))  # a plan dumps every default
+    assert again.search == spec.search

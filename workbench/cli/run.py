@@ -105,6 +105,7 @@ def _run(experiment_path: Path, ws: Workspace, rerun: str, report: bool, limit: 
 
 def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int, axis, gate: bool) -> int:
     from ..bakeoff import run_bakeoff, select
+    from ..pipeline.estimate import describe, estimate
     from ..pipeline.executors import check_executor
     from ..pipeline.plan import plan_experiment
     from ..report.artifacts import new_report_dir, render_report, write_index
@@ -120,6 +121,8 @@ def _run_planned(experiment, ws: Workspace, rerun: str, report: bool, limit: int
     infra += f", Chroma server {server}" if server else ""
     infra += f", replaying {ws.replay}" + ("" if ws.replay_strict else " (live misses)") if ws.replay else ""
     console.print(f"{name}: {len(plan.runs)} runs x {len(plan.queries)} questions{infra}", highlight=False, soft_wrap=True)
+    for line in describe(estimate(plan, ws))[1:]:  # what `workbench plan` prints: builds, calls, tokens, cost, time
+        console.print(line, highlight=False, soft_wrap=True)
     _print_ingest(plan.dataset)
     out_dir = new_report_dir(name, ws.reports_dir)
     t0 = time.perf_counter()
@@ -185,13 +188,13 @@ def print_failures(st, board) -> None:
     from ..report.data import failure_reasons, failure_text
 
     for _, r in board.iterrows():
-        if not r["n_failed"] and r["status"] == "complete":
-            continue
+        if not r["n_failed"] and r["status"] in ("complete", "eliminated", "stopped: tie"):
+            continue  # a race's outcomes are printed by the race itself
         rows = st.questions(r["run_id"])
         reasons = failure_reasons(rows["error"]) if "error" in rows else {}
         text = failure_text(int(r["n_failed"]), int(r["n_questions"]), reasons)
         if str(r["status"]).startswith("stopped"):
-            text = f"{r['status']} after {len(rows)} of {int(r['n_questions'])} questions (run again to resume)" + (f"; {text}" if text else "")
+            text = f"{r['status']} after {len(rows)} of {int(r['n_planned'])} questions (run again to resume)" + (f"; {text}" if text else "")
         console.print(f"run {r['run_id']} ({r['status']}): {text}", highlight=False, soft_wrap=True)
 
 

@@ -572,6 +572,89 @@ class LeaderboardSpec(_Spec):
     columns: list[str] = Field(max_length=5)
 
 
+SEARCH_STRATEGIES = ("grid", "race")
+RACE_FIELDS = ("metric", "margin", "alpha", "round", "min_questions", "seed", "constraints", "prune_retrieval")
+
+
+class ConstraintSpec(_Spec):
+    """A limit a raced configuration must respect: ``{max: X}`` on a latency percentile
+    (``generation_latency_p95_s``) or a mean per question (``cost_per_question_usd``)."""
+
+    max: float = Field(gt=0)
+
+
+class PruneRetrievalSpec(_Spec):
+    """Staged pruning: retrieval for every configuration on every question first (no LLM call),
+    then retrieval settings significantly worse than the best by more than ``margin`` on
+    ``metric`` are eliminated before any generation is spent on them."""
+
+    metric: str
+    margin: float = 0.05
+
+    @field_validator("margin")
+    @classmethod
+    def _margin(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"margin must be >= 0, got {v}")
+        return v
+
+
+class SearchSpec(_Spec):
+    """How the grid is searched. ``grid`` (the default) runs every configuration on every
+    question; ``race`` evaluates the questions round by round in a seeded order and stops the
+    configurations that are worse than the leader by more than ``margin`` on ``metric`` with a
+    confidence sequence at error rate ``alpha`` (docs/metrics.md, "Racing"). The metric name is
+    checked against the metric registry when the experiment is planned."""
+
+    strategy: str = "grid"
+    metric: str | None = Field(default=None, description="default: f1 with answers, else ndcg_at_10")
+    margin: float = 0.02
+    alpha: float = 0.05
+    round: int = 10
+    min_questions: int = 20
+    seed: int = 0
+    constraints: dict[str, ConstraintSpec] = Field(default_factory=dict)
+    prune_retrieval: PruneRetrievalSpec | None = None
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return _check_name("search strategy", v, SEARCH_STRATEGIES)
+
+    @field_validator("margin")
+    @classmethod
+    def _margin(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"margin must be >= 0, got {v}")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {v}")
+        return v
+
+    @field_validator("round", "min_questions")
+    @classmethod
+    def _positive(cls, v: int, info) -> int:
+        if v < 1:
+            raise ValueError(f"{info.field_name} must be >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _race_fields(self) -> SearchSpec:
+        if self.strategy == "grid":
+            for name in RACE_FIELDS:  # a saved plan dumps the defaults: only a changed value is an error
+                if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True):
+                    raise field_error(name, f"{name} applies to strategy 'race' only")
+        return self
+
+    @property
+    def is_race(self) -> bool:
+        return self.strategy == "race"
+
+
 class ExperimentSpec(_Spec):
     """One bake-off: a dataset, a query sample, and the grid of alternatives to compare."""
 
@@ -588,6 +671,7 @@ class ExperimentSpec(_Spec):
     safety: SafetySpec | None = None
     relevance: RelevanceSpec = RelevanceSpec()
     index: IndexSpec | None = None
+    search: SearchSpec = SearchSpec()
     tracking: TrackingSpec | None = None
     leaderboard: LeaderboardSpec | None = None
     # KPIs: a question passes when it meets every criterion (per-question metrics, checked by the

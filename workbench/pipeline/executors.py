@@ -24,6 +24,7 @@ from ..settings import EXECUTORS, OFFLINE_DEFAULTS, Workspace
 from ..store import Store
 from .plan import Plan
 from .progress import NullProgress, Progress
+from .race import race_experiment
 from .runner import Runner, save_experiment
 
 CPUS_PER_TASK = 1  # default threads (and Ray CPUs) per task; --threads / $WORKBENCH_THREADS sets it
@@ -44,9 +45,14 @@ def check_executor(workspace: Workspace) -> None:
 
 
 def execute(plan: Plan, workspace: Workspace, *, rerun: str = "missing", progress: Progress | None = None) -> list[dict]:
-    """Run every grid point of ``plan`` where the workspace says: here, or on a Ray cluster."""
+    """Run every grid point of ``plan`` where the workspace says: here, or on a Ray cluster; or
+    race them here when the experiment says ``search: {strategy: race}``."""
     check_executor(workspace)
     progress = progress or NullProgress()
+    if plan.experiment.spec.search.is_race:
+        if workspace.executor == "ray":  # rounds need every survivor's rows before the next decision
+            raise WorkbenchError(f"{plan.experiment.path}: search.strategy: a race runs on the local executor (got --executor ray)")
+        return race_experiment(plan, workspace, rerun=rerun, progress=progress)
     if workspace.executor == "ray":
         return run_on_ray(plan, workspace, rerun=rerun, progress=progress)
     with Runner(plan, workspace, progress=progress) as runner:

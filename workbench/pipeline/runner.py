@@ -14,6 +14,7 @@ exactly the numbers an uninterrupted one would.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -122,7 +123,8 @@ class RunSession:
         timings = {**self.path.timings, **self.timings, **self._throttle_timings()}
         chunks = self.path.chunks
         self.store.finish_run(self.run.run_id, status, n_failed, len(chunks), truncation_rate(chunks, self.path.max_tokens),
-                              {**timings, "questions_computed": self.computed, "rerank_fallbacks": self.path.rerank_fallbacks},
+                              {**timings, "questions_computed": self.computed, "rerank_fallbacks": self.path.rerank_fallbacks,
+                               "host": platform.node()},  # throughput is per machine (`workbench plan` reads it back)
                               evidence, self.lineage())
         return {"run_id": self.run.run_id, "status": status, "computed": self.computed, "n_failed": n_failed, **timings}
 

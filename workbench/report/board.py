@@ -19,17 +19,17 @@ import pandas as pd
 
 from ..compare import ALPHA, ties_with_best
 from ..errors import MetricError, StoreError
-from ..evaluation.registry import HEADLINE, best_first, is_metric, label, lower_is_better, metric_columns, metric_info
+from ..evaluation.registry import HEADLINE, is_metric, label, lower_is_better, metric_columns, metric_info
 from ..settings import redact_url
 from ..store import AXES, Store
 from .data import enrich_board, primary_metric_or_none, question_values, run_labels
-from .leaderboard import fmt_value, fmt_with_ci
+from .leaderboard import fmt_value, fmt_with_ci, ranked_by
 
 # Shown next to the ranking metric unless the experiment names its own (``leaderboard.columns``):
 # hit rate, answer F1, hallucination, end-to-end latency P95, cost per question.
 DEFAULT_COLUMNS = ("hit_at_5", "f1", "hallucination", "latency_p95_s", "cost_per_question_usd")
 MAX_COLUMNS = 5
-FIELDS = ("rank", "run_id", "label", *AXES, "status", "n_questions", "n_failed", "ties_best")
+FIELDS = ("rank", "run_id", "label", *AXES, "status", "n_questions", "n_planned", "n_failed", "ties_best")
 
 
 @dataclass
@@ -153,7 +153,7 @@ def rank_runs(store: Store, experiment: str, *, metric: str | None = None, colum
     if metric not in board or board[metric].isna().all():
         measured = [c for c in board.columns if is_metric(c) and board[c].notna().any()]
         raise MetricError(f"metric {metric!r} was not measured in experiment {experiment!r}; measured: {', '.join(sorted(measured))}")
-    board = best_first(board, metric).reset_index(drop=True)
+    board = ranked_by(board, metric).reset_index(drop=True)
     board["rank"] = range(1, len(board) + 1)
     board["ties_best"] = _ties(board, values, metric, alpha)
     return RankedBoard(experiment, metric, choose_columns(board, metric, columns or _spec_columns(store, experiment)), board, alpha)

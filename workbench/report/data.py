@@ -226,10 +226,14 @@ def limit_violations(board: pd.DataFrame, limits: Mapping[str, Any] | None) -> t
 
 
 def recommend(board: pd.DataFrame, metric: str, limits: Mapping[str, Any] | None = None) -> Recommendation:
-    """The run with the best ``metric`` among complete or partial runs within the limits."""
+    """The run with the best ``metric`` among complete or partial runs (or a race's tie set) within
+    the limits; runs a race eliminated are never recommended."""
     violations, notes = limit_violations(board, limits)
-    usable = board[board["status"].isin(["complete", "partial"]) & board[metric].notna()]
-    skipped = [r for r in board["run_id"] if r not in set(usable["run_id"])]
+    usable = board[board["status"].isin(["complete", "partial", "stopped: tie"]) & board[metric].notna()]
+    out = set(board.loc[board["status"] == "eliminated", "run_id"])
+    skipped = [r for r in board["run_id"] if r not in set(usable["run_id"]) and r not in out]
+    if out:
+        notes.append(f"{len(out)} run(s) eliminated by the race are not ranked (see the Race section)")
     if skipped:
         notes.append(f"{len(skipped)} run(s) without a usable {label(metric)} (failed or still running) are not ranked")
     eligible = usable[~usable["run_id"].isin(violations)]
@@ -288,6 +292,12 @@ def wins_losses(baseline: pd.DataFrame, candidate: pd.DataFrame, metric: str) ->
 SAFETY_METRICS = ("attack_success_rate", "pii_leakage_rate", "pii_in_context_rate")
 
 
+def planned_questions(board: pd.DataFrame) -> int:
+    """The questions the experiment's runs were planned with (a raced run may have evaluated fewer)."""
+    col = "n_planned" if "n_planned" in board else "n_questions"
+    return int(board[col].max())
+
+
 def failure_reasons(errors) -> dict[str, int]:
     """Failed questions by reason ("timeout", "rate limit (429)", ...), most frequent first."""
     counts: dict[str, int] = {}
@@ -316,7 +326,8 @@ def reliability_table(data: ReportData) -> pd.DataFrame:
         reasons = failure_reasons(errors)
         n_failed = sum(reasons.values())
         n_stored = 0 if v is None else len(v)
-        n_questions = int(r["n_questions"]) if as_float(r.get("n_questions")) is not None else n_stored
+        planned = as_float(r.get("n_planned", r.get("n_questions")))
+        n_questions = int(planned) if planned is not None else n_stored  # planned; n_stored: evaluated
         fallback = int((pd.to_numeric(v["fallback_used"], errors="coerce") == 1).sum()) if v is not None and "fallback_used" in v else 0
         row = {"run_id": r["run_id"], "label": r.get("label", r["run_id"]), "status": r.get("status"), "n_questions": n_questions,
                "n_stored": n_stored, "n_failed": n_failed, "failures": failure_text(n_failed, n_questions, reasons),
@@ -461,4 +472,4 @@ def summary(data: ReportData) -> dict:
     return {"experiment": data.experiment, "generated_at": data.generated_at, "metric": data.metric,
             "metric_label": label(data.metric), "recommended_run": rec, "recommended": r["label"] if r is not None else None,
             "value": as_float(r[data.metric]) if r is not None else None, "n_runs": len(data.board),
-            "n_questions": int(data.board["n_questions"].max())}
+            "n_questions": planned_questions(data.board)}

@@ -21,7 +21,7 @@ from ..evaluation.registry import description, label, lower_is_better
 from ..hashing import hash_obj
 from ..settings import redact_url
 from .board import choose_columns, measured_metrics
-from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, quality_columns, reliability_table
+from .data import SAFETY_METRICS, Drilldown, ReportData, applied_limits, planned_questions, quality_columns, reliability_table
 from .leaderboard import AXES, as_float, fmt
 from .style import wrap
 
@@ -70,7 +70,7 @@ metric_cell, table = _cell, _table
 def title_html(data: ReportData) -> str:
     desc = data.spec.get("description") if isinstance(data.spec, dict) else None
     lineage = (data.runs.iloc[0]["lineage"] if not data.runs.empty else None) or {}
-    facts = [f"{len(data.board)} runs", f"{int(data.board['n_questions'].max())} questions",
+    facts = [f"{len(data.board)} runs", f"{planned_questions(data.board)} questions",
              f"dataset {lineage.get('dataset_path', data.spec.get('dataset', '?'))}", f"generated {data.generated_at}"]
     return (f"<h1>Bake-off report: {esc(data.experiment)}</h1>" + (f"<p>{esc(' '.join(str(desc).split()))}</p>" if desc else "")
             + f'<p class="muted">{" · ".join(esc(f) for f in facts)}</p>')
@@ -143,14 +143,20 @@ def leaderboard_html(data: ReportData) -> str:
             badges += '<span class="badge best">recommended</span>'
         elif r["ties_best"]:
             badges += '<span class="badge tie" title="statistically indistinguishable from the recommended run">ties best</span>'
+        if r.get("status") == "eliminated":
+            badges += (f'<span class="badge out" title="eliminated by the race after {int(r["n_questions"])} of {int(r["n_planned"])} '
+                       f'questions; see the Race section">eliminated</span>')
         if r["run_id"] in data.recommendation.violations:
             badges += f'<span class="badge out" title="{esc("; ".join(data.recommendation.violations[r["run_id"]]))}">over limit</span>'
-        cells = [f'<td class="num" data-sort="{int(r["rank"])}">{int(r["rank"])}</td>', f"<td><code>{esc(str(r['run_id'])[:10])}</code>{badges}</td>"]
+        rank = "–" if r.get("status") == "eliminated" else str(int(r["rank"]))  # not ranked against runs that saw every question
+        cells = [f'<td class="num" data-sort="{int(r["rank"])}">{rank}</td>', f"<td><code>{esc(str(r['run_id'])[:10])}</code>{badges}</td>"]
         cells += [f"<td>{esc(r[a])}</td>" for a in axes]
         cells += [_cell(m, r.get(m), r.get(m + "_ci_low"), r.get(m + "_ci_high")) for m in quality]
         cells += [_cell(c, r.get(c)) for c in costs]
         n_failed = int(as_float(r.get("n_failed")) or 0)
         cells.append(f'<td class="num{" error" if n_failed else ""}" data-sort="{n_failed}">{n_failed} / {int(r["n_questions"])}</td>')
+        if "n_planned" in r and int(r["n_questions"]) < int(r["n_planned"]):
+            cells[-1] = cells[-1].replace("</td>", f' <span class="muted">(of {int(r["n_planned"])} planned)</span></td>')
         cells.append(f"<td>{esc(r['status'])}</td>")
         rows.append(cells)
     table = _table(header, rows, "sortable leaderboard", ["recommended" if x else "" for x in b["recommended"]])

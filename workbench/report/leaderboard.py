@@ -56,6 +56,27 @@ def as_float(value) -> float | None:
     return None if math.isnan(f) else f
 
 
+RACE_GROUPS = {"eliminated": 2}  # status -> group; runs stopped early (a race's tie, a budget) are group 1
+
+
+def evaluation_group(board: pd.DataFrame) -> pd.Series:
+    """0: every planned question evaluated; 1: stopped early (a race's tie set, a budget); 2: eliminated
+    by a race. A run is only ranked against runs of its own group."""
+    group = board["status"].map(lambda s: RACE_GROUPS.get(str(s), 0)) if "status" in board else pd.Series(0, index=board.index)
+    if "n_planned" in board and "n_questions" in board:
+        group = group.where(~((group == 0) & (board["n_questions"] < board["n_planned"])), 1)
+    return group
+
+
 def sort_board(board: pd.DataFrame) -> pd.DataFrame:
-    """Best run first by the primary metric (in its direction), ties by run id, unmeasured last."""
-    return best_first(board, primary_metric(board)).reset_index(drop=True)
+    """Best run first by the primary metric (in its direction), ties by run id, unmeasured last;
+    runs that saw fewer questions (stopped early, eliminated by a race) after those that saw them
+    all, so a partly evaluated run is never ranked as if it had seen every question."""
+    return ranked_by(board, primary_metric(board))
+
+
+def ranked_by(board: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """:func:`sort_board` by ``metric``: best first within each :func:`evaluation_group`."""
+    ranked = best_first(board, metric)
+    group = evaluation_group(ranked)
+    return pd.concat([ranked[group == g] for g in sorted(group.unique())]).reset_index(drop=True)

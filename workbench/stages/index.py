@@ -128,6 +128,11 @@ def collection_name(chunk_set_key: str, embedder_fingerprint: str) -> str:
     return "wb-" + hash_obj([chunk_set_key, embedder_fingerprint, HNSW], 40)
 
 
+def existing_collection(client: chromadb.ClientAPI, name: str, expected: int) -> bool:
+    """Whether the complete collection ``name`` (``expected`` chunks) is already built."""
+    return _existing(client, name, expected) is not None
+
+
 def _existing(client: chromadb.ClientAPI, name: str, expected: int):
     try:
         col = client.get_collection(name)
