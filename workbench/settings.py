@@ -41,6 +41,7 @@ ENVIRONMENT = {
     "WORKBENCH_CHROMA_URL": "Chroma server http://HOST:PORT for the vector indexes (default: embedded Chroma in the cache)",
     "WORKBENCH_EXECUTOR": "local or ray (default: local)",
     "WORKBENCH_RAY_ADDRESS": "Ray cluster address HOST:PORT or auto",
+    "WORKBENCH_EMBED_WORKERS": "Ray tasks one index build is split into (default: one per 10,240 chunks, at most the cluster's slots)",
     "WORKBENCH_PRICES": "price table YAML (default: the one shipped in workbench/providers/prices.yaml)",
     "WORKBENCH_MAX_DOCUMENT_MB": "largest document accepted when loading a dataset (default: 16)",
     "WORKBENCH_NOTEBOOKS": "folder holding bakeoff/report/explore.ipynb (default: the ones shipped in the package)",
@@ -159,12 +160,13 @@ class Workspace:
     chroma_url: str | None = None
     executor: str = "local"
     ray_address: str | None = None
+    embed_workers: int | None = None  # Ray tasks per index build; None: by corpus size (pipeline/splitbuild.py)
 
     @classmethod
     def resolve(cls, *, store: str | None = None, cache_dir: str | os.PathLike | None = None,
                 reports_dir: str | os.PathLike | None = None, threads: int | None = None, chroma_url: str | None = None,
                 executor: str | None = None, ray_address: str | None = None, root: str | os.PathLike | None = None,
-                environ: Mapping[str, str] | None = None) -> Workspace:
+                environ: Mapping[str, str] | None = None, embed_workers: int | None = None) -> Workspace:
         """Explicit values, else the ``WORKBENCH_*`` environment variables, else the defaults."""
         base = Path(root).resolve() if root else project_root(environ=environ)
         store_url = store or env("WORKBENCH_STORE", environ) or sqlite_url(base / "results" / "workbench.sqlite")
@@ -175,6 +177,7 @@ class Workspace:
             raise ConfigError(f"$WORKBENCH_THREADS: expected a whole number, got {threads_text!r}") from None
         if n_threads is not None and n_threads < 1:
             raise ConfigError(f"threads must be at least 1, got {n_threads}")
+        n_embed = _whole_number(embed_workers or env("WORKBENCH_EMBED_WORKERS", environ), "$WORKBENCH_EMBED_WORKERS", "embed workers")
         executor = executor or env("WORKBENCH_EXECUTOR", environ) or "local"
         if executor not in EXECUTORS:
             raise ConfigError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}{did_you_mean(executor, EXECUTORS)}")
@@ -187,6 +190,7 @@ class Workspace:
             chroma_url=chroma_url or env("WORKBENCH_CHROMA_URL", environ),
             executor=executor,
             ray_address=ray_address or env("WORKBENCH_RAY_ADDRESS", environ),
+            embed_workers=n_embed,
         )
 
     def replace(self, **changes: Any) -> Workspace:
@@ -245,6 +249,19 @@ class Workspace:
     def from_dict(cls, data: Mapping[str, Any]) -> Workspace:
         paths = {"root", "cache_dir", "reports_dir"}
         return cls(**{k: Path(v) if k in paths else v for k, v in data.items()})
+
+
+def _whole_number(value: int | str | None, variable: str, what: str) -> int | None:
+    """An optional count >= 1 from an option (int) or an environment variable (text)."""
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{variable}: expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise ConfigError(f"{what} must be at least 1, got {n}")
+    return n
 
 
 def max_document_bytes(environ: Mapping[str, str] | None = None) -> int:

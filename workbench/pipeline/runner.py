@@ -63,6 +63,12 @@ class RunSession:
         stored yet; returns how many rows were written. Stops early when the budget runs out."""
         items = list(enumerate(self.runner.plan.queries)) if items is None else list(items)
         todo = self.todo(items)
+        with self.runner.components.meter.measure("questions", self.run.run_id):
+            written = self._compute(todo)
+        self.computed += len(todo)
+        return written
+
+    def _compute(self, todo: list[Item]) -> int:
         written = 0
         for start in range(0, len(todo), FLUSH_EVERY):
             if self.run.config.generation and self.runner.budget.exhausted:
@@ -73,7 +79,6 @@ class RunSession:
             self.done.update(r["query_id"] for r in rows if not r.get("error"))
             written += len(rows)
             self.runner.progress.update(f"questions:{self.run.run_id}", self.run.run_id[:10], written, len(todo), "questions computed")
-        self.computed += len(todo)
         return written
 
     def _batch(self, batch: list[Item]) -> list[dict]:
@@ -174,7 +179,7 @@ class Runner:
             summaries.append(self.run_one(run, rerun))
             if self.budget.exhausted and self.budget.limited:
                 self.progress.message(f"budget reached: {self.budget.describe()} spent in this invocation")
-        summaries.append({"run_id": "(shared)", **self.components.timings})
+        summaries.append({"run_id": "(shared)", **self.components.timings, "stages": self.components.meter.to_list()})
         return summaries
 
 

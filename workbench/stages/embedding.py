@@ -260,7 +260,7 @@ class CachedEmbedder:
         return self.inner.dim
 
     def _key(self, role: str, text: str) -> str:
-        return f"emb:{self.fingerprint}:{role}:{sha256_text(text)}"
+        return embedding_key(self.fingerprint, role, text)
 
     def _embed(self, role: str, texts: list[str], fn: Callable[[list[str]], np.ndarray]) -> np.ndarray:
         keys = [self._key(role, t) for t in texts]
@@ -282,6 +282,20 @@ class CachedEmbedder:
 
     def embed_queries(self, texts: list[str]) -> np.ndarray:
         return self._embed("query", texts, self.inner.embed_queries)
+
+
+def embedding_key(fingerprint: str, role: str, text: str) -> str:
+    """The embedding cache's key of ``text`` embedded as ``role`` (passage or query) by a model."""
+    return f"emb:{fingerprint}:{role}:{sha256_text(text)}"
+
+
+def cached_passages(cache: diskcache.Cache, fingerprint: str, texts: list[str]) -> np.ndarray | None:
+    """The cached passage vectors of ``texts`` (as :class:`CachedEmbedder` stored them), or None
+    when one is missing; reading them loads no model."""
+    found = [cache.get(embedding_key(fingerprint, "passage", t)) for t in texts]
+    if any(v is None for v in found):
+        return None
+    return np.stack([np.frombuffer(v, dtype=np.float32) for v in found]) if found else None
 
 
 def tokenizer_name(spec: EmbeddingSpec | None, fingerprint: str | None) -> str:

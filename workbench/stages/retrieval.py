@@ -26,6 +26,7 @@ from ..config.experiment import RetrievalSpec
 from ..data.types import Hit, Query
 from ..hashing import hash_obj, sha256_text
 from .chunking import ChunkSet
+from .meter import StageMeter
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,8 @@ class Retriever:
     """All retrieval methods over one chunk set (and, for dense/hybrid, one Chroma collection)."""
 
     def __init__(self, chunks: ChunkSet, chunk_set_key: str, cache: diskcache.Cache,
-                 collection=None, collection_name: str | None = None, embedder: Callable | None = None):
+                 collection=None, collection_name: str | None = None, embedder: Callable | None = None,
+                 meter: StageMeter | None = None):
         self.chunks = chunks
         self.chunk_set_key = chunk_set_key
         self.cache = cache
@@ -74,6 +76,7 @@ class Retriever:
         self._embedder_factory = embedder  # called on the first cache miss only: a re-run loads no model
         self._dense_index = None
         self._bm25 = None
+        self.meter = meter or StageMeter()  # the BM25 index build is a stage of its own
         self.computed = self.cached = 0
 
     # -- the three methods, one query at a time (latency is per query) -------------------------
@@ -113,8 +116,9 @@ class Retriever:
 
             # BM25's index needs the whole tokenized corpus; LlamaIndex's retriever also keeps the
             # nodes it returns. This is the one stage that holds every chunk text at once.
-            nodes = [TextNode(id_=c.chunk_id, text=c.text, metadata={"doc_id": c.doc_id}) for c in self.chunks]
-            self._bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=10, language="en")
+            with self.meter.measure("bm25_index", self.chunk_set_key):
+                nodes = [TextNode(id_=c.chunk_id, text=c.text, metadata={"doc_id": c.doc_id}) for c in self.chunks]
+                self._bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=10, language="en")
         return self._bm25
 
     def _bm25_query(self, query: Query, depth: int) -> RetrievalResult:
