@@ -120,7 +120,7 @@ class Components:
                 self._built[key] = build()
                 return self._built[key]
             what = key[1].label() if hasattr(key[1], "label") else str(key[1])
-            with self.meter.measure(timing.removesuffix("_s"), what):
+            with self.meter.measure(timing.removesuffix("_s"), what if key[0] == "chunks" else f"{key[0]} {what}"):
                 self._built[key] = build()
             self._account(timing)
         return self._built[key]

@@ -92,11 +92,12 @@ class RaySplit:
 
     def _waiter(self, ray, ref, refs: list) -> Callable[[float], bool]:
         def wait(timeout: float) -> bool:
-            ready, _ = ray.wait([ref], timeout=timeout)
-            if not ready:
-                return False
+            # ray.get, not ray.wait: a task blocked in ray.get gives its CPUs back to the cluster
+            # meanwhile (documented), so the range tasks can run on the slot the builder holds.
             try:
-                done = ray.get(ref)
+                done = ray.get(ref, timeout=timeout)
+            except ray.exceptions.GetTimeoutError:
+                return False
             except Exception as exc:  # RayTaskError wraps the range task's exception
                 for other in refs:
                     ray.cancel(other)
