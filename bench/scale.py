@@ -400,7 +400,9 @@ def main() -> int:
                      "loadavg_start": os.getloadavg()}
     work = WORK / mode
     xquad = {" ".join(json.loads(line)["text"].split()) for line in (scalecorpus.XQUAD / "corpus.jsonl").open(encoding="utf-8")}
-    pool_size = max(sizes) - len(xquad)
+    # One pool for every full-mode run (the 10,000-passage corpus is the same whichever sizes a run
+    # asks for); --quick draws from a small pool of its own (help topics and stdlib only: fast to build).
+    pool_size = max(max(sizes), MODES["quick" if args.quick else "full"]["sizes"][-1]) - len(xquad)
     pool = WORK / f"pool-{pool_size}.jsonl"
     log(f"paragraph pool of {pool_size:,} (built once, then reused): {pool.relative_to(ROOT)}")
     results["pool"] = scalecorpus.build_pool(pool, pool_size, xquad)

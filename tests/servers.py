@@ -174,25 +174,42 @@ def chroma_server():
 
 # -- Ray cluster ----------------------------------------------------------------------------------
 
-def _start_ray_head(exe: Path, root: Path, env: dict, log, priority: int = 0) -> tuple[subprocess.Popen | None, str]:
-    """One ``ray start --head --block`` on free loopback ports; (process, address) once its node has
-    registered, (None, address) when it died or did not come up in time (it is killed then).
+# `ray start` waits 30 s (a constant in ray._private.node) for its raylet to register with the GCS,
+# then gives up; on a loaded 2-core machine the GCS alone can take longer to answer. This runs
+# `ray start` with that wait made patient (up to 4 minutes), nothing else changed.
+RAY_START = """
+import sys, time
+import ray._private.services as services
+_get_node = services.get_node
+def patient_get_node(*args, **kwargs):
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            return _get_node(*args, **kwargs)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+services.get_node = patient_get_node
+from ray.scripts.scripts import main
+sys.exit(main())
+"""
 
-    ``priority`` < 0 (root only) starts it at that niceness, so that on a loaded machine its raylet
-    registers within the 30 s that ``ray start`` allows; once up, the whole process group is put
-    back to niceness 0, so the tasks it runs compete like any other process."""
+
+def _start_ray_head(exe: Path, root: Path, env: dict, log) -> tuple[subprocess.Popen | None, str]:
+    """One ``ray start --head --block`` on free loopback ports; (process, address) once its node has
+    registered, (None, address) when it died or did not come up in time (it is killed then)."""
     port = free_port()
     # Ray replaces a loopback --node-ip-address by the node's own address on purpose (so other
     # nodes could join); the tests still connect through 127.0.0.1. Every port is a free one, so
     # the cluster does not collide with anything else on the machine.
-    cmd = [str(exe), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-c", RAY_START, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
            "--dashboard-agent-grpc-port", str(free_port()), "--metrics-export-port", str(free_port()),
            "--runtime-env-agent-port", str(free_port()),
            "--num-cpus", "2", "--object-store-memory", str(200 * 1024 * 1024), "--include-dashboard", "false",
            "--disable-usage-stats", "--temp-dir", str(root / "tmp")]
-    boost = ["nice", "-n", str(priority)] if priority < 0 and os.geteuid() == 0 and shutil.which("nice") else []
-    proc = subprocess.Popen(boost + cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 240  # a loaded 2-core machine needs minutes to bring up the GCS and the raylet
     while True:
@@ -203,8 +220,6 @@ def _start_ray_head(exe: Path, root: Path, env: dict, log, priority: int = 0) ->
         # ready when the node (its raylet) has registered, not merely when the GCS answers
         active = probe.stdout.partition("Active:")[2].partition("Pending:")[0]
         if probe.returncode == 0 and "node_" in active and proc.poll() is None:
-            if boost:
-                _renice_group(proc.pid, 0)
             return proc, address
         if proc.poll() is not None or time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
@@ -214,23 +229,6 @@ def _start_ray_head(exe: Path, root: Path, env: dict, log, priority: int = 0) ->
         time.sleep(1)
 
 
-def _renice_group(pgid: int, niceness: int) -> None:
-    """Every process of the group (and the ones its members start later) at ``niceness``."""
-    for pid in _pids_in_group(pgid):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, pid, niceness)
-
-
-def _pids_in_group(pgid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if os.getpgid(int(entry.name)) == pgid:
-                    pids.append(int(entry.name))
-    return pids
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A one-node Ray cluster on loopback with 2 CPUs (2 worker slots): yields its address.
@@ -238,8 +236,8 @@ def ray_cluster():
     ``ray start --head --block`` runs in its own process group; teardown interrupts it (it then
     stops the processes it started) and kills what is left of that group. The object store is
     capped and the dashboard and usage stats are off, to keep its footprint small. On a loaded
-    machine `ray start` gives up when its raylet takes over 30 s to register (a fixed limit in
-    ray._private.node), so a start that dies is tried again, with its start-up given priority.
+    machine `ray start` may still die (its raylet gives up when the dashboard agent takes over 15 s
+    to start), so a start that dies is tried again, three times in all.
     """
     exe = BIN / "ray"
     if not exe.exists():
@@ -249,9 +247,12 @@ def ray_cluster():
     # raylet waits for it by default, and the raylet then aborts: fixed ports (no port files to wait
     # for) and a longer registration timeout.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_agent_register_timeout_ms": "300000"}
+    # The cluster is this test session's own: no token authentication, and nothing read from the
+    # user's ~/.ray (an auth_token left there by another tool made the cluster refuse our clients).
+    env.update(RAY_AUTH_MODE="disabled", HOME=str(root))
     log = (root / "ray.log").open("wb")
-    for attempt in range(3):  # the first at normal priority, the retries raised for the start only
-        proc, address = _start_ray_head(exe, root, env, log, priority=0 if attempt == 0 else -15)
+    for _attempt in range(3):
+        proc, address = _start_ray_head(exe, root, env, log)
         if proc is not None:
             break
     else:
