@@ -174,28 +174,36 @@ def chroma_server():
 
 # -- Ray cluster ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A one-node Ray cluster on loopback with 2 CPUs (2 worker slots): yields its address.
+# `ray start` waits 30 s (a constant in ray._private.node) for its raylet to register with the GCS,
+# then gives up; on a loaded 2-core machine the GCS alone can take longer to answer. This runs
+# `ray start` with that wait made patient (up to 4 minutes), nothing else changed.
+RAY_START = """
+import sys, time
+import ray._private.services as services
+_get_node = services.get_node
+def patient_get_node(*args, **kwargs):
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            return _get_node(*args, **kwargs)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+services.get_node = patient_get_node
+from ray.scripts.scripts import main
+sys.exit(main())
+"""
 
-    ``ray start --head --block`` runs in its own process group; teardown interrupts it (it then
-    stops the processes it started) and kills what is left of that group. The object store is
-    capped and the dashboard and usage stats are off, to keep its footprint small.
-    """
-    exe = BIN / "ray"
-    if not exe.exists():
-        pytest.skip("Ray executor tests skipped: ray is not installed (pip install 'workbench[ray]')")
-    root = Path(tempfile.mkdtemp(prefix="wb-ray-"))
+
+def _start_ray_head(exe: Path, root: Path, env: dict, log) -> tuple[subprocess.Popen | None, str]:
+    """One ``ray start --head --block`` on free loopback ports; (process, address) once its node has
+    registered, (None, address) when it died or did not come up in time (it is killed then)."""
     port = free_port()
-    # On a loaded machine the dashboard agent (a Python process) can take longer to come up than the
-    # raylet waits for it by default, and the raylet then aborts: fixed ports (no port files to wait
-    # for) and a longer registration timeout.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_agent_register_timeout_ms": "300000"}
-    log = (root / "ray.log").open("wb")
     # Ray replaces a loopback --node-ip-address by the node's own address on purpose (so other
     # nodes could join); the tests still connect through 127.0.0.1. Every port is a free one, so
     # the cluster does not collide with anything else on the machine.
-    cmd = [str(exe), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-c", RAY_START, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
            "--dashboard-agent-grpc-port", str(free_port()), "--metrics-export-port", str(free_port()),
            "--runtime-env-agent-port", str(free_port()),
@@ -203,18 +211,52 @@ def ray_cluster():
            "--disable-usage-stats", "--temp-dir", str(root / "tmp")]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240  # a loaded 2-core machine needs minutes to bring up the GCS and the raylet
     while True:
-        probe = subprocess.run([str(exe), "status", "--address", address], capture_output=True, text=True, env=env, timeout=60)
+        try:
+            probe = subprocess.run([str(exe), "status", "--address", address], capture_output=True, text=True, env=env, timeout=60)
+        except subprocess.TimeoutExpired:  # the GCS is not answering yet: ask again until the deadline
+            probe = subprocess.CompletedProcess([], 1, "", "")
         # ready when the node (its raylet) has registered, not merely when the GCS answers
         active = probe.stdout.partition("Active:")[2].partition("Pending:")[0]
         if probe.returncode == 0 and "node_" in active and proc.poll() is None:
-            break
+            return proc, address
         if proc.poll() is not None or time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            pytest.skip(f"Ray executor tests skipped: `ray start --head` did not come up: {(root / 'ray.log').read_text()[-400:]}")
+            proc.wait()
+            return None, address
         time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A one-node Ray cluster on loopback with 2 CPUs (2 worker slots): yields its address.
+
+    ``ray start --head --block`` runs in its own process group; teardown interrupts it (it then
+    stops the processes it started) and kills what is left of that group. The object store is
+    capped and the dashboard and usage stats are off, to keep its footprint small. On a loaded
+    machine `ray start` may still die (its raylet gives up when the dashboard agent takes over 15 s
+    to start), so a start that dies is tried again, three times in all.
+    """
+    exe = BIN / "ray"
+    if not exe.exists():
+        pytest.skip("Ray executor tests skipped: ray is not installed (pip install 'workbench[ray]')")
+    root = Path(tempfile.mkdtemp(prefix="wb-ray-"))
+    # On a loaded machine the dashboard agent (a Python process) can take longer to come up than the
+    # raylet waits for it by default, and the raylet then aborts: fixed ports (no port files to wait
+    # for) and a longer registration timeout.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_agent_register_timeout_ms": "300000"}
+    # The cluster is this test session's own: no token authentication, and nothing read from the
+    # user's ~/.ray (an auth_token left there by another tool made the cluster refuse our clients).
+    env.update(RAY_AUTH_MODE="disabled", HOME=str(root))
+    log = (root / "ray.log").open("wb")
+    for _attempt in range(3):
+        proc, address = _start_ray_head(exe, root, env, log)
+        if proc is not None:
+            break
+    else:
+        pytest.skip(f"Ray executor tests skipped: `ray start --head` did not come up: {(root / 'ray.log').read_text()[-400:]}")
     yield address
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)

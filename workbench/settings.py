@@ -41,6 +41,7 @@ ENVIRONMENT = {
     "WORKBENCH_CHROMA_URL": "Chroma server http://HOST:PORT for the vector indexes (default: embedded Chroma in the cache)",
     "WORKBENCH_EXECUTOR": "local or ray (default: local)",
     "WORKBENCH_RAY_ADDRESS": "Ray cluster address HOST:PORT or auto",
+    "WORKBENCH_EMBED_WORKERS": "Ray tasks one index build is split into (default: one per 10,240 chunks, at most the cluster's slots)",
     "WORKBENCH_PRICES": "price table YAML (default: the one shipped in workbench/providers/prices.yaml)",
     "WORKBENCH_MAX_DOCUMENT_MB": "largest document accepted when loading a dataset (default: 16)",
     "WORKBENCH_NOTEBOOKS": "folder holding bakeoff/report/explore.ipynb (default: the ones shipped in the package)",
@@ -165,12 +166,14 @@ class Workspace:
     ray_address: str | None = None
     replay: str | None = None  # a cassette: hosted calls are answered from it (providers/recording.py)
     replay_strict: bool = True  # a request missing from the cassette stops the run (else it goes live)
+    embed_workers: int | None = None  # Ray tasks per index build; None: by corpus size (pipeline/splitbuild.py)
 
     @classmethod
     def resolve(cls, *, store: str | None = None, cache_dir: str | os.PathLike | None = None,
                 reports_dir: str | os.PathLike | None = None, threads: int | None = None, chroma_url: str | None = None,
                 executor: str | None = None, ray_address: str | None = None, root: str | os.PathLike | None = None,
-                environ: Mapping[str, str] | None = None, replay: str | os.PathLike | None = None, replay_strict: bool = True) -> Workspace:
+                environ: Mapping[str, str] | None = None, replay: str | os.PathLike | None = None, replay_strict: bool = True,
+                embed_workers: int | None = None) -> Workspace:
         """Explicit values, else the ``WORKBENCH_*`` environment variables, else the defaults."""
         base = Path(root).resolve() if root else project_root(environ=environ)
         store_url = store or env("WORKBENCH_STORE", environ) or sqlite_url(base / "results" / "workbench.sqlite")
@@ -181,6 +184,7 @@ class Workspace:
             raise ConfigError(f"$WORKBENCH_THREADS: expected a whole number, got {threads_text!r}") from None
         if n_threads is not None and n_threads < 1:
             raise ConfigError(f"threads must be at least 1, got {n_threads}")
+        n_embed = _whole_number(embed_workers or env("WORKBENCH_EMBED_WORKERS", environ), "$WORKBENCH_EMBED_WORKERS", "embed workers")
         executor = executor or env("WORKBENCH_EXECUTOR", environ) or "local"
         if executor not in EXECUTORS:
             raise ConfigError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}{did_you_mean(executor, EXECUTORS)}")
@@ -195,6 +199,7 @@ class Workspace:
             ray_address=ray_address or env("WORKBENCH_RAY_ADDRESS", environ),
             replay=_replay_path(replay or env("WORKBENCH_REPLAY", environ), base),
             replay_strict=replay_strict,
+            embed_workers=n_embed,
         )
 
     def replace(self, **changes: Any) -> Workspace:
@@ -269,6 +274,19 @@ class Workspace:
 def _replay_path(value: str | os.PathLike | None, root: Path) -> str | None:
     """A cassette to replay, as an absolute path (a notebook kernel or a Ray worker reads it too)."""
     return str(find_input(value, "cassette", root)) if value else None
+
+
+def _whole_number(value: int | str | None, variable: str, what: str) -> int | None:
+    """An optional count >= 1 from an option (int) or an environment variable (text)."""
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{variable}: expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise ConfigError(f"{what} must be at least 1, got {n}")
+    return n
 
 
 def max_document_bytes(environ: Mapping[str, str] | None = None) -> int:

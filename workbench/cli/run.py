@@ -38,6 +38,9 @@ def run(
     log_file: Annotated[Path | None, typer.Option("--log-file", help="append all output to this file instead of the terminal (for cron)")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="threads per run (local: default all cores) or per Ray "
                                                                         "task (default 1); default: $WORKBENCH_THREADS")] = None,
+    embed_workers: Annotated[int | None, typer.Option("--embed-workers", min=1, help="with --executor ray: Ray tasks one index build is "
+                                                                               "split into (1: no split; default: one per 10,240 chunks, "
+                                                                               "at most the cluster's free slots; $WORKBENCH_EMBED_WORKERS)")] = None,
     lock: Annotated[bool | None, typer.Option("--lock/--no-lock", show_default=False,
                                               help="refuse to start (exit 3) while another run of this experiment holds its lock; "
                                                    "default: on with --gate or --log-file (scheduled runs)")] = None,
@@ -58,7 +61,7 @@ def run(
     with _output_to(log_file, ["workbench", "run", str(experiment)]) as record:
         try:
             ws = Workspace.resolve(store=store, cache_dir=cache_dir, threads=threads, chroma_url=chroma_url, executor=executor,
-                                   ray_address=address, replay=replay, replay_strict=replay_strict)
+                                   ray_address=address, replay=replay, replay_strict=replay_strict, embed_workers=embed_workers)
             exclusive = lock if lock is not None else bool(gate or log_file)
             _run(experiment, ws, rerun, report, limit, axis, gate, exclusive)
             code = EXIT_OK

@@ -10,7 +10,6 @@ a fake LLM that way, so the whole run core is exercised in a unit test without a
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from ..stages import rerank as rr
 from ..stages.chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks
 from ..stages.embedding import CachedEmbedder, Embedder, load_tokenizer, make_embedder
 from ..stages.generation import GenerationResult, generate, make_client
+from ..stages.meter import StageMeter
 from ..stages.retrieval import Retriever
 from .plan import Plan, PlannedRun
 from .progress import Progress
@@ -73,6 +73,9 @@ EmbedderFactory = Callable[[EmbeddingSpec], Embedder]
 TokenizerFactory = Callable[[EmbeddingSpec | None], Tokenizer]
 GeneratorFactory = Callable[[GenerationSpec], Generator]
 RerankerFactory = Callable[[RerankSpec], Callable]
+# (embedder, its fingerprint, chunks in the set, the stage cache) -> how to split that index build, or None (one builder)
+SplitterFactory = Callable[[EmbeddingSpec, str, int, diskcache.Cache], "index_mod.SplitEmbedding | None"]
+STAGE_CACHE_BYTES = 2**34  # the stage cache's size limit (diskcache evicts least recently used entries beyond it)
 
 
 class Components:
@@ -89,12 +92,14 @@ class Components:
             explorer); default: started here and stopped by :meth:`close`.
         http: The HTTP layer of every hosted call; default: recording into the cache folder, or
             replaying ``workspace.replay`` (``providers/recording.py``).
+        splitter: Splits a large index build into ranges embedded elsewhere (the Ray executor's
+            ``pipeline.splitbuild.RaySplitter``); default: every index is embedded here.
     """
 
     def __init__(self, plan: Plan, workspace: Workspace, *, embedders: EmbedderFactory | None = None,
                  tokenizers: TokenizerFactory | None = None, generators: GeneratorFactory | None = None,
                  rerankers: RerankerFactory | None = None, progress: Progress | None = None, servers: ServerPool | None = None,
-                 http: HostedHttp | None = None):
+                 http: HostedHttp | None = None, splitter: SplitterFactory | None = None):
         apply_offline_defaults()
         self.plan, self.workspace = plan, workspace
         self.progress = progress
@@ -105,13 +110,15 @@ class Components:
         if self.http.replaying and self.http.strict:
             self._stack.enter_context(keys_optional())  # every answer comes from the cassette: no key needed
         self._roles: dict[GenerationSpec, str] = {}
-        self.cache = self._stack.enter_context(diskcache.Cache(str(workspace.stages_dir), size_limit=2**34))
+        self.cache = self._stack.enter_context(diskcache.Cache(str(workspace.stages_dir), size_limit=STAGE_CACHE_BYTES))
         self.memo = self._stack.enter_context(diskcache.Cache(str(workspace.memo_dir)))
         self._factories = {"embedder": embedders or self._live_embedder, "tokenizer": tokenizers or self._live_tokenizer,
                            "generator": generators or self._live_generator, "reranker": rerankers or self._live_reranker}
         self._built: dict[tuple, object] = {}
+        self._splitter = splitter
         self._chroma = None
         self.timings: dict[str, float] = defaultdict(float)
+        self.meter = StageMeter()  # wall, CPU and memory high-water mark per stage (bench/scale.py reads them)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -127,11 +134,20 @@ class Components:
     def _once(self, key: tuple, build: Callable[[], object], timing: str | None = "model_load_s"):
         """``build()`` the first time ``key`` is asked for (timed under ``timing``), then reuse it."""
         if key not in self._built:
-            t0 = time.perf_counter()
-            self._built[key] = build()
-            if timing:
-                self.timings[timing] += time.perf_counter() - t0
+            if not timing:
+                self._built[key] = build()
+                return self._built[key]
+            what = key[1].label() if hasattr(key[1], "label") else str(key[1])
+            with self.meter.measure(timing.removesuffix("_s"), what if key[0] == "chunks" else f"{key[0]} {what}"):
+                self._built[key] = build()
+            self._account(timing)
         return self._built[key]
+
+    def _account(self, timing: str) -> None:
+        """Add the stage just measured to ``timings`` (wall under ``timing``, CPU under ``*_cpu_s``)."""
+        last = self.meter.records[-1]
+        self.timings[timing] += last.wall_s
+        self.timings[timing.removesuffix("_s") + "_cpu_s"] += last.cpu_s
 
     # -- models ------------------------------------------------------------------------------------
     def embedder(self, spec: EmbeddingSpec) -> CachedEmbedder:
@@ -229,19 +245,25 @@ class Components:
     def _build_retriever(self, run: PlannedRun, source: ChunkSource) -> Retriever:
         spec = run.config.embedding
         if spec is None:
-            return Retriever(source.chunks, source.key, self.cache)
-        name = index_mod.collection_name(source.key, run.lineage["embedding_fingerprint"])
+            return Retriever(source.chunks, source.key, self.cache, meter=self.meter)
+        fingerprint = run.lineage["embedding_fingerprint"]
+        name = index_mod.collection_name(source.key, fingerprint)
+        split = self._splitter(spec, fingerprint, len(source.chunks), self.cache) if self._splitter else None
 
         def embedded(done: int, total: int) -> None:  # progress of a build (a reused index reports nothing)
             if self.progress is not None:
                 self.progress.update(f"index:{name}", f"index {spec.model}", done, total, "chunks embedded")
 
-        t0 = time.perf_counter()
-        collection, built = index_mod.ensure_collection(self._chroma_client(), name, source.chunks, lambda: self.embedder(spec),
-                                                        self.workspace.locks_dir, on_batch=embedded)
-        self.timings["embed_index_s"] += time.perf_counter() - t0
-        self.log(f"index {name} ({len(source.chunks)} chunks, {spec.model}): {'built' if built else 'reused'}")
-        return Retriever(source.chunks, source.key, self.cache, collection, name, lambda: self.embedder(spec))
+        parts: dict[str, float] = {}
+        with self.meter.measure("embed_index", name):
+            collection, built = index_mod.ensure_collection(self._chroma_client(), name, source.chunks, lambda: self.embedder(spec),
+                                                            self.workspace.locks_dir, split=split, timings=parts, on_batch=embedded)
+        self._account("embed_index_s")
+        for key, seconds in parts.items():
+            self.timings[key] += seconds
+        how = f", embedded in {split.workers} ranges by {split.where}" if built and split is not None else ""
+        self.log(f"index {name} ({len(source.chunks)} chunks, {spec.model}{how}): {'built' if built else 'reused'}")
+        return Retriever(source.chunks, source.key, self.cache, collection, name, lambda: self.embedder(spec), meter=self.meter)
 
     def _chroma_client(self):
         if self._chroma is None:

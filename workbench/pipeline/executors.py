@@ -22,6 +22,7 @@ import time
 from ..errors import ConfigError, WorkbenchError, did_you_mean
 from ..settings import EXECUTORS, OFFLINE_DEFAULTS, Workspace
 from ..store import Store
+from .components import Components
 from .plan import Plan
 from .progress import NullProgress, Progress
 from .race import race_experiment
@@ -36,6 +37,9 @@ def check_executor(workspace: Workspace) -> None:
     """Validate the executor settings before any work (one-line errors)."""
     if workspace.executor not in EXECUTORS:
         raise ConfigError(f"executor {workspace.executor!r}: expected one of {', '.join(EXECUTORS)}{did_you_mean(workspace.executor, EXECUTORS)}")
+    if workspace.embed_workers and workspace.embed_workers > 1 and workspace.executor != "ray":
+        raise ConfigError(f"embed workers ({workspace.embed_workers}) split index builds across a Ray cluster: "
+                          "they need --executor ray (and --address)")
     if workspace.executor == "ray":
         if importlib.util.find_spec("ray") is None:
             raise WorkbenchError("executor 'ray' needs the ray package: pip install 'workbench[ray]'")
@@ -67,12 +71,16 @@ def task_threads(workspace: Workspace) -> int:
 def _run_point(plan: Plan, index: int, workspace: Workspace, rerun: str) -> dict:
     """One grid point, in a Ray worker process, with its own components."""
     from .progress import LineProgress
+    from .splitbuild import RaySplitter
 
-    with Runner(plan, workspace, progress=LineProgress()) as runner:
+    progress = LineProgress()
+    splitter = RaySplitter(workspace, log=progress.message)
+    with Components(plan, workspace, splitter=splitter, progress=progress) as components, \
+            Runner(plan, workspace, components=components, progress=progress) as runner:
         run = plan.runs[index]
         runner.progress.message(f"[{index + 1}/{len(plan.runs)}] run {run.run_id}: {run.label}")
         summary = runner.run_one(run, rerun)
-        return {**summary, **runner.components.timings}
+        return {**summary, **components.timings, "stages": components.meter.to_list()}
 
 
 def _connect(ray, workspace: Workspace) -> float:

@@ -72,8 +72,11 @@ class RunSession:
         """Compute and store the rows of ``items`` (default: all the plan's questions) that are not
         stored yet; returns how many rows were written. Stops early when the budget runs out."""
         items = list(enumerate(self.runner.plan.queries)) if items is None else list(items)
-        with misses_as_errors():
-            return self._compute(self.todo(items))
+        todo = self.todo(items)
+        with misses_as_errors(), self.runner.components.meter.measure("questions", self.run.run_id):
+            written = self._compute(todo)
+        self.computed += len(todo)
+        return written
 
     def _compute(self, todo: list[Item]) -> int:
         written = 0
@@ -86,7 +89,6 @@ class RunSession:
             self.done.update(r["query_id"] for r in rows if not r.get("error"))
             written += len(rows)
             self.runner.progress.update(f"questions:{self.run.run_id}", self.run.run_id[:10], written, len(todo), "questions computed")
-        self.computed += len(todo)
         return written
 
     def _batch(self, batch: list[Item]) -> list[dict]:
@@ -210,7 +212,7 @@ class Runner:
             if self.budget.exhausted and self.budget.limited:
                 self.progress.message(f"budget reached: {self.budget.describe()} spent in this invocation")
         self.progress.update("grid", "runs", len(runs), len(runs), "runs done")
-        summaries.append({"run_id": "(shared)", **self.components.timings})
+        summaries.append({"run_id": "(shared)", **self.components.timings, "stages": self.components.meter.to_list()})
         return summaries
 
 

@@ -20,18 +20,20 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import chromadb  # (import chromadb before llama_index: halves import time)
+import numpy as np
 from chromadb.config import Settings as ChromaSettings
 from filelock import FileLock
 from llama_index.core.schema import TextNode
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from ..errors import ConfigError
-from ..hashing import hash_obj
+from ..hashing import hash_obj, sha256_text
 from ..settings import apply_offline_defaults
 from .chunking import Chunk
 
@@ -52,6 +54,7 @@ def open_chroma(path: Path) -> chromadb.ClientAPI:
 
 LOCK_STALE_S = 300.0  # a server-side build lock without a heartbeat for this long is abandoned
 LOCK_POLL_S = 0.5
+WAIT_BEAT_S = 10.0  # while ranges are embedded elsewhere, the builder refreshes its lock this often
 
 
 def parse_chroma_url(url: str) -> tuple[str, int, bool]:
@@ -141,13 +144,106 @@ def _existing(client: chromadb.ClientAPI, name: str, expected: int):
     return col if col.count() == expected else None
 
 
-def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk], embedder_factory,
-                      lock_dir: Path, on_batch: Callable[[int, int], None] | None = None) -> tuple[chromadb.Collection, bool]:
+class SplitEmbedding(Protocol):
+    """Embeds ranges of a chunk set elsewhere (Ray tasks, ``pipeline/splitbuild.py``) into the
+    shared embedding cache, while the builder adds them to the collection in order."""
+
+    workers: int  # how many ranges the chunk set is cut into
+    where: str  # who embeds them, for messages ("4 Ray tasks")
+
+    def submit(self, chunks: Sequence[Chunk], ranges: list[tuple[int, int]]) -> list[Callable[[float], bool]]:
+        """Start embedding every ``[start, stop)`` range; returns one function per range that waits up
+        to the given seconds and says whether it is done (it raises when the range failed for good)."""
+
+    def vectors(self, texts: list[str]) -> np.ndarray | None:
+        """The cached passage vectors of ``texts``, or None when one is missing."""
+
+
+def block_ranges(n_chunks: int, parts: int, block: int = ADD_BATCH) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges cutting ``n_chunks`` into at most ``parts`` runs of whole blocks.
+
+    Ranges start on block boundaries, so a range embeds exactly the blocks a single builder would
+    embed, with the same texts in each call: a vector depends (in its last bits) on the batch it was
+    computed in, so this is what makes a split build equal a single-worker one.
+    """
+    blocks = -(-n_chunks // block)
+    parts = max(1, min(parts, blocks))
+    bounds = [(i * blocks // parts) * block for i in range(parts + 1)]
+    return [(a, min(b, n_chunks)) for a, b in zip(bounds, bounds[1:]) if a < min(b, n_chunks)]
+
+
+def embed_block_range(chunks: Sequence[Chunk], embedder, start: int, stop: int) -> int:
+    """Embed the blocks of ``[start, stop)`` into ``embedder``'s cache as a single builder would.
+
+    A single builder calls ``embed_passages`` once per block; texts already embedded by an earlier
+    block (a repeated chunk text) are cache hits there, so only the other texts are computed, in
+    one batch. Here earlier blocks may not have run yet (they belong to other ranges), so a text
+    whose first occurrence is in an earlier block is left out explicitly: every block is embedded
+    with exactly the batch a single builder would use, whatever order the ranges run in. Returns
+    how many texts were computed (a retried range finds its finished blocks cached).
+    """
+    earlier = {sha256_text(c.indexed_text) for b in range(0, start, ADD_BATCH) for c in chunks[b:min(b + ADD_BATCH, start)]}
+    before = getattr(embedder, "misses", 0)
+    for b in range(start, stop, ADD_BATCH):
+        texts = [c.indexed_text for c in chunks[b:min(b + ADD_BATCH, stop)]]
+        embedder.embed_passages([t for t in texts if sha256_text(t) not in earlier])
+        earlier.update(sha256_text(t) for t in texts)
+    return getattr(embedder, "misses", 0) - before
+
+
+def _add(store: ChromaVectorStore, batch: list[Chunk], vectors: np.ndarray) -> None:
+    store.add([
+        TextNode(id_=c.chunk_id, text=c.text, embedding=vec.tolist(), metadata={"doc_id": c.doc_id},
+                 excluded_embed_metadata_keys=["doc_id"], excluded_llm_metadata_keys=["doc_id"])
+        for c, vec in zip(batch, vectors)
+    ])
+
+
+def _fill(tmp, chunks: Sequence[Chunk], embedder_factory, heartbeat, split: SplitEmbedding | None, timings: dict,
+          on_batch: Callable[[int, int], None] | None = None) -> None:
+    """Embed every chunk and add it to ``tmp`` in chunk-set order, ``ADD_BATCH`` at a time (streamed:
+    one batch of texts and vectors at a time). With ``split``, ranges are embedded elsewhere
+    meanwhile and each block's vectors come from the shared cache once its range is done; the adds
+    keep the same order and batches, so the HNSW graph is the one a single builder makes."""
+    store = ChromaVectorStore(chroma_collection=tmp)
+    embedder = None
+    ranges = block_ranges(len(chunks), split.workers) if split is not None else [(0, len(chunks))]
+    waiters = split.submit(chunks, ranges) if split is not None else [lambda timeout: True]
+    for (first, stop), done in zip(ranges, waiters):
+        t0 = time.perf_counter()
+        while not done(WAIT_BEAT_S):  # the ranges run elsewhere: keep the build lock alive meanwhile
+            heartbeat()
+        if split is not None:
+            timings["embed_wait_s"] = timings.get("embed_wait_s", 0.0) + time.perf_counter() - t0
+        for start in range(first, stop, ADD_BATCH):
+            batch = chunks[start:min(start + ADD_BATCH, stop)]
+            texts = [c.indexed_text for c in batch]  # embedded with the chunk's context (title, headings)
+            t0 = time.perf_counter()
+            vectors = split.vectors(texts) if split is not None else None
+            if vectors is None:  # single builder (or a vector missing from the cache): embed here
+                embedder = embedder or embedder_factory()
+                vectors = embedder.embed_passages(texts)
+            t1 = time.perf_counter()
+            _add(store, batch, vectors)
+            timings["embed_s"] = timings.get("embed_s", 0.0) + t1 - t0
+            timings["index_add_s"] = timings.get("index_add_s", 0.0) + time.perf_counter() - t1
+            heartbeat()
+            if on_batch is not None:
+                on_batch(start + len(batch), len(chunks))
+
+
+def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: Sequence[Chunk], embedder_factory,
+                      lock_dir: Path, *, split: SplitEmbedding | None = None,
+                      timings: dict | None = None, on_batch: Callable[[int, int], None] | None = None,
+                      ) -> tuple[chromadb.Collection, bool]:
     """Return the complete collection ``name``, building it from ``chunks`` if needed.
 
-    ``embedder_factory()`` is called only when the collection must be built, so reusing an index
-    loads no model. ``on_batch(done, total)`` is called after each batch of chunks embedded and
-    added (progress). Returns (collection, built) where ``built`` says whether this call wrote it.
+    ``embedder_factory()`` is called only when something must be embedded here, so reusing an index
+    (or a split build whose vectors are all cached) loads no model. ``split`` embeds ranges of the
+    chunk set elsewhere (see :class:`SplitEmbedding`); ``timings`` receives the seconds spent
+    embedding (``embed_s``, ``embed_wait_s``) and adding to Chroma (``index_add_s``);
+    ``on_batch(done, total)`` is called after each block of chunks is added (progress). Returns
+    (collection, built) where ``built`` says whether this call wrote it.
     """
     col = _existing(client, name, len(chunks))
     if col is not None:
@@ -163,19 +259,6 @@ def ensure_collection(client: chromadb.ClientAPI, name: str, chunks: list[Chunk]
         tmp_name = f"tmp-{name}-{uuid.uuid4().hex[:8]}"
         tmp = client.create_collection(tmp_name, configuration={"hnsw": HNSW},
                                        metadata={"workbench": "index", "chunks": len(chunks)})
-        store = ChromaVectorStore(chroma_collection=tmp)
-        embedder = embedder_factory()
-        for start in range(0, len(chunks), ADD_BATCH):  # streamed: one batch of texts and vectors at a time
-            batch = chunks[start:start + ADD_BATCH]
-            vectors = embedder.embed_passages([c.indexed_text for c in batch])  # with the chunk's context
-            store.add([
-                TextNode(id_=c.chunk_id, text=c.text, embedding=vec.tolist(), metadata={"doc_id": c.doc_id},
-                         excluded_embed_metadata_keys=["doc_id"], excluded_llm_metadata_keys=["doc_id"])
-                for c, vec in zip(batch, vectors)
-            ])
-            heartbeat()
-            if on_batch is not None:
-                on_batch(start + len(batch), len(chunks))
+        _fill(tmp, chunks, embedder_factory, heartbeat, split, {} if timings is None else timings, on_batch)
         tmp.modify(name=name)
         return client.get_collection(name), True
-

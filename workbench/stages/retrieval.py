@@ -26,6 +26,7 @@ from ..config.experiment import RetrievalSpec
 from ..data.types import Hit, Query
 from ..hashing import hash_obj, sha256_text
 from .chunking import ChunkSet
+from .meter import StageMeter
 
 # What BM25 indexes. 2: the chunk's text only (1 also indexed its "doc_id: <id>" metadata line).
 # Part of BM25 and hybrid runs' ids and of their retrieval cache keys, so a change of what BM25
@@ -70,7 +71,8 @@ class Retriever:
     """All retrieval methods over one chunk set (and, for dense/hybrid, one Chroma collection)."""
 
     def __init__(self, chunks: ChunkSet, chunk_set_key: str, cache: diskcache.Cache,
-                 collection=None, collection_name: str | None = None, embedder: Callable | None = None):
+                 collection=None, collection_name: str | None = None, embedder: Callable | None = None,
+                 meter: StageMeter | None = None):
         self.chunks = chunks
         self.chunk_set_key = chunk_set_key
         self.cache = cache
@@ -79,6 +81,7 @@ class Retriever:
         self._embedder_factory = embedder  # called on the first cache miss only: a re-run loads no model
         self._dense_index = None
         self._bm25 = None
+        self.meter = meter or StageMeter()  # the BM25 index build is a stage of its own
         self.computed = self.cached = 0
 
     # -- the three methods, one query at a time (latency is per query) -------------------------
@@ -121,9 +124,10 @@ class Retriever:
             # LlamaIndex's BM25 indexes get_content(MetadataMode.EMBED): without the exclusion every
             # chunk would also be indexed as "doc_id: <id>", which BM25 as the references define it
             # (BEIR, bm25s over the text) never sees and which skews its length normalisation.
-            nodes = [TextNode(id_=c.chunk_id, text=c.indexed_text, metadata={"doc_id": c.doc_id},
-                              excluded_embed_metadata_keys=["doc_id"], excluded_llm_metadata_keys=["doc_id"]) for c in self.chunks]
-            self._bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=10, language="en")
+            with self.meter.measure("bm25_index", self.chunk_set_key):
+                nodes = [TextNode(id_=c.chunk_id, text=c.indexed_text, metadata={"doc_id": c.doc_id},
+                                  excluded_embed_metadata_keys=["doc_id"], excluded_llm_metadata_keys=["doc_id"]) for c in self.chunks]
+                self._bm25 = BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=10, language="en")
         return self._bm25
 
     def _bm25_query(self, query: Query, depth: int) -> RetrievalResult:
