@@ -100,11 +100,11 @@ def test_a_small_race_with_the_local_llm_stores_its_eliminations_and_reports_the
     res = subprocess.run([sys.executable, "-m", "workbench", "results", "race_llm", "--json"], env=_env(clean), capture_output=True,
                          text=True, timeout=300)
     rows = {r["chunking"]: r for r in json.loads(res.stdout)}
-    out = rows["token 16/0"]
+    out = rows["token 16/0 +title"]
     assert out["status"] == "eliminated" and out["n_questions"] == 0 and out["n_planned"] == 24
     e = out["evidence"]["race"]
     assert e["stage"] == "retrieval" and e["reason"] == "retrieval" and e["metric"] == "chunk_mrr" and e["margin"] == 0.1 and e["upper"] < -0.1
-    kept = rows["sentence 128/16"]
+    kept = rows["sentence 128/16 +title"]
     assert kept["status"] == "complete" and kept["n_questions"] == 24 and kept["evidence"]["race"]["winner"]
     assert kept["answer_support"] is not None and kept["completion_tokens"] > 0  # real answers were generated and scored
     report = next((clean / "reports" / "race_llm").glob("*/report.html")).read_text(encoding="utf-8")

@@ -82,6 +82,18 @@ def chunk(n_tokens: int) -> Chunk:
     return Chunk("d#0", "d", "x", 0, 1, n_tokens)
 
 
+def test_llama_index_small_chunk_note_is_printed_once_per_chunk_set(docs, capsys):
+    # LlamaIndex prints "Metadata length (2) is close to chunk size" once per document under ~52
+    # tokens; a 240-paragraph corpus printed it 240 times into the user's terminal.
+    tiny = ChunkingSpec(splitter="token", chunk_size=16, chunk_overlap=0)
+    chunks = chunk_documents(docs, tiny, WHITESPACE)
+    assert len(chunks) > 3 * len(docs) and all(c.n_tokens <= 16 for c in chunks)  # the chunks themselves are unchanged
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and printed[0].startswith("Metadata length (2) is close to chunk size (16)")
+    chunk_documents(docs, tiny, WHITESPACE)
+    assert len(capsys.readouterr().out.splitlines()) == 1  # once per chunk set, not once per process
+
+
 def test_truncation_rate():
     chunks = [chunk(10), chunk(60), chunk(61), chunk(200)]
     assert truncation_rate(chunks, 60) == pytest.approx(2 / 4)

@@ -14,8 +14,11 @@ and ``n_tokens`` counts what the embedder receives (prefix included), for the tr
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sqlite3
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -105,11 +108,12 @@ def chunk_documents(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tok
 def iter_chunks(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokenizer) -> Iterator[Chunk]:
     """Split documents one at a time, yielding chunks as they come (nothing accumulates)."""
     parser = None if spec.splitter == "none" else _parser(spec, tokenizer)
+    noted: set[str] = set()
     for doc in docs:
         if parser is None:
             pieces = [(doc.text, 0, len(doc.text))]
         else:
-            nodes = parser.get_nodes_from_documents([LIDocument(text=doc.text, id_=doc.doc_id)])
+            nodes = _split(parser, doc, noted)
             pieces = [
                 (n.get_content(), -1 if n.start_char_idx is None else n.start_char_idx,
                  -1 if n.end_char_idx is None else n.end_char_idx)
@@ -123,6 +127,20 @@ def iter_chunks(docs: Iterable[Document], spec: ChunkingSpec, tokenizer: Tokeniz
             if text.strip():
                 context = chunk_context(doc, spec.context, start)
                 yield Chunk(f"{doc.doc_id}#{i}", doc.doc_id, text, start, end, tokenizer.count_fn(with_context(context, text)), context)
+
+
+def _split(parser, doc: Document, noted: set[str]) -> list:
+    """``parser``'s nodes for ``doc``. LlamaIndex's splitters print() a note for every document when
+    the chunk size is under ~52 tokens ("Metadata length (2) is close to chunk size"): 240 identical
+    lines for a small corpus. Each distinct line is passed on once per chunk set."""
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        nodes = parser.get_nodes_from_documents([LIDocument(text=doc.text, id_=doc.doc_id)])
+    for line in captured.getvalue().splitlines():
+        if line not in noted:
+            noted.add(line)
+            print(line, file=sys.stdout)
+    return nodes
 
 
 def _place(doc_text: str, text: str, start: int, end: int, cursor: int) -> tuple[int, int]:
