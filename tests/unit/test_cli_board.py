@@ -149,7 +149,7 @@ def test_results_honour_the_real_terminal_width(store, columns):
     assert len(_run_lines(text)) == 6
     labels = [line for line in lines if RANK_LINE.match(line)]
     if columns >= 120:  # room for the whole label
-        assert not any("…" in line for line in labels) and "sentence 128/16 +title | hybrid@5" in text
+        assert not any("…" in line for line in labels) and "sentence 128/16 | hybrid@5" in text  # "+title" is every run's: left out
     else:  # the label is shortened to fit the terminal, the numbers are not
         assert all("…" in line for line in labels) and max(len(line) for line in labels) > columns - 8
 
@@ -198,3 +198,19 @@ def test_experiment_chooses_the_leaderboard_columns(store, tmp_path):
     with pytest.raises(ConfigError, match=r"bad\.yaml: leaderboard\.columns\[1\]: unknown metric 'halucination' "
                                           r"\(did you mean 'hallucination'\?\)"):
         check_leaderboard(load_experiment(bad))
+
+
+def test_short_labels_drop_the_words_every_run_shares():
+    import pandas as pd
+
+    from workbench.report.board import short_labels
+
+    board = pd.DataFrame({"chunking": ["sentence 128/16 +title", "sentence 128/16 +title", "token 16/0 +title", "token 16/0 +title"],
+                          "retrieval": ["dense@5", "bm25@5", "dense@5", "bm25@5"], "generation": ["smollm2"] * 4})
+    assert short_labels(board) == ["sentence 128/16 | dense@5", "sentence 128/16 | bm25@5", "token 16/0 | dense@5", "token 16/0 | bm25@5"]
+    # a shared last word that tells values apart only together with it stays ("+title" vs none)
+    mixed = board.assign(chunking=["sentence 128/16 +title", "sentence 128/16", "token 16/0 +title", "token 16/0"])
+    assert short_labels(mixed)[:2] == ["sentence 128/16 +title | dense@5", "sentence 128/16 | bm25@5"]
+    # a stage a run does not use ("-") is left out, and the rest still lose their shared tail
+    reranked = board.assign(rerank=["-", "-", "ms-marco x5 +title", "minilm x5 +title"])
+    assert short_labels(reranked)[2:] == ["token 16/0 | dense@5 | ms-marco", "token 16/0 | bm25@5 | minilm"]  # "x5" is shared too

@@ -103,8 +103,19 @@ def short_labels(board: pd.DataFrame) -> list[str]:
     does not use ("bm25@5" and "dense@5", not "all-MiniLM-L6-v2 | dense@5"); the report's longer
     labels (:func:`~workbench.report.data.run_labels`) when those would not tell runs apart."""
     axes = [a for a in AXES if a in board and board.loc[board[a].astype(str) != "-", a].astype(str).nunique() > 1]
-    labels = [" | ".join(str(r[a]) for a in axes if str(r[a]) != "-") for _, r in board.iterrows()]
+    values = {a: _without_shared_tail(board[a].astype(str).tolist()) for a in axes}
+    labels = [" | ".join(v[i] for v in values.values() if v[i] != "-") for i in range(len(board))]
     return labels if axes and all(labels) and len(set(labels)) == len(labels) else run_labels(board)
+
+
+def _without_shared_tail(values: list[str]) -> list[str]:
+    """``values`` less the last words every used value shares ("sentence 128/16 +title" and
+    "token 16/0 +title" are "sentence 128/16" and "token 16/0": the context says nothing apart)."""
+    used = [v.split(" ") for v in values if v != "-"]
+    while all(len(w) > 1 for w in used) and len({w[-1] for w in used}) == 1 and len({" ".join(w[:-1]) for w in used}) == len(set(map(tuple, used))):
+        used = [w[:-1] for w in used]
+    short = iter(" ".join(w) for w in used)
+    return [v if v == "-" else next(short) for v in values]
 
 
 def choose_columns(board: pd.DataFrame, metric: str, wanted: Sequence[str] | None) -> list[str]:
