@@ -1,6 +1,6 @@
 """How the workbench grows with the corpus: a retrieval-only grid over 10,000, 30,000 and 100,000 passages.
 
-    nice -n 10 .venv/bin/python bench/scale.py            # full: 10k, 30k, 100k passages, 300 queries (~1.5 h on 2 idle cores)
+    nice -n 10 .venv/bin/python bench/scale.py            # full: 10k, 30k, 100k passages, 300 queries (52 min on 2 idle cores)
     .venv/bin/python bench/scale.py --quick               # smoke: 1k, 2k, 4k passages, 100 queries (< 10 min)
     .venv/bin/python bench/scale.py --sizes 2000,5000     # other sizes
 
