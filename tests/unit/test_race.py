@@ -98,6 +98,7 @@ def test_results_json_shows_status_and_questions_evaluated(raced):
     assert all(r["n_questions"] == counts[r["run_id"]] and r["n_planned"] == 120 for r in rows)
     assert {r["status"] for r in rows} == {"complete", "eliminated"}
     assert any(r["n_questions"] < 120 for r in rows if r["status"] == "eliminated")
+    assert all(r["evidence"]["race"]["stage"] in ("race", "retrieval") for r in rows if r["status"] == "eliminated")  # why it left
 
 
 def test_eliminated_runs_are_ranked_after_the_runs_that_saw_every_question(raced):

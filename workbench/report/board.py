@@ -29,7 +29,7 @@ from .leaderboard import fmt_value, fmt_with_ci, ranked_by
 # hit rate, answer F1, hallucination, end-to-end latency P95, cost per question.
 DEFAULT_COLUMNS = ("hit_at_5", "f1", "hallucination", "latency_p95_s", "cost_per_question_usd")
 MAX_COLUMNS = 5
-FIELDS = ("rank", "run_id", "label", *AXES, "status", "n_questions", "n_planned", "n_failed", "ties_best")
+FIELDS = ("rank", "run_id", "label", *AXES, "status", "n_questions", "n_planned", "n_failed", "ties_best", "evidence")
 
 
 @dataclass
