@@ -137,6 +137,19 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 
 # -- Chroma server --------------------------------------------------------------------------------
 
+def _answers(proc: subprocess.Popen, health_url: str, timeout_s: float, every_s: float) -> bool:
+    """Poll ``health_url`` until it answers 200 (True), or the server exits or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(health_url, timeout=min(2.0, every_s * 10)).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(every_s)
+    return False
+
+
 @pytest.fixture(scope="session")
 def chroma_server():
     """``chroma run --host 127.0.0.1 --port N --path TMP``: yields its URL, http://127.0.0.1:N."""
@@ -150,17 +163,9 @@ def chroma_server():
     proc = subprocess.Popen([str(exe), "run", "--host", "127.0.0.1", "--port", str(port), "--path", str(root / "data")],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip(f"Chroma server tests skipped: `chroma run` did not start: {(root / 'server.log').read_text()[-300:]}")
-        time.sleep(0.2)
+    if not _answers(proc, f"{url}/api/v2/heartbeat", 60, 0.2):
+        proc.kill()
+        pytest.skip(f"Chroma server tests skipped: `chroma run` did not start: {(root / 'server.log').read_text()[-300:]}")
     yield url
     proc.terminate()
     try:
@@ -288,18 +293,10 @@ def mlflow_server():
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
                             env={**os.environ, "MLFLOW_TRACKING_URI": ""})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240  # a loaded 2-core machine takes ~35 s (migrations, uvicorn)
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"`mlflow server` did not start: {(root / 'server.log').read_text()[-500:]}")
-        time.sleep(0.5)
+    if not _answers(proc, f"{url}/health", 240, 0.5):  # a loaded 2-core machine takes ~35 s (migrations, uvicorn)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"`mlflow server` did not start: {(root / 'server.log').read_text()[-500:]}")
     yield url
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)

@@ -51,7 +51,8 @@ def export_review(folder: str | Path, csv_path: str | Path) -> int:
     return len(questions)
 
 
-def _read_review_csv(csv_path: Path) -> csv.reader:
+def _read_review_csv(csv_path: Path, columns: list[str] = REVIEW_COLUMNS, hint: str = "export a fresh review file") -> csv.reader:
+    """A review CSV's reader past its header; one-line errors for a missing file, bad encoding or a wrong header."""
     try:
         raw = csv_path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -60,8 +61,8 @@ def _read_review_csv(csv_path: Path) -> csv.reader:
         raise DatasetError(f"{csv_path}: not UTF-8 text (byte {exc.start})") from None
     reader = csv.reader(io.StringIO(raw))
     header = next(reader, None)
-    if header is None or [h.strip() for h in header[:len(REVIEW_COLUMNS)]] != REVIEW_COLUMNS:
-        raise DatasetError(f"{csv_path}:1: expected the header {','.join(REVIEW_COLUMNS)} (export a fresh review file)")
+    if header is None or [h.strip() for h in header[:len(columns)]] != columns:
+        raise DatasetError(f"{csv_path}:1: expected the header {','.join(columns)} ({hint})")
     return reader
 
 
@@ -170,15 +171,7 @@ def export_judge_review(store, run_id: str, csv_path: str | Path) -> int:
 
 
 def _judge_labels(csv_path: Path, answers: dict[str, str]) -> dict[str, float | None]:
-    try:
-        raw = csv_path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(f"{csv_path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{csv_path}: not UTF-8 text (byte {exc.start})") from None
-    reader = csv.reader(io.StringIO(raw))
-    if [h.strip() for h in next(reader, [])[:len(JUDGE_REVIEW_COLUMNS)]] != JUDGE_REVIEW_COLUMNS:
-        raise DatasetError(f"{csv_path}:1: expected the header {','.join(JUDGE_REVIEW_COLUMNS)} (export a fresh file with --run RUN --export)")
+    reader = _read_review_csv(csv_path, JUDGE_REVIEW_COLUMNS, "export a fresh file with --run RUN --export")
     labels: dict[str, float | None] = {}
     end = reader.line_num
     for row in reader:

@@ -112,7 +112,8 @@ def _without_shared_tail(values: list[str]) -> list[str]:
     """``values`` less the last words every used value shares ("sentence 128/16 +title" and
     "token 16/0 +title" are "sentence 128/16" and "token 16/0": the context says nothing apart)."""
     used = [v.split(" ") for v in values if v != "-"]
-    while all(len(w) > 1 for w in used) and len({w[-1] for w in used}) == 1 and len({" ".join(w[:-1]) for w in used}) == len(set(map(tuple, used))):
+    distinct = len({tuple(w) for w in used})
+    while all(len(w) > 1 for w in used) and len({w[-1] for w in used}) == 1 and len({tuple(w[:-1]) for w in used}) == distinct:
         used = [w[:-1] for w in used]
     short = iter(" ".join(w) for w in used)
     return [v if v == "-" else next(short) for v in values]
