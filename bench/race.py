@@ -1,7 +1,7 @@
 """Benchmark of the adaptive bake-off (issue 14): the race against the exhaustive grid, replays over
 many question orders, and a simulation with known truth. Writes bench/results/<UTC>-race[-quick].json.
 
-    .venv/bin/python bench/race.py            # full: 12 configurations x 100 questions with SmolLM2 (~1 h on 2 cores)
+    .venv/bin/python bench/race.py            # full: 12 configurations x 100 questions with SmolLM2 (~1 h on 2 idle cores)
     .venv/bin/python bench/race.py --quick    # smoke test: 4 configurations x 30 questions
     nice -n 10 .venv/bin/python bench/race.py > bench/work/race.log 2>&1 &
 
@@ -37,8 +37,12 @@ sys.path.insert(0, str(ROOT))
 # chunks miss the gold evidence far more often, then the rest race on contains_gold (SmolLM2-135M is too weak for exact answers).
 SEARCH = {"strategy": "race", "metric": "contains_gold", "margin": 0.02, "alpha": 0.05, "round": 10, "min_questions": 10, "seed": 0,
           "prune_retrieval": {"metric": "chunk_mrr", "margin": 0.05}}
-FULL = {"questions": 100, "chunking": ["{splitter: sentence, chunk_size: 128, chunk_overlap: 16}",
-                                       "{splitter: sentence, chunk_size: 256, chunk_overlap: 32}",
+# The grid: one sound chunking and two very small fragment sizes (the "clearly weaker settings" the issue asks for), crossed
+# with four retrieval settings. On these 100 questions (probe, retrieval only) chunk-level MRR is 0.95-0.97 for sentence 256 with
+# every retriever, 0.57-0.69 for 32-token and 0.38-0.47 for 16-token fragments. With SmolLM2-135M the answer metric separates
+# configurations by far less than retrieval does, so what the race saves here is what its retrieval stage can drop.
+FULL = {"questions": 100, "chunking": ["{splitter: sentence, chunk_size: 256, chunk_overlap: 32}",
+                                       "{splitter: token, chunk_size: 32, chunk_overlap: 0}",
                                        "{splitter: token, chunk_size: 16, chunk_overlap: 0}"],
         "retrieval": ["{method: dense, top_k: 5}", "{method: bm25, top_k: 5}", "{method: hybrid, top_k: 5}", "{method: bm25, top_k: 1}"]}
 QUICK = {"questions": 30, "chunking": FULL["chunking"][::2], "retrieval": FULL["retrieval"][1::2]}
