@@ -11,7 +11,8 @@ many question orders, and a simulation with known truth. Writes bench/results/<U
    uses <= 35% of the exhaustive calls; its winner is in the exhaustive ties-with-best set (paired
    tests, Holm, on every question: the report's definition); the wall-time ratio is reported.
 2. Replay of the race on the exhaustive result under 200 random question orders (no model called):
-   winner in the ties-with-best set in >= 95% of orders; mean share of calls <= 35%.
+   winner in the ties-with-best set in >= 95% of orders; mean share of calls <= 35%. Also replayed
+   without the retrieval stage (the answer race alone, which the race's alpha covers).
 3. Simulation (numpy only): >= 1,000 races on scenarios with exact means -- near ties exactly at
    the margin, identical configurations, clear losers, 0/1 and heavy-tailed scores: the rate of
    eliminating a configuration within the margin of the best must be <= alpha.
@@ -99,7 +100,9 @@ def race_outcome(race: dict, exhaustive: dict, metric: str) -> dict:
     good = {best, *ties.loc[ties["tie"].astype(bool), "run_id"]}
     board = race["board"]
     winner = next((r for r, e in zip(board["run_id"], board["evidence"]) if ((e or {}).get("race") or {}).get("winner")), None)
-    return {"winner": winner, "exhaustive_best": best, "ties_with_best": sorted(good - {best}), "winner_in_ties_with_best": winner in good,
+    labels = dict(zip(ex_board["run_id"], ex_board["chunking"].astype(str) + " | " + ex_board["retrieval"].astype(str)))
+    return {"labels": labels, "winner": winner,
+            "exhaustive_best": best, "ties_with_best": sorted(good - {best}), "winner_in_ties_with_best": winner in good,
             "statuses": dict(zip(board["run_id"], board["status"])), "evaluated": dict(zip(board["run_id"], board["n_questions"].astype(int))),
             "exhaustive_means": dict(zip(ex_board["run_id"], ex_board[metric].round(4)))}
 
@@ -152,6 +155,9 @@ def main() -> None:
         replay = replay_orders(exhaustive["st"], f"race-bench-grid-{tag}", SEARCH, orders=200)
         replay["target_met"] = replay["winner_in_ties_with_best"] >= 0.95 and replay["mean_share_of_calls"] <= 0.35
         out["replay"] = replay
+        # The answer stage alone (no retrieval stage): what the race's own guarantee covers, and what it saves by itself
+        answer_only = {k: v for k, v in SEARCH.items() if k != "prune_retrieval"}
+        out["replay_answer_stage_only"] = replay_orders(exhaustive["st"], f"race-bench-grid-{tag}", answer_only, orders=200)
     out["simulation"] = simulation(40 if args.quick else 200, 200)
     out["load_avg_after"] = os.getloadavg()
     out["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
