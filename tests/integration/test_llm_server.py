@@ -9,7 +9,11 @@ deltas and prompt tokens with ``POST /extras/tokenize``; for SmolLM2 in chat mod
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -97,3 +101,35 @@ def test_startup_failure_raises_with_the_log_tail(tmp_path):
     message = str(exc.value)
     assert "smollm2-135m" in message and "address already in use" in message and "\n" not in message
     assert not server.running
+
+
+def test_the_server_exits_when_the_process_that_started_it_is_killed(tmp_path):
+    """The server runs in its own session, so a SIGKILL of `workbench run` (or of a kernel) cannot
+    stop() it: its watchdog sees the parent gone and ends it, leaving no orphan on the machine."""
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from workbench.providers.llm_server import LocalLLMServer\n"
+        f"s = LocalLLMServer('smollm2-135m', n_threads=1, log_dir={str(tmp_path)!r}).start()\n"
+        "print(s.pid, s.port, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, port = map(int, parent.stdout.readline().split())
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", trust_env=False).status_code == 200
+        assert b"llama_cpp.server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and b"zombie" not in _state(pid):
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in _state(pid), "the server outlived its parent"
+        assert _refuses_connections(port)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return b"zombie" if b") Z " in Path(f"/proc/{pid}/stat").read_bytes() else b"alive"
+    except OSError:
+        return b"gone"

@@ -65,20 +65,35 @@ def _stored(db: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return q, r
 
 
-def _kill_orphaned_servers(root: Path) -> None:
-    """The local LLM server runs in its own session (providers/llm_server.py), so killing the run's
-    process group leaves it running: end the one this run started (found by its store in its environment)."""
+def _servers_of(root: Path) -> list[int]:
+    """Local LLM servers started by the run whose store is under ``root`` (found by that store in
+    their environment)."""
     store = f"sqlite:///{root / 'wb.sqlite'}"
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             environ = (proc / "environ").read_bytes().split(b"\0")
             cmdline = (proc / "cmdline").read_bytes()
+            zombie = b") Z " in (proc / "stat").read_bytes()
         except OSError:
             continue
-        if b"llama_cpp.server" in cmdline and f"WORKBENCH_STORE={store}".encode() in environ:
-            os.kill(int(proc.name), signal.SIGKILL)
+        if b"llama_cpp.server" in cmdline and f"WORKBENCH_STORE={store}".encode() in environ and not zombie:
+            found.append(int(proc.name))
+    return found
+
+
+def _no_server_outlives(root: Path, within_s: float = 10) -> None:
+    """The server runs in its own session, so the SIGKILL of the run's process group does not reach
+    it: its watchdog (providers/llm_serve.py) must end it once its parent is gone."""
+    deadline = time.time() + within_s
+    while time.time() < deadline and _servers_of(root):
+        time.sleep(0.1)
+    left = _servers_of(root)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "the local LLM server outlived the killed run"
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +139,7 @@ def test_sigkill_mid_race_then_resume_matches_uninterrupted(setup):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _kill_orphaned_servers(killed)
+    _no_server_outlives(killed)
     partial = _answered(db)
     total = _answered(clean / "wb.sqlite")
     assert 4 <= partial < total, "the kill must land mid-race"

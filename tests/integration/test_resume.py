@@ -26,7 +26,7 @@ grid:
     - {{splitter: none}}
     - {{splitter: sentence, chunk_size: 48, chunk_overlap: 8}}
   embedding:
-    - {{provider: local, model: multilingual-e5-small}}
+    - {{provider: local, model: all-MiniLM-L6-v2}}
   retrieval:
     - {{method: bm25, top_k: 10}}
     - {{method: dense, top_k: 10}}
@@ -60,7 +60,7 @@ def _rows(db: Path) -> pd.DataFrame:
 
 
 def test_sigkill_mid_grid_then_resume_matches_uninterrupted(tmp_path):
-    dataset = write_xquad_slice(tmp_path / "data", n_docs=120)
+    dataset = write_xquad_slice(tmp_path / "data", n_docs=60)
     exp = tmp_path / "resume_check.yaml"
     exp.write_text(EXPERIMENT.format(dataset=dataset), encoding="utf-8")
     cmd = [sys.executable, "-m", "workbench", "run", str(exp), "--no-report"]

@@ -111,6 +111,28 @@ def test_eliminated_runs_are_ranked_after_the_runs_that_saw_every_question(raced
     assert html.count('<span class="badge out" title="eliminated by the race') == 2 and html.count(">–</td>") == 2
 
 
+def _board_lines(ws: Workspace, monkeypatch) -> list[str]:
+    monkeypatch.setenv("COLUMNS", "100")
+    res = CliRunner().invoke(app, ["results", "race", "--store", ws.store_url])
+    assert res.exit_code == 0, res.output
+    return res.output.splitlines()
+
+
+def test_the_terminal_board_says_out_and_why_for_eliminated_runs(raced, monkeypatch):
+    tmp, ws, _ = raced
+    lines = _board_lines(ws, monkeypatch)
+    board = Store(ws.store_url).leaderboard("race")
+    for _, r in board.iterrows():
+        line = next(line for line in lines if f" {r['run_id'][:8]} " in line)
+        e = r["evidence"]["race"]
+        if r["status"] == "eliminated":  # no value over the questions it saw, which would read as comparable
+            assert line.split()[0] == "out" and f"out round {e['round']}, {e['n_questions']} q" in line and "[" not in line
+        else:
+            assert line.split()[0] in ("1", "2", "2=") and "[" in line
+    assert all(len(line) <= 100 for line in lines)
+    assert "out: eliminated by the race" in " ".join(" ".join(lines).split())
+
+
 def test_the_report_replays_the_stored_race_and_decides_the_same(raced):
     tmp, ws, _ = raced
     data = load_report(ws.store_url, "race")
@@ -153,7 +175,7 @@ def test_a_race_interrupted_mid_round_and_resumed_equals_an_uninterrupted_one(ra
     assert list(clean["evidence"]) == list(resumed["evidence"])
 
 
-def test_staged_pruning_eliminates_weak_retrieval_before_any_generation(tmp_path):
+def test_staged_pruning_eliminates_weak_retrieval_before_any_generation(tmp_path, monkeypatch):
     ws = _ws(tmp_path)
     path = _experiment(tmp_path, search="search: {strategy: race, metric: contains_gold, margin: 0.05, round: 10, min_questions: 10, "
                                         "prune_retrieval: {metric: hit_at_1, margin: 0.05}}")
@@ -167,6 +189,8 @@ def test_staged_pruning_eliminates_weak_retrieval_before_any_generation(tmp_path
     twin = retrieval_twin(plan.run(pruned.iloc[0]["run_id"]))
     assert len(Store(ws.store_url).questions(twin.run_id)) == 120  # retrieval ran on every question, no answer
     assert Store(ws.store_url).questions(twin.run_id)["answer"].isna().all()
+    lines = [line for line in _board_lines(ws, monkeypatch) if line.split()[:1] == ["out"]]
+    assert sum("out at retrieval" in line for line in lines) == len(pruned)
 
 
 def test_a_retrieval_twin_has_the_id_of_the_same_retrieval_only_grid_point(tmp_path):
@@ -178,7 +202,7 @@ def test_a_retrieval_twin_has_the_id_of_the_same_retrieval_only_grid_point(tmp_p
     assert {retrieval_twin(r).run_id for r in with_gen.runs} == {r.run_id for r in without.runs}
 
 
-def test_a_constraint_eliminates_what_violates_it_with_confidence(tmp_path):
+def test_a_constraint_eliminates_what_violates_it_with_confidence(tmp_path, monkeypatch):
     ws = _ws(tmp_path)
     path = _experiment(tmp_path, search="search: {strategy: race, metric: contains_gold, margin: 0.05, round: 10, min_questions: 10, "
                                         "constraints: {retrieval_latency_p95_s: {max: 0.000001}}}")
@@ -188,6 +212,8 @@ def test_a_constraint_eliminates_what_violates_it_with_confidence(tmp_path):
     assert set(board["status"]) == {"eliminated"} and reasons == {"constraint"}
     e = board.iloc[0]["evidence"]["race"]
     assert e["constraint"] == "retrieval_latency_p95_s" and e["mean"] == 1.0 and e["e_value"] >= 1 / (0.05 / 2 / 4)
+    lines = [line for line in _board_lines(ws, monkeypatch) if line.split()[:1] == ["out"]]
+    assert len(lines) == 4 and all(f"out over limit, {e['n_questions']} q" in line for line in lines)
 
 
 def test_plan_prints_builds_calls_tokens_cost_and_time(tmp_path):

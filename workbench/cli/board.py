@@ -20,7 +20,21 @@ ID_CHARS = 8
 
 
 def _rank_text(row) -> str:
+    if row.get("status") == "eliminated":
+        return "out"
     return f"{int(row['rank'])}{'=' if row.get('ties_best') is True else ''}"
+
+
+def _out_text(row) -> str:
+    """Why an eliminated run left the race, in the ranking metric's cell (at most 20 characters,
+    the width of a value with its interval): its values cover only the questions it saw, or none."""
+    race = (row.get("evidence") or {}).get("race") or {}
+    n = race.get("n_questions", row.get("n_questions"))
+    if race.get("stage") == "retrieval":
+        return "out at retrieval"
+    if race.get("reason") == "constraint":
+        return f"out over limit, {n} q"
+    return f"out round {race['round']}, {n} q" if race.get("round") else f"out after {n} q"
 
 
 # Words of the registry's labels shortened in the one-line view's headers (values set the widths).
@@ -45,7 +59,8 @@ def _header_lines(text: str, width: int) -> str:
 def _compact_cells(ranked: RankedBoard) -> tuple[list[str], list[list[str]]]:
     m = ranked.metric
     headers = ["#", "run", "configuration", f"{header(m)} [95% CI]", *[header(c) for c in ranked.columns]]
-    rows = [[_rank_text(r), str(r["run_id"])[:ID_CHARS], str(r["label"]), value_text(m, r.get(m), r.get(f"{m}_ci_low"), r.get(f"{m}_ci_high")),
+    rows = [[_rank_text(r), str(r["run_id"])[:ID_CHARS], str(r["label"]),
+             _out_text(r) if r.get("status") == "eliminated" else value_text(m, r.get(m), r.get(f"{m}_ci_low"), r.get(f"{m}_ci_high")),
              *[value_text(c, r.get(c), ci=False) for c in ranked.columns]] for _, r in ranked.board.iterrows()]
     return headers, rows
 

@@ -45,6 +45,9 @@ def local_model_path(name: str) -> Path:
     return LOCAL_LLM_FILES[name][0]()
 
 
+SERVE_SCRIPT = Path(__file__).with_name("llm_serve.py")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,7 +86,10 @@ class LocalLLMServer:
         """Spawn the server and block until ``GET /v1/models`` answers 200 (a no-op while it runs)."""
         if self.running:
             return self
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path), "--host", "127.0.0.1",
+        # llm_serve.py runs llama_cpp.server with a watchdog that ends it if this process dies without
+        # stop(); run by path (it imports only the standard library), so no PYTHONPATH is needed
+        cmd = [sys.executable, str(SERVE_SCRIPT), "--parent", str(os.getpid()), "llama_cpp.server", "--model", str(self.model_path),
+               "--host", "127.0.0.1",
                "--port", str(self.port), "--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads),
                "--n_ctx", str(self.n_ctx), "--seed", "0", "--logits_all", "False", "--verbose", "False",
                # by default a new request interrupts the one being streamed (its answer comes back

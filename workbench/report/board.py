@@ -61,6 +61,9 @@ class RankedBoard:
         """What the ranking and the tie marker mean, in one sentence."""
         info = metric_info(self.metric)
         text = f"ranked by {info.label} ({'lower' if info.lower_is_better else 'higher'} is better), 95% CI in brackets"
+        if "status" in self.board and (self.board["status"] == "eliminated").any():
+            text += ("; out: eliminated by the race, at retrieval (no answer generated) or in round r after n questions, "
+                     "not ranked (results --json has the evidence)")
         if len(self.board) < 2:
             return text
         if self.tested:

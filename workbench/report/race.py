@@ -199,8 +199,11 @@ def race_html(race: RaceReport | None) -> str:
     if pruned:
         intro += (f" Before it, a retrieval stage (no LLM call) ran every retrieval setting on every question and dropped those "
                   f"shown worse than the best retrieval by more than its own margin, with the other {s.alpha:g} of the experiment's "
-                  f"alpha {2 * s.alpha:g}: the chance of dropping a configuration within the margins of the best stays at or below "
-                  f"{2 * s.alpha:g} in all.")
+                  f"alpha {2 * s.alpha:g}: the chance of dropping a retrieval setting within that margin of the best retrieval, or a "
+                  f"configuration within {s.margin:g} of the best one left, stays at or below {2 * s.alpha:g} in all. That stage "
+                  f"judges retrieval only: it assumes a setting whose chunks miss the "
+                  f"evidence far more often does not answer better. A small LLM can break that (long contexts confuse it), so "
+                  f"check it once on a sample: run the grid exhaustively and `workbench race replay` it.")
     stop = {"equivalence": "every remaining configuration was shown to be within the margin of the leader (a tie set)",
             "questions exhausted": "the questions ran out", "all eliminated": "every configuration violated a constraint",
             "stopped": "the budget ran out (run again to resume)"}.get(res.stop, res.stop)
