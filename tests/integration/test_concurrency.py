@@ -24,7 +24,7 @@ def test_four_concurrent_runs_share_one_store(tmp_path):
 dataset: {dataset}
 grid:
   chunking: [{{splitter: sentence, chunk_size: {size}, chunk_overlap: 8}}, {{splitter: none}}]
-  embedding: [{{provider: local, model: all-MiniLM-L6-v2}}]
+  embedding: [{{provider: local, model: multilingual-e5-small}}]
   retrieval: [{{method: bm25, top_k: 5}}, {{method: dense, top_k: 5}}]
 """, encoding="utf-8")
         experiments.append(path)
