@@ -32,6 +32,7 @@ from ..stages import rerank as rr
 from ..stages.chunking import ChunkSet, Tokenizer, chunk_set_key, iter_chunks
 from ..stages.embedding import CachedEmbedder, Embedder, load_tokenizer, make_embedder
 from ..stages.generation import GenerationResult, generate, make_client
+from ..stages.keys import collection_name
 from ..stages.meter import StageMeter
 from ..stages.retrieval import Retriever
 from .plan import Plan, PlannedRun
@@ -247,7 +248,7 @@ class Components:
         if spec is None:
             return Retriever(source.chunks, source.key, self.cache, meter=self.meter)
         fingerprint = run.lineage["embedding_fingerprint"]
-        name = index_mod.collection_name(source.key, fingerprint)
+        name = collection_name(source.key, fingerprint)
         split = self._splitter(spec, fingerprint, len(source.chunks), self.cache) if self._splitter else None
 
         def embedded(done: int, total: int) -> None:  # progress of a build (a reused index reports nothing)

@@ -16,13 +16,12 @@ import platform
 from collections import defaultdict
 
 from ..evaluation.sequential import min_questions_to_eliminate
-from ..providers.prices import cost_usd, load_prices
+from ..providers.prices import cost_usd, load_prices, price_name
 from ..settings import Workspace
-from ..stages import index as index_mod
 from ..stages.chunking import ChunkSet, chunk_set_key
+from ..stages.keys import collection_name
 from ..store import Store
 from .plan import Plan, PlannedRun
-from .question import price_name
 from .search import resolve_search
 
 CHARS_PER_TOKEN = 4.0  # English text, for chunk counts and prompt sizes that nothing measured yet
@@ -55,11 +54,13 @@ def indexes(plan: Plan, workspace: Workspace, sets: dict[str, dict]) -> dict[str
         if run.config.embedding is None:
             continue
         key = chunk_set_key(plan.dataset.docs.values(), run.config.chunking, run.tokenizer)
-        name = index_mod.collection_name(key, run.lineage["embedding_fingerprint"])
+        name = collection_name(key, run.lineage["embedding_fingerprint"])
         if name in out:
             continue
         cached = False
         if sets[key]["cached"] and workspace.chroma_dir.exists() and workspace.chroma_server(plan.experiment.spec.index) is None:
+            from ..stages import index as index_mod  # Chroma loads only when there is a cached index to look up
+
             client = client or index_mod.open_chroma(workspace.chroma_dir)
             cached = index_mod.existing_collection(client, name, sets[key]["chunks"])
         out[name] = {"chunking": sets[key]["chunking"], "embedding": run.config.embedding.label(), "chunks": sets[key]["chunks"],

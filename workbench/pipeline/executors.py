@@ -22,11 +22,12 @@ import time
 from ..errors import ConfigError, WorkbenchError, did_you_mean
 from ..settings import EXECUTORS, OFFLINE_DEFAULTS, Workspace
 from ..store import Store
-from .components import Components
 from .plan import Plan
 from .progress import NullProgress, Progress
-from .race import race_experiment
-from .runner import Runner, save_experiment
+
+# The run machinery (components, runner, race: Chroma and LlamaIndex, about 2.5 s to import) is
+# imported where a run happens. `workbench run` and `plan` import this module only to check the
+# executor and hand the run to the notebook's kernel, which does the importing once.
 
 CPUS_PER_TASK = 1  # default threads (and Ray CPUs) per task; --threads / $WORKBENCH_THREADS sets it
 # Non-secret settings every worker needs (offline models, no telemetry); API keys are never shipped.
@@ -51,6 +52,9 @@ def check_executor(workspace: Workspace) -> None:
 def execute(plan: Plan, workspace: Workspace, *, rerun: str = "missing", progress: Progress | None = None) -> list[dict]:
     """Run every grid point of ``plan`` where the workspace says: here, or on a Ray cluster; or
     race them here when the experiment says ``search: {strategy: race}``."""
+    from .race import race_experiment
+    from .runner import Runner
+
     check_executor(workspace)
     progress = progress or NullProgress()
     if plan.experiment.spec.search.is_race:
@@ -70,7 +74,9 @@ def task_threads(workspace: Workspace) -> int:
 
 def _run_point(plan: Plan, index: int, workspace: Workspace, rerun: str) -> dict:
     """One grid point, in a Ray worker process, with its own components."""
+    from .components import Components
     from .progress import LineProgress
+    from .runner import Runner
     from .splitbuild import RaySplitter
 
     progress = LineProgress()
@@ -105,6 +111,8 @@ def run_on_ray(plan: Plan, workspace: Workspace, *, rerun: str, progress: Progre
     are raised together at the end as one ``WorkbenchError`` (stored rows stay: a rerun resumes).
     """
     import ray
+
+    from .runner import save_experiment
 
     t0 = time.perf_counter()
     try:

@@ -33,8 +33,8 @@ from ..providers.apikeys import api_key_for, keys_optional
 from ..providers.llm_server import local_model_path
 from ..settings import Workspace
 from ..stages.embedding import embedder_fingerprint, tokenizer_name
+from ..stages.keys import BM25_VERSION
 from ..stages.rerank import reranker_fingerprint
-from ..stages.retrieval import BM25_VERSION
 from .search import resolve_search
 
 PACKAGES = ("workbench", "llama-index-core", "llama-index-vector-stores-chroma", "llama-index-retrievers-bm25",

@@ -23,7 +23,7 @@ from ..evaluation.perquestion import cutoffs_for, question_metrics
 from ..evaluation.spans import chunk_level_metrics, relevant_chunks
 from ..hashing import hash_obj
 from ..providers.clients import identity_fields
-from ..providers.prices import cost_usd, load_prices
+from ..providers.prices import cost_usd, load_prices, price_name
 from ..stages.generation import ContextChunk, GenerationResult, parse_verdict, render, rendered_hash
 from ..stages.retrieval import RetrievalResult
 from ..stages.safety import attack_succeeded, pii_metrics, plant, prompt_instruction_text, redact
@@ -53,11 +53,6 @@ class Retrieved:
 class Answered:
     result: GenerationResult
     attack_trial: dict | None = None
-
-
-def price_name(provider: str, model: str) -> str:
-    """The price table's name for a model: local models are free; an Azure entry wins over the model's."""
-    return {"local": f"local:{model}", "azure_openai": f"azure_openai:{model}"}.get(provider, model)
 
 
 class GenerationStep:

@@ -22,6 +22,11 @@ _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # gpt-4o-mini-2024-07-18 is pric
 _UNPRICED_WARNED: set[str] = set()
 
 
+def price_name(provider: str, model: str) -> str:
+    """The price table's name for a model: local models are free; an Azure entry wins over the model's."""
+    return {"local": f"local:{model}", "azure_openai": f"azure_openai:{model}"}.get(provider, model)
+
+
 def load_prices(path: str | os.PathLike | None = None) -> dict[str, PriceEntry]:
     """The price table's entries by model name, from ``path`` or :func:`~workbench.settings.prices_path`."""
     return load_price_table(Path(path) if path else prices_path()).models

@@ -33,15 +33,15 @@ from llama_index.core.schema import TextNode
 from llama_index.vector_stores.chroma import ChromaVectorStore
 
 from ..errors import ConfigError
-from ..hashing import hash_obj, sha256_text
+from ..hashing import sha256_text
 from ..settings import apply_offline_defaults
 from .chunking import Chunk
+from .keys import HNSW
 
 ADD_BATCH = 512  # chunks embedded and sent to Chroma per round trip
 # HNSW is approximate and, built with several threads, not reproducible: two builds of the same
 # vectors returned different 9th/10th neighbours. A single-threaded build is deterministic (hnswlib's
 # level generator is seeded), and a wide search beam keeps recall near exact for top_k <= 200.
-HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 256, "max_neighbors": 32, "num_threads": 1}
 
 
 def open_chroma(path: Path) -> chromadb.ClientAPI:
@@ -125,10 +125,6 @@ def _file_lock(lock_dir: Path):
     # concurrent writers across processes. Readers do not lock; finished collections never change.
     with FileLock(str(lock_dir / "chroma-build.lock")):
         yield lambda: None
-
-
-def collection_name(chunk_set_key: str, embedder_fingerprint: str) -> str:
-    return "wb-" + hash_obj([chunk_set_key, embedder_fingerprint, HNSW], 40)
 
 
 def existing_collection(client: chromadb.ClientAPI, name: str, expected: int) -> bool:

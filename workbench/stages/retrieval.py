@@ -26,12 +26,8 @@ from ..config.experiment import RetrievalSpec
 from ..data.types import Hit, Query
 from ..hashing import hash_obj, sha256_text
 from .chunking import ChunkSet
+from .keys import BM25_VERSION
 from .meter import StageMeter
-
-# What BM25 indexes. 2: the chunk's text only (1 also indexed its "doc_id: <id>" metadata line).
-# Part of BM25 and hybrid runs' ids and of their retrieval cache keys, so a change of what BM25
-# scores is never stored under the run id or served from the cache of the old one.
-BM25_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
