@@ -33,7 +33,7 @@ def _experiment(tmp_path: Path, dataset: Path, e5_url: str) -> Path:
 dataset: {dataset}
 queries: {{limit: 12, seed: 3}}
 grid:
-  chunking: [{{splitter: sentence, chunk_size: 64, chunk_overlap: 8}}]
+  chunking: [{{splitter: sentence, chunk_size: 32, chunk_overlap: 4}}]
   embedding:
     - {{provider: local, model: all-MiniLM-L6-v2}}
     - {{provider: openai_compatible, model: multilingual-e5-small-q4, base_url: "{e5_url}", send_input_type: true,
@@ -62,7 +62,7 @@ def _vectors(client, name: str) -> dict[str, np.ndarray]:
 def test_an_index_build_split_across_ray_tasks_equals_a_single_worker_build(tmp_path, e5_server, chroma_server, ray_cluster):
     from workbench.stages import index as index_mod
 
-    dataset = write_xquad_slice(tmp_path / "data", n_docs=170)  # ~600 chunks: two 512-chunk blocks, two ranges
+    dataset = write_xquad_slice(tmp_path / "data", n_docs=100)  # ~700 short chunks: two 512-chunk blocks, two ranges
     base = {k: v for k, v in os.environ.items() if not k.startswith("WORKBENCH_")}
     base["WORKBENCH_REPORTS"] = str(tmp_path / "reports")
     base["RAY_DEDUP_LOGS"] = "0"  # every range line reaches the output, none folded into "[repeated 2x]"
