@@ -1,7 +1,7 @@
 """Benchmark of the adaptive bake-off (issue 14): the race against the exhaustive grid, replays over
 many question orders, and a simulation with known truth. Writes bench/results/<UTC>-race[-quick].json.
 
-    .venv/bin/python bench/race.py            # full: 12 configurations x 100 questions with SmolLM2 (~1 h on 2 idle cores)
+    .venv/bin/python bench/race.py            # full: 12 configurations x 100 questions with SmolLM2 (~70 min on 2 idle cores)
     .venv/bin/python bench/race.py --quick    # smoke test: 4 configurations x 30 questions
     nice -n 10 .venv/bin/python bench/race.py > bench/work/race.log 2>&1 &
 
