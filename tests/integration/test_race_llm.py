@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 EXPERIMENT = """
 name: race_llm
 dataset: {dataset}
-queries: {{limit: 24, seed: 0}}
+queries: {{limit: 16, seed: 0}}
 grid:
   chunking:
     - {{splitter: sentence, chunk_size: 128, chunk_overlap: 16}}
@@ -38,7 +38,7 @@ grid:
 search: {{strategy: race, metric: f1, margin: 0.05, alpha: 0.2, round: 4, min_questions: 4, seed: 1,
           prune_retrieval: {{metric: chunk_mrr, margin: 0.1}}}}
 """
-# alpha 0.2 keeps the test small (24 questions are enough to drop the 16-token fragments before any
+# alpha 0.2 keeps the test small (16 questions are enough to drop the 16-token fragments before any
 # answer); the error rate at the usual alpha is checked by simulation (test_sequential.py, bench/race.py).
 VOLATILE = ["retrieval_latency_s", "generation_latency_s", "ttft_s"]
 
@@ -111,20 +111,20 @@ def setup(tmp_path_factory):
 
 def test_a_small_race_with_the_local_llm_stores_its_eliminations_and_reports_them(setup):
     tmp, exp, clean, done = setup
-    assert "LLM calls as a race: worst case 48" in " ".join(done.stderr.split())
+    assert "LLM calls as a race: worst case 32" in " ".join(done.stderr.split())
     res = subprocess.run([sys.executable, "-m", "workbench", "results", "race_llm", "--json"], env=_env(clean), capture_output=True,
                          text=True, timeout=300)
     rows = {r["chunking"]: r for r in json.loads(res.stdout)}
     out = rows["token 16/0 +title"]
-    assert out["status"] == "eliminated" and out["n_questions"] == 0 and out["n_planned"] == 24
+    assert out["status"] == "eliminated" and out["n_questions"] == 0 and out["n_planned"] == 16
     e = out["evidence"]["race"]
     assert e["stage"] == "retrieval" and e["reason"] == "retrieval" and e["metric"] == "chunk_mrr" and e["margin"] == 0.1 and e["upper"] < -0.1
     kept = rows["sentence 128/16 +title"]
-    assert kept["status"] == "complete" and kept["n_questions"] == 24 and kept["evidence"]["race"]["winner"]
+    assert kept["status"] == "complete" and kept["n_questions"] == 16 and kept["evidence"]["race"]["winner"]
     assert kept["answer_support"] is not None and kept["completion_tokens"] > 0  # real answers were generated and scored
     report = next((clean / "reports" / "race_llm").glob("*/report.html")).read_text(encoding="utf-8")
     assert "<h2>Race</h2>" in report and "Who left, when and why" in report and "retrieval stage: Chunk MRR" in report
-    assert "What the race saved" in report and "24 of 48 configuration-questions evaluated (50% of the full grid)" in report
+    assert "What the race saved" in report and "16 of 32 configuration-questions evaluated (50% of the full grid)" in report
 
 
 def test_sigkill_mid_race_then_resume_matches_uninterrupted(setup):
