@@ -38,10 +38,7 @@ from ..settings import apply_offline_defaults
 from .chunking import Chunk
 from .keys import HNSW
 
-ADD_BATCH = 512  # chunks embedded and sent to Chroma per round trip
-# HNSW is approximate and, built with several threads, not reproducible: two builds of the same
-# vectors returned different 9th/10th neighbours. A single-threaded build is deterministic (hnswlib's
-# level generator is seeded), and a wide search beam keeps recall near exact for top_k <= 200.
+ADD_BATCH = 512  # chunks embedded and sent to Chroma per round trip (the HNSW settings: keys.py)
 
 
 def open_chroma(path: Path) -> chromadb.ClientAPI:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from ..hashing import hash_obj
 
-# HNSW settings of every collection; part of its name, so a change builds new collections.
+# HNSW settings of every collection; part of its name, so a change builds new collections. HNSW is
+# approximate and, built with several threads, not reproducible: two builds of the same vectors
+# returned different 9th/10th neighbours. A single-threaded build is deterministic (hnswlib's level
+# generator is seeded), and a wide search beam keeps recall near exact for top_k <= 200.
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 256, "max_neighbors": 32, "num_threads": 1}
 
 # What BM25 indexes. 2: the chunk's text only (1 also indexed its "doc_id: <id>" metadata line).
